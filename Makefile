@@ -1,0 +1,25 @@
+# Install into a local virtual environment (.venv) and run the project's two entry points.
+# torch is pinned first so that pip takes the 2.13 build the project is tested with
+# (on a CPU-only machine with a local wheel, that is the CPU build) before anything pulls another.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: install demo test clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: install
+	$(BIN)/python demo.py --output-dir runs/demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs .cache
