@@ -1,0 +1,121 @@
+"""Loading a Qwen2-VL policy: weights, tokenizer and image processor, from a hub id or a local directory.
+
+`load_policy` accepts
+- "tiny": the embedded test model (built once into the cache, see src/models/tiny.py);
+- a hub id such as "Qwen/Qwen2-VL-2B-Instruct" (the default) or a local copy of it;
+- a directory saved by train.py: a PEFT-format adapter (adapter_config.json) whose base model is read
+  from the adapter's config, or a full fine-tuned model (config.json).
+bf16 on GPU, fp32 on CPU; flash_attention_2 when flash-attn is installed (and a GPU is there), else sdpa.
+The image processor is loaded on its own: `AutoProcessor` would pull in the video processor, which
+needs torchvision.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+DEFAULT_MODEL = "Qwen/Qwen2-VL-2B-Instruct"
+
+
+@dataclass
+class Policy:
+    """The model being trained or evaluated, with what it takes to build its inputs."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    image_processor: object
+    name: str
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def attention_implementation(device: torch.device) -> str:
+    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def resolve_model_path(name: str) -> str:
+    """'tiny' -> the cached tiny model directory; anything else is passed on unchanged."""
+    if name == "tiny":
+        from src.models.tiny import ensure_tiny
+
+        return str(ensure_tiny())
+    return name
+
+
+def _offline_hint(name: str, error: Exception) -> OSError:
+    return OSError(
+        f"could not load the model {name!r} ({type(error).__name__}: {error}). "
+        "If this machine has no network access, download the model elsewhere, e.g. "
+        f"`huggingface-cli download {name} --local-dir /path/to/{name.split('/')[-1]}`, copy it here "
+        "and pass that directory as --model /path/to/... (or set HF_HOME to a cache that holds it)."
+    )
+
+
+def load_base(name: str, device: torch.device | None = None, dtype: torch.dtype | None = None) -> Policy:
+    """Weights + tokenizer + image processor of a base (or full fine-tuned) Qwen2-VL model."""
+    from transformers import AutoImageProcessor, AutoTokenizer, Qwen2VLForConditionalGeneration
+
+    device = device or default_device()
+    dtype = dtype or default_dtype(device)
+    path = resolve_model_path(name)
+    try:
+        model = Qwen2VLForConditionalGeneration.from_pretrained(
+            path, dtype=dtype, attn_implementation=attention_implementation(device)
+        )
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        image_processor = AutoImageProcessor.from_pretrained(path)
+    except OSError as error:
+        if Path(path).is_dir():
+            raise OSError(f"cannot load a Qwen2-VL model from {path}: {error}") from error
+        raise _offline_hint(name, error) from error
+    model.to(device)
+    tokenizer.padding_side = "left"  # decoder-only batches: pad on the left so generation continues the text
+    return Policy(model=model, tokenizer=tokenizer, image_processor=image_processor, name=name)
+
+
+def load_policy(name: str, device: torch.device | None = None, dtype: torch.dtype | None = None) -> Policy:
+    """A model to train or evaluate: base, full fine-tune, or base + our LoRA adapter from a PEFT directory."""
+    adapter_config = Path(name) / "adapter_config.json"
+    if not adapter_config.is_file():
+        return load_base(name, device, dtype)
+    from src.models.peft_io import load_adapter
+
+    base_name = json.loads(adapter_config.read_text())["base_model_name_or_path"]
+    policy = load_base(base_name, device, dtype)
+    load_adapter(policy.model, name)
+    policy.name = name
+    return policy
+
+
+def freeze_vision(model: torch.nn.Module) -> None:
+    """The paper trains the language side only: the vision tower and its merger stay frozen."""
+    model.model.visual.requires_grad_(False)
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute activations in backward; works with LoRA (frozen base) as well as full fine-tuning.
+
+    With the whole base frozen, the embeddings' output does not require grad, and re-entrant
+    checkpointing then fails with "element 0 of tensors does not require grad". Non-re-entrant
+    checkpointing does not have that problem; making the input embeddings require grad as well keeps
+    it working if a re-entrant variant is ever selected.
+    """
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+    model.config.use_cache = False

@@ -1,0 +1,150 @@
+"""Hand-written LoRA (Hu et al. 2021), the only adapter code on the training path.
+
+    y = W0 x + (alpha / r) * B A dropout(x)        A: [r, in] Kaiming-uniform, B: [out, r] zeros
+
+With B = 0 the wrapped layer computes exactly W0 x, so a freshly injected model *is* the base model.
+`disabled_adapters(model)` switches every adapter off at once: that is the frozen reference policy
+of GRPO's KL term (eq. 3), with no second copy of the weights in memory.
+
+Names follow PEFT so that adapters saved by `src.models.peft_io` load in `peft.PeftModel`:
+the wrapped linear keeps its weights under `base_layer`, the factors are `lora_A` / `lora_B`.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    """The adapter's shape. The paper (sec. 2.3) uses r=8, alpha=16 on the attention projections."""
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    targets: tuple[str, ...] = DEFAULT_TARGETS
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.r
+
+
+class LoRALinear(nn.Module):
+    """nn.Linear plus a low-rank update; `merge()` folds B A into W0, `unmerge()` takes it out again."""
+
+    def __init__(self, base_layer: nn.Linear, r: int, alpha: float, dropout: float = 0.0):
+        super().__init__()
+        self.base_layer = base_layer
+        self.r, self.scale = r, alpha / r
+        factory = dict(device=base_layer.weight.device, dtype=base_layer.weight.dtype)
+        self.lora_A = nn.Linear(base_layer.in_features, r, bias=False, **factory)
+        self.lora_B = nn.Linear(r, base_layer.out_features, bias=False, **factory)
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.merged = False
+        self.disabled = False
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # as PEFT and loralib: A Kaiming-uniform (a=sqrt(5), nn.Linear's default), B zero, so B A = 0
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B.weight)
+
+    def delta_weight(self) -> torch.Tensor:
+        return (self.lora_B.weight @ self.lora_A.weight) * self.scale  # [out, r] @ [r, in] -> [out, in]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base_layer(x)
+        if self.merged or self.disabled:
+            return y
+        return y + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scale
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if not self.merged:
+            self.base_layer.weight += self.delta_weight().to(self.base_layer.weight.dtype)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            self.base_layer.weight -= self.delta_weight().to(self.base_layer.weight.dtype)
+            self.merged = False
+
+    def extra_repr(self) -> str:
+        return f"r={self.r}, scale={self.scale}"
+
+
+def inject_lora(model: nn.Module, config: LoRAConfig, within: str = "model.language_model") -> list[str]:
+    """Wrap every nn.Linear named like one of `config.targets` under the submodule `within`.
+
+    Only the language model is adapted (the paper freezes the vision tower); returns the wrapped names.
+    """
+    root = model.get_submodule(within)
+    wrapped = []
+    for name, module in list(root.named_modules()):
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf in config.targets and isinstance(module, nn.Linear):
+            parent = root.get_submodule(name.rsplit(".", 1)[0]) if "." in name else root
+            setattr(parent, leaf, LoRALinear(module, config.r, config.alpha, config.dropout))
+            wrapped.append(f"{within}.{name}")
+    if not wrapped:
+        raise ValueError(f"no nn.Linear named {config.targets} under {within!r}")
+    return wrapped
+
+
+def lora_layers(model: nn.Module) -> Iterator[LoRALinear]:
+    return (m for m in model.modules() if isinstance(m, LoRALinear))
+
+
+def mark_only_lora_as_trainable(model: nn.Module) -> int:
+    """Freeze everything but the LoRA factors; returns the number of trainable parameters."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(".lora_A." in name or ".lora_B." in name)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter's weights only, under the model's own parameter names."""
+    return {k: v for k, v in model.state_dict().items() if ".lora_A." in k or ".lora_B." in k}
+
+
+def merge_lora(model: nn.Module) -> None:
+    for layer in lora_layers(model):
+        layer.merge()
+
+
+def unmerge_lora(model: nn.Module) -> None:
+    for layer in lora_layers(model):
+        layer.unmerge()
+
+
+@contextlib.contextmanager
+def merged_adapters(model: nn.Module) -> Iterator[None]:
+    """Fold B A into the weights for the duration (faster decoding: one matmul per projection)."""
+    merge_lora(model)
+    try:
+        yield
+    finally:
+        unmerge_lora(model)
+
+
+@contextlib.contextmanager
+def disabled_adapters(model: nn.Module) -> Iterator[None]:
+    """Run the base model: the frozen reference policy pi_ref, without a second copy of the weights."""
+    layers: Sequence[LoRALinear] = list(lora_layers(model))
+    if any(layer.merged for layer in layers):
+        raise RuntimeError("adapters are merged into the weights; unmerge before disabling them")
+    for layer in layers:
+        layer.disabled = True
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.disabled = False

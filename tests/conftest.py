@@ -1,0 +1,46 @@
+"""Shared fixtures: the tiny model is built once per test session into a temporary cache."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Every cached artefact (tiny model, synthetic data) goes to a fresh directory for the session."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RARL_CACHE", str(tmp_path_factory.mktemp("rarl-cache")))
+    mp.setenv("HF_HUB_OFFLINE", "1")
+    mp.setenv("TOKENIZERS_PARALLELISM", "false")
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def tiny_path(_isolated_cache):
+    from src.models.tiny import ensure_tiny
+
+    return ensure_tiny(seed=0)
+
+
+@pytest.fixture
+def tiny_policy(tiny_path):
+    """A fresh fp32 CPU copy of the tiny model for each test (loading takes ~0.1 s)."""
+    import torch
+
+    from src.models.loading import load_policy
+
+    policy = load_policy(str(tiny_path), device=torch.device("cpu"))
+    policy.model.eval()
+    return policy
+
+
+def random_image(height: int, width: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray((rng.random((height, width, 3)) * 255).astype(np.uint8))
+
+
+def chat(question: str, system: str = "You are a Medical Assistant.") -> list[dict]:
+    return [{"role": "system", "content": system},
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]

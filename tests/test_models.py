@@ -1,0 +1,184 @@
+"""Model loading, the tiny model, images, batched inputs and gradient checkpointing."""
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from src.models.images import ImageLoadError, load_image
+from src.models.inputs import build_prompt_batch, repeat_rows
+from src.models.loading import enable_gradient_checkpointing, freeze_vision, load_base
+from src.models.lora import LoRAConfig, inject_lora, lora_layers, mark_only_lora_as_trainable
+from src.models.tiny import SPECIAL_TOKENS, ensure_tiny
+from tests.conftest import chat, random_image
+
+
+def test_tiny_build_is_deterministic_and_small(tiny_path, tmp_path):
+    again = ensure_tiny(seed=0, cache_dir=tmp_path)
+    a, b = load_file(tiny_path / "model.safetensors"), load_file(again / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (tiny_path / "tokenizer.json").read_bytes() == (again / "tokenizer.json").read_bytes()
+    other = load_file(ensure_tiny(seed=1, cache_dir=tmp_path) / "model.safetensors")
+    # saved in the layout of the real checkpoint (model.layers.*, visual.*), as transformers writes it
+    assert not torch.equal(a["model.layers.0.self_attn.q_proj.weight"], other["model.layers.0.self_attn.q_proj.weight"])
+    params = sum(t.numel() for k, t in a.items())
+    assert 2e5 < params < 5e6
+
+
+def test_tiny_has_qwen2_vl_tokens_template_and_architecture(tiny_policy):
+    tok, config = tiny_policy.tokenizer, tiny_policy.model.config
+    ids = [tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS]
+    assert ids == list(range(ids[0], ids[0] + len(SPECIAL_TOKENS)))  # contiguous, in Qwen2-VL's order
+    assert config.image_token_id == tok.convert_tokens_to_ids("<|image_pad|>")
+    assert type(tiny_policy.model).__name__ == "Qwen2VLForConditionalGeneration"
+    text = tok.apply_chat_template(chat("Is there a lesion?", system="S"), add_generation_prompt=True, tokenize=False)
+    assert text == ("<|im_start|>system\nS<|im_end|>\n<|im_start|>user\n"
+                    "<|vision_start|><|image_pad|><|vision_end|>Is there a lesion?<|im_end|>\n<|im_start|>assistant\n")
+    # special tokens are single ids, and round-trip through decode
+    encoded = tok("<|im_start|>assistant\n<think>a</think><|im_end|>", add_special_tokens=False).input_ids
+    assert encoded[0] == tok.convert_tokens_to_ids("<|im_start|>")
+    assert tok.decode(encoded) == "<|im_start|>assistant\n<think>a</think><|im_end|>"
+
+
+def test_tiny_generates_and_round_trips_through_save_pretrained(tiny_policy, tmp_path):
+    batch = build_prompt_batch(tiny_policy.tokenizer, tiny_policy.image_processor, [chat("Is there a lesion?")],
+                               [random_image(112, 112)])
+    with torch.no_grad():
+        out = tiny_policy.model.generate(**batch.model_kwargs, max_new_tokens=8, do_sample=False)
+    assert out.shape == (1, batch.input_ids.shape[1] + 8) or out.shape[1] < batch.input_ids.shape[1] + 8
+    tiny_policy.model.save_pretrained(tmp_path)
+    tiny_policy.tokenizer.save_pretrained(tmp_path)
+    tiny_policy.image_processor.save_pretrained(tmp_path)
+    reloaded = load_base(str(tmp_path))
+    with torch.no_grad():
+        again = reloaded.model.eval().generate(**batch.model_kwargs, max_new_tokens=8, do_sample=False)
+    assert torch.equal(out, again)
+
+
+def test_cpu_loads_fp32_with_sdpa(tiny_policy):
+    assert tiny_policy.model.dtype == torch.float32
+    assert tiny_policy.model.config._attn_implementation == "sdpa"
+
+
+def test_unknown_hub_id_offline_says_how_to_use_a_local_copy():
+    with pytest.raises(OSError, match="--model /path/to"):
+        load_base("nonexistent-org/nonexistent-qwen2-vl")
+
+
+def test_batch_with_different_image_sizes_pairs_each_row_with_its_own_image(tiny_policy):
+    tok, ip, model = tiny_policy.tokenizer, tiny_policy.image_processor, tiny_policy.model
+    convs = [chat("Is there a lesion?"), chat("How many lesions are there in the organ?")]
+    images = [random_image(112, 112, seed=1), random_image(60, 200, seed=2)]  # 16 and 14 image tokens
+    batch = build_prompt_batch(tok, ip, convs, images)
+    assert batch.image_grid_thw.tolist() == [[1, 8, 8], [1, 4, 14]]
+    assert batch.mm_token_type_ids.sum(1).tolist() == [16, 14]
+    assert batch.attention_mask[0, 0] == 0 and batch.attention_mask[:, -1].all()  # left padding
+    with torch.no_grad():
+        together = model(**batch.model_kwargs).logits
+        for i in range(2):
+            alone = build_prompt_batch(tok, ip, [convs[i]], [images[i]])
+            logits = model(**alone.model_kwargs).logits[0]
+            torch.testing.assert_close(together[i, -logits.shape[0]:], logits, rtol=1e-4, atol=1e-4)
+        # swapping the images changes row 0: the pairing is by row, not by accident of equal sizes
+        swapped = build_prompt_batch(tok, ip, [convs[0]], [images[1]])
+        assert (model(**swapped.model_kwargs).logits[0, -1] - together[0, -1]).abs().max() > 1e-3
+
+
+def test_repeat_rows_keeps_each_copy_with_its_prompts_image(tiny_policy):
+    tok, ip, model = tiny_policy.tokenizer, tiny_policy.image_processor, tiny_policy.model
+    batch = build_prompt_batch(tok, ip, [chat("Is there a lesion?"), chat("Is it on the left?")],
+                               [random_image(112, 112, 1), random_image(84, 140, 2)])
+    repeated = repeat_rows(batch, 3)  # rows 0,1,2 = prompt 0; rows 3,4,5 = prompt 1
+    with torch.no_grad():
+        base, rep = model(**batch.model_kwargs).logits, model(**repeated.model_kwargs).logits
+    for row in range(6):
+        torch.testing.assert_close(rep[row], base[row // 3], rtol=1e-4, atol=1e-4)
+
+
+def test_gradient_checkpointing_with_lora_gives_the_same_gradients(tiny_path):
+    grads = []
+    for checkpointing in (False, True):
+        policy = load_base(str(tiny_path))
+        model = policy.model
+        freeze_vision(model)
+        torch.manual_seed(2)  # same A in both runs
+        inject_lora(model, LoRAConfig(dropout=0.0))
+        mark_only_lora_as_trainable(model)
+        torch.manual_seed(3)
+        for layer in lora_layers(model):
+            torch.nn.init.normal_(layer.lora_B.weight, std=0.1)
+        if checkpointing:
+            enable_gradient_checkpointing(model)
+        model.train()
+        batch = build_prompt_batch(policy.tokenizer, policy.image_processor, [chat("Is there a lesion?")],
+                                   [random_image(112, 112)])
+        model(**batch.model_kwargs).logits.square().mean().backward()
+        grads.append([layer.lora_A.weight.grad.clone() for layer in lora_layers(model)])
+    for plain, checkpointed in zip(*grads):
+        torch.testing.assert_close(checkpointed, plain, rtol=1e-5, atol=1e-7)
+    assert all(g.abs().sum() > 0 for g in grads[1])
+
+
+def test_freeze_vision_freezes_tower_and_merger(tiny_policy):
+    freeze_vision(tiny_policy.model)
+    assert not any(p.requires_grad for p in tiny_policy.model.model.visual.parameters())
+    assert all(p.requires_grad for p in tiny_policy.model.model.language_model.parameters())
+
+
+# ---- images -------------------------------------------------------------------------------------
+
+def test_missing_and_corrupt_images_name_the_file(tmp_path):
+    with pytest.raises(ImageLoadError, match="nope.png"):
+        load_image(tmp_path / "nope.png")
+    corrupt = tmp_path / "scan.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(ImageLoadError, match="scan.jpg"):
+        load_image(corrupt)
+    buffer = io.BytesIO()
+    random_image(40, 40).save(buffer, format="PNG")
+    truncated = buffer.getvalue()[:200]
+    with pytest.raises(ImageLoadError, match="row 7"):
+        load_image(truncated, name="path-vqa test row 7")
+
+
+def test_grayscale_16bit_and_exif_rotation_are_normalised(tmp_path):
+    gray = Image.new("L", (30, 20), 128)
+    assert load_image(_png(gray, tmp_path / "g.png")).mode == "RGB"
+    deep = Image.new("I;16", (30, 20))
+    deep.putpixel((0, 0), 4000)
+    rgb = load_image(_png(deep, tmp_path / "d.png"))
+    assert rgb.getpixel((0, 0)) == (255, 255, 255) and rgb.getpixel((1, 1)) == (0, 0, 0)
+    # EXIF orientation 6 = "rotate 90 degrees clockwise to display": a 30x20 file shows as 20x30
+    photo = Image.new("RGB", (30, 20), (10, 20, 30))
+    exif = photo.getexif()
+    exif[0x0112] = 6
+    path = tmp_path / "r.jpg"
+    photo.save(path, exif=exif)
+    assert load_image(path).size == (20, 30)
+
+
+def _png(image: Image.Image, path):
+    image.save(path)
+    return path
+
+
+def test_matches_qwen2vl_processor_where_torchvision_exists(tiny_policy):
+    pytest.importorskip("torchvision")
+    from transformers import Qwen2VLProcessor
+
+    processor = Qwen2VLProcessor(image_processor=tiny_policy.image_processor, tokenizer=tiny_policy.tokenizer,
+                                 chat_template=tiny_policy.tokenizer.chat_template)
+    convs = [chat("Is there a lesion?"), chat("How many lesions are there?")]
+    images = [random_image(112, 112, 1), random_image(60, 200, 2)]
+    texts = [processor.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in convs]
+    reference = processor(text=texts, images=images, padding=True, padding_side="left", return_tensors="pt")
+    ours = build_prompt_batch(tiny_policy.tokenizer, tiny_policy.image_processor, convs, images)
+    assert torch.equal(ours.input_ids, reference["input_ids"])
+    assert torch.equal(ours.attention_mask, reference["attention_mask"])
+    assert torch.equal(ours.pixel_values, reference["pixel_values"])
+    assert torch.equal(ours.image_grid_thw, reference["image_grid_thw"])
+    if "mm_token_type_ids" in reference:
+        assert torch.equal(ours.mm_token_type_ids.long(), reference["mm_token_type_ids"].long())
