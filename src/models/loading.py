@@ -89,6 +89,14 @@ def load_base(name: str, device: torch.device | None = None, dtype: torch.dtype 
     return Policy(model=model, tokenizer=tokenizer, image_processor=image_processor, name=name)
 
 
+def base_model_name(name: str) -> str:
+    """The base model behind `name`: itself, or the base recorded in an adapter directory's config."""
+    adapter_config = Path(name) / "adapter_config.json"
+    if adapter_config.is_file():
+        return json.loads(adapter_config.read_text())["base_model_name_or_path"]
+    return name
+
+
 def load_policy(name: str, device: torch.device | None = None, dtype: torch.dtype | None = None) -> Policy:
     """A model to train or evaluate: base, full fine-tune, or base + our LoRA adapter from a PEFT directory."""
     adapter_config = Path(name) / "adapter_config.json"
@@ -96,8 +104,7 @@ def load_policy(name: str, device: torch.device | None = None, dtype: torch.dtyp
         return load_base(name, device, dtype)
     from src.models.peft_io import load_adapter
 
-    base_name = json.loads(adapter_config.read_text())["base_model_name_or_path"]
-    policy = load_base(base_name, device, dtype)
+    policy = load_base(base_model_name(name), device, dtype)
     load_adapter(policy.model, name)
     policy.name = name
     return policy

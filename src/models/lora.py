@@ -148,3 +148,34 @@ def disabled_adapters(model: nn.Module) -> Iterator[None]:
     finally:
         for layer in layers:
             layer.disabled = False
+
+
+def merge_and_unload(model: nn.Module) -> int:
+    """Fold every adapter into its base weights for good and put the plain nn.Linear back.
+
+    Used when a run starts from an adapter but trains something else on top (a fresh adapter, or
+    the full model): the starting adapter becomes part of the base. Returns the number unloaded.
+    """
+    count = 0
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoRALinear):
+            module.merge()
+            parent_name, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, leaf, module.base_layer)
+            count += 1
+    return count
+
+
+@contextlib.contextmanager
+def swapped_adapters(model: nn.Module, state: dict[str, torch.Tensor]) -> Iterator[None]:
+    """Run with other LoRA weights (e.g. the adapter a run started from), then put the current ones back.
+
+    This is the reference policy when training continues an existing adapter: pi_ref is the policy
+    the run started from, and only the adapter's few weights are kept twice, not the model.
+    """
+    current = {k: v.detach().clone() for k, v in lora_state_dict(model).items()}
+    model.load_state_dict(state, strict=False)
+    try:
+        yield
+    finally:
+        model.load_state_dict(current, strict=False)

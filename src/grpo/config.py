@@ -1,0 +1,193 @@
+"""Training settings: one frozen dataclass per concern, each field a CLI flag with its help text.
+
+Derived values (the learning rate a method defaults to, which rewards a method uses, ...) are
+computed in one visible place: the properties of `TrainConfig`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+
+METHODS = ("sft", "grpo", "rarl", "grpo-full")
+AGGREGATIONS = ("sequence", "token", "dr_grpo")
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+def flag(default, help: str, **kwargs):
+    return field(default=default, metadata={"help": help, **kwargs})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    model: str = flag("Qwen/Qwen2-VL-2B-Instruct", "hub id, local model directory, or 'tiny' (the embedded test model)")
+    lora_r: int = flag(8, "LoRA rank r (paper: 8)")
+    lora_alpha: float = flag(16.0, "LoRA alpha; the update is scaled by alpha / r (paper: 16)")
+    lora_dropout: float = flag(0.05, "dropout on the LoRA input path")
+    lora_targets: tuple[str, ...] = flag(("q_proj", "k_proj", "v_proj", "o_proj"),
+                                         "language-model linear layers that get an adapter")
+    gradient_checkpointing: bool = flag(True, "recompute activations in backward (less memory, ~30% slower)")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = flag("silvar-med", "training dataset: silvar-med, vqa-rad, slake, vqa-med-2019, path-vqa, "
+                                      "cv-bench or synthetic (the embedded default)")
+    data_root: str | None = flag(None, "dataset directory (not needed for synthetic)")
+    split: str = flag("train", "split to train on")
+    samples: int | None = flag(None, "train on a seeded subset of N samples, stratified by modality/task")
+    skip_bad_rows: bool = flag(False, "skip rows with a missing image or empty question/answer instead of stopping")
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    group_size: int = flag(8, "G: completions sampled per prompt (eq. 1-2)")
+    temperature: float = flag(1.0, "sampling temperature for rollouts (log-probs use the same temperature)")
+    max_completion_length: int = flag(512, "maximum tokens per completion")
+    mask_truncated: bool = flag(False, "leave completions that hit the length limit out of the loss")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    beta: float = flag(0.04, "weight of the k3 KL penalty to the reference policy (eq. 1, 3); 0 skips the "
+                             "reference forward")
+    epsilon_low: float = flag(0.2, "clip range below 1 for the probability ratio (eq. 1)")
+    epsilon_high: float = flag(0.2, "clip range above 1 for the probability ratio (eq. 1)")
+    aggregation: str = flag("sequence", "how token losses become one number: sequence (paper eq. 1: mean per "
+                                        "completion, then over completions), token (DAPO), dr_grpo",
+                            choices=AGGREGATIONS)
+    num_iterations: int = flag(1, "policy updates per batch of rollouts (mu); > 1 caches old log-probs")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    learning_rate: float | None = flag(None, "AdamW learning rate (default: 1e-5 with LoRA or SFT, 1e-6 for "
+                                             "grpo-full)")
+    weight_decay: float = flag(0.0, "AdamW weight decay")
+    warmup_ratio: float = flag(0.05, "fraction of the optimizer steps spent warming the learning rate up from 0")
+    schedule: str = flag("cosine", "learning-rate schedule after warm-up", choices=SCHEDULES)
+    max_grad_norm: float = flag(1.0, "clip the gradient norm to this value")
+    prompts_per_step: int = flag(4, "B: prompts per training step (B * G completions per step)")
+    mini_batch_size: int = flag(8, "completions per forward/backward pass (gradients are accumulated)")
+    epochs: int = flag(5, "passes over the training set (paper: 5)")
+    max_steps: int | None = flag(None, "stop after this many steps (overrides epochs)")
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    format_weight: float = flag(1.0, "weight of the format reward")
+    length_weight: float = flag(1.0, "weight of the length reward")
+    accuracy_weight: float = flag(1.0, "weight of the accuracy reward")
+    reasoning_weight: float = flag(1.0, "weight of the reasoning reward (rarl only)")
+    bertscore_model: str | None = flag(None, "BERTScore model (default: roberta-large when available offline, "
+                                             "else the embedded all-MiniLM-L6-v2)")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    method: str = flag("rarl", "sft, grpo (RL + LoRA), rarl (grpo + reasoning reward + prompt diversity), "
+                               "grpo-full (RL, full fine-tuning)", choices=METHODS)
+    output_dir: str = flag("runs/train", "where metrics, config and checkpoints are written")
+    save_steps: int = flag(100, "checkpoint every N steps (and at the end)")
+    resume: bool = flag(False, "continue from the latest checkpoint in --output-dir")
+    seed: int = flag(0, "seed for data order, prompt choice, sampling and initialisation")
+    device: str | None = flag(None, "cpu or cuda (default: cuda when available)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    run: RunConfig = RunConfig()
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    reward: RewardConfig = RewardConfig()
+
+    # ---- derived values, all in one place -------------------------------------------------------
+    @property
+    def uses_lora(self) -> bool:
+        return self.run.method != "grpo-full"
+
+    @property
+    def uses_reasoning_reward(self) -> bool:
+        return self.run.method == "rarl"
+
+    @property
+    def prompt_diversity(self) -> bool:
+        return self.run.method == "rarl"
+
+    @property
+    def learning_rate(self) -> float:
+        if self.optim.learning_rate is not None:
+            return self.optim.learning_rate
+        return 1e-6 if self.run.method == "grpo-full" else 1e-5
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+
+
+def _cli_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for section in dataclasses.fields(TrainConfig):
+        group = parser.add_argument_group(section.name)
+        for f in dataclasses.fields(_section_class(section)):
+            kind = _base_type(f.type)
+            kwargs = dict(default=f.default, help=f.metadata["help"], dest=f"{section.name}.{f.name}")
+            if kind is not bool:
+                kwargs["metavar"] = f.name.upper()
+            if "choices" in f.metadata:
+                kwargs["choices"] = f.metadata["choices"]
+            if kind is bool:
+                group.add_argument(_cli_name(f.name), action=argparse.BooleanOptionalAction, **kwargs)
+            elif kind is tuple:
+                group.add_argument(_cli_name(f.name), nargs="+", type=str, **kwargs)
+            else:
+                group.add_argument(_cli_name(f.name), type=kind, **kwargs)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    values: dict[str, dict] = {name: {} for name in SECTIONS}
+    for key, value in vars(args).items():
+        section, name = key.split(".", 1)
+        values[section][name] = tuple(value) if isinstance(value, list) else value
+    return TrainConfig(**{name: _section_class_by_name(name)(**kw) for name, kw in values.items()})
+
+
+def config_from_dict(raw: dict) -> TrainConfig:
+    return TrainConfig(**{name: _section_class_by_name(name)(**{k: tuple(v) if isinstance(v, list) else v
+                                                                 for k, v in raw[name].items()})
+                          for name in SECTIONS})
+
+
+def _section_class(f: dataclasses.Field) -> type:
+    return typing.get_type_hints(TrainConfig)[f.name]
+
+
+def _section_class_by_name(name: str) -> type:
+    return typing.get_type_hints(TrainConfig)[name]
+
+
+def _base_type(annotation) -> type:
+    """int | None -> int, tuple[str, ...] -> tuple, for argparse's `type=`."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, vars(typing), {})  # noqa: S307 - our own annotations only
+    origin = typing.get_origin(annotation)
+    if origin is tuple:
+        return tuple
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return next(a for a in typing.get_args(annotation) if a is not type(None))
+    return annotation

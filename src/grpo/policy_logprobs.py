@@ -1,0 +1,46 @@
+"""Per-token log-probabilities of completions under the policy (or, adapters disabled, the reference).
+
+The language model's last hidden states at the positions that predict completion tokens go through
+`linear_logprobs`, which applies the lm_head in chunks: the [N, L, V] logits of the whole batch
+(V = 151,936 for Qwen2-VL) never exist at once, in forward or backward.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from src.grpo.logprobs import linear_logprobs
+from src.models.inputs import PromptBatch, select_rows, with_completions
+
+
+def completion_logprobs(model, prompts: PromptBatch, completion_ids: torch.Tensor,
+                        completion_mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log pi(o_t | q, o_<t) for every completion token: [N, L] fp32 (padding positions hold junk; mask them).
+
+    Position P-1 (the assistant header's last token) predicts completion token 0, position P+L-2
+    predicts token L-1, so the hidden states are sliced [P-1, P+L-1).
+    """
+    prompt_len = prompts.input_ids.shape[1]                                     # P
+    hidden = model.model(**with_completions(prompts, completion_ids, completion_mask)).last_hidden_state  # [N, P+L, H]
+    hidden = hidden[:, prompt_len - 1 : -1]                                     # [N, L, H]
+    return linear_logprobs(hidden, model.lm_head.weight, completion_ids, temperature=temperature)  # [N, L]
+
+
+def minibatches(num_rows: int, size: int) -> Iterator[list[int]]:
+    for start in range(0, num_rows, size):
+        yield list(range(start, min(start + size, num_rows)))
+
+
+@torch.no_grad()
+def logprobs_no_grad(model, prompts: PromptBatch, completion_ids: torch.Tensor, completion_mask: torch.Tensor,
+                     temperature: float, mini_batch_size: int) -> torch.Tensor:
+    """Log-probs of all N rows in mini-batches, without building a graph (reference and old policy)."""
+    parts = [completion_logprobs(model, select_rows(prompts, rows), completion_ids[rows], completion_mask[rows],
+                                 temperature)
+             for rows in minibatches(completion_ids.shape[0], mini_batch_size)]
+    return torch.cat(parts)                                                     # [N, L]
+
+
+def rows_of(tensor: torch.Tensor | None, rows: Sequence[int]) -> torch.Tensor | None:
+    return None if tensor is None else tensor[list(rows)]
