@@ -1,0 +1,127 @@
+"""The synthetic set is deterministic, written atomically, and its answers agree with its pixels."""
+from collections import deque
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import src.data.synthetic as synthetic
+from src.data.loaders import load_dataset
+from src.data.synthetic import NUMBER_WORDS, PROFILES, QUESTIONS, SyntheticConfig, ensure_synthetic
+
+SMALL = SyntheticConfig(n_train=60, n_test=10)
+
+
+def folder_bytes(folder):
+    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_two_generations_are_byte_identical(tmp_path):
+    first = folder_bytes(ensure_synthetic(seed=5, config=SMALL, cache_dir=tmp_path / "a"))
+    second = folder_bytes(ensure_synthetic(seed=5, config=SMALL, cache_dir=tmp_path / "b"))
+    assert len(first) == 60 + 10 + 3  # images, train.jsonl, test.jsonl, manifest.json
+    assert first == second
+    other = folder_bytes(ensure_synthetic(seed=6, config=SMALL, cache_dir=tmp_path / "c"))
+    assert other["train.jsonl"] != first["train.jsonl"]
+
+
+def blobs(image: np.ndarray, organ_level: float, contrast: float) -> list[dict]:
+    """Connected (4-neighbour) regions brighter or darker than the organ by over half the contrast.
+
+    Dark regions touching the image border are the background, not lesions.
+    """
+    size = image.shape[0]
+    classes = np.where(image > organ_level + contrast / 2, 1, np.where(image < organ_level - contrast / 2, -1, 0))
+    seen = np.zeros(image.shape, dtype=bool)
+    found = []
+    for start in zip(*np.nonzero(classes)):
+        if seen[start]:
+            continue
+        seen[start] = True
+        queue, pixels = deque([start]), []
+        while queue:
+            y, x = queue.popleft()
+            pixels.append((y, x))
+            for ny, nx in ((y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)):
+                if 0 <= ny < size and 0 <= nx < size and not seen[ny, nx] and classes[ny, nx] == classes[start]:
+                    seen[ny, nx] = True
+                    queue.append((ny, nx))
+        ys, xs = np.array(pixels).T
+        touches_border = min(ys.min(), xs.min()) == 0 or max(ys.max(), xs.max()) == size - 1
+        if classes[start] == 1 or not touches_border:
+            found.append({"area": len(pixels), "x": xs.mean(), "y": ys.mean(), "bright": classes[start] == 1})
+    return sorted(found, key=lambda blob: -blob["area"])
+
+
+def test_answers_and_reasoning_agree_with_the_pixels(tmp_path):
+    config = SyntheticConfig(n_train=80, n_test=0)
+    samples = load_dataset("synthetic", ensure_synthetic(seed=1, config=config, cache_dir=tmp_path), "train")
+    assert {s.task for s in samples} == set(QUESTIONS) and {s.modality for s in samples} == set(PROFILES)
+    centre = (config.image_size - 1) / 2
+    for sample in samples:
+        image = np.asarray(Image.open(sample.image))
+        assert image.shape == (112, 112) and image.dtype == np.uint8
+        found = blobs(image, PROFILES[sample.modality][1], config.lesion_contrast)
+        assert len(found) <= config.max_lesions
+        where = [f"{'upper' if b['y'] < centre else 'lower'} {'left' if b['x'] < centre else 'right'}" for b in found]
+        kind = ["bright" if b["bright"] else "dark" for b in found]
+        expected = {
+            "presence": "yes" if found else "no",
+            "side": "yes" if any(b["x"] < centre for b in found) else "no",
+            "count": NUMBER_WORDS[len(found)],
+            "location": where[0] if found else None,
+            "brightness": kind[0] if found else None,
+        }[sample.task]
+        assert sample.answer == expected, (sample.id, sample.question)
+        if sample.reasoning and found:
+            assert sample.reasoning.startswith(f"The organ shows {NUMBER_WORDS[len(found)]} lesion")
+            assert all(f"{k} one in the {w}" in sample.reasoning for k, w in zip(kind, where))
+            assert len(found) == 1 or f"The largest is the {kind[0]} one in the {where[0]}." in sample.reasoning
+        elif sample.reasoning:
+            assert sample.reasoning.startswith("The organ is homogeneous, with no focal lesion.")
+
+
+def test_split_sizes_reasoning_share_and_answer_types(tmp_path):
+    root = ensure_synthetic(seed=0, config=SMALL, cache_dir=tmp_path)
+    train, test = load_dataset("synthetic", root, "train"), load_dataset("synthetic", root, "test")
+    assert (len(train), len(test)) == (60, 10)
+    assert 0.6 <= sum(s.reasoning is not None for s in train) / 60 <= 0.95  # 0.8 expected; sd 0.05
+    for sample in train:
+        assert sample.answer_type == ("closed" if sample.task in ("presence", "side", "brightness") else "open")
+
+
+def test_default_location_follows_rarl_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("RARL_CACHE", str(tmp_path))
+    samples = load_dataset("synthetic", None, "test")
+    assert len(samples) == 150
+    assert samples[0].image == str(tmp_path / "synthetic-seed0" / "images" / "test-00000.png")
+
+
+def test_interrupted_generation_leaves_nothing_and_a_changed_config_regenerates(tmp_path, monkeypatch):
+    def interrupted(folder, seed, config):
+        (folder / "images").mkdir()
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(synthetic, "write_synthetic", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            ensure_synthetic(seed=0, config=SMALL, cache_dir=tmp_path / "set")
+    assert list(tmp_path.iterdir()) == []
+
+    ensure_synthetic(seed=0, config=SyntheticConfig(n_train=3, n_test=1), cache_dir=tmp_path / "set")
+    root = ensure_synthetic(seed=0, config=SyntheticConfig(n_train=4, n_test=1), cache_dir=tmp_path / "set")
+    assert len((root / "train.jsonl").read_text().splitlines()) == 4
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["set"]  # no staging or stale folders left
+
+    monkeypatch.setattr(synthetic, "write_synthetic", interrupted)  # a current set is not generated again
+    assert ensure_synthetic(seed=0, config=SyntheticConfig(n_train=4, n_test=1), cache_dir=tmp_path / "set") == root
+
+
+def test_config_rejects_what_cannot_be_generated():
+    with pytest.raises(ValueError, match="unknown question kinds"):
+        SyntheticConfig(question_kinds=("colour",))
+    with pytest.raises(ValueError, match="a kind that applies to images without a lesion"):
+        SyntheticConfig(question_kinds=("location",))
+    too_large = SyntheticConfig(lesion_radius=(40, 45))  # a 40 px lesion cannot fit a 38-49 px semi-axis organ
+    with pytest.raises(ValueError, match="could not place 1 lesions"):
+        synthetic.place_lesions(np.random.default_rng(0), too_large, np.array([45.0, 40.0]), count=1)
