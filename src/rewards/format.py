@@ -17,6 +17,7 @@ def format_reward(completion: str) -> float:
     counts = [completion.count(tag) for tag in TAGS]
     if not any(counts):
         return 0.0
+    if counts != [1, 1, 1, 1]:  # a tag missing, repeated or nested
+        return 0.1
     match = _EXACT_RE.fullmatch(completion)
-    exact = counts == [1, 1, 1, 1] and match and match.group(1).strip() and match.group(2).strip()
-    return 1.0 if exact else 0.1
+    return 1.0 if match and match.group(1).strip() and match.group(2).strip() else 0.1
