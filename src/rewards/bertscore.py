@@ -1,20 +1,21 @@
 """BERTScore F1 (Zhang et al., 2020, "BERTScore: Evaluating Text Generation with BERT"), batched.
 
 Each text is embedded by a pretrained encoder; x_i are the candidate's token embeddings, y_j the
-reference's (taken from one fixed layer, L2-normalised; the sums run over the text's own tokens,
-special tokens such as [CLS]/[SEP] excluded). Greedy matching:
+reference's (taken from one fixed layer, L2-normalised). Greedy matching:
 
     P  = 1/|x| sum_i max_j x_i . y_j        (each candidate token finds its best reference token)
     R  = 1/|y| sum_j max_i x_i . y_j        (each reference token finds its best candidate token)
     F1 = 2 P R / (P + R)
 
-idf weighting off, baseline rescaling off (the paper's defaults for the metric itself).
+The sums and counts |x|, |y| leave out special tokens ([CLS]/[SEP], <s>/</s>); the max runs over all
+of the other text's tokens, special ones included, as in the authors' implementation. idf weighting
+off, baseline rescaling off (the `bert_score` package's defaults).
 
 Why written here rather than calling the `bert_score` package: the math is the dozen lines above and
-reads better than a call into a library; the package's `score()` reloads the model on every call,
-and its model cache keys on a model *name*, whereas here one scorer is loaded once, kept on the GPU,
-and fed all completions of a step in one call. tests/test_rewards_bertscore.py checks that the numbers
-equal the `bert_score` package's for the same model and layer.
+reads better in place than a call into a library, and the package (0.3.13) raises on an empty text
+under transformers 5 (`build_inputs_with_special_tokens` is gone), which a reward must survive.
+tests/test_rewards_bertscore.py checks that the numbers equal the package's for the same model and
+layer.
 
 Models and layers (the layer is part of the metric: scores from different models or layers are not
 comparable):
