@@ -1,0 +1,19 @@
+"""GRPO: the RL loop and its math.
+
+The pure-tensor core (no model, file or network code; unit-tested on CPU with hand-computed numbers)
+maps onto the paper (RARL, sec. 2.2.1, which follows DeepSeekMath's GRPO) one function per equation:
+
+    eq. 2  A_i = (r_i - mean(r)) / std(r) over a group ...... advantages.group_advantages
+    eq. 3  D_KL = pi_ref/pi - log(pi_ref/pi) - 1 (k3) ....... kl.k3_kl
+    eq. 1  min(r A, clip(r, 1-eps, 1+eps) A) ................ loss.clipped_surrogate
+    eq. 1  1/G sum_i (...) - beta D_KL, as a loss ........... loss.grpo_loss (aggregation: loss.AGGREGATIONS)
+           log pi(token) without [T, V] fp32 logits ......... logprobs.selective_log_softmax,
+                                                              logprobs.linear_logprobs
+
+Shape legend, used in every shape comment of this package:
+    B  prompts in a batch            G  completions sampled per prompt (group size)
+    N  completions, N = B * G        P  prompt tokens
+    L  completion tokens (padded)    V  vocabulary size (151,936 for Qwen2-VL)
+    H  hidden size                   T  tokens in a flattened batch, e.g. T = N * L
+Completions of one prompt are contiguous: completion g of prompt b sits at index b * G + g.
+"""

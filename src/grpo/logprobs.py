@@ -1,0 +1,146 @@
+"""log pi(token) of the sampled completion tokens, without a full-vocabulary fp32 log-softmax.
+
+The loss needs one number per token, log p(target) = logit[target] - logsumexp(logits). The naive
+torch.log_softmax(logits.float(), -1).gather(...) first builds [T, V] fp32 log-probabilities: with
+Qwen2-VL's V = 151,936, 8 completions x 512 tokens make 2.5 GB, and autograd keeps it for backward.
+
+- selective_log_softmax(logits, targets): the logits exist already (a model's forward returned them);
+  the fp32 work happens a chunk of rows at a time, and backward recomputes the softmax per chunk
+  from the saved logits and their logsumexp, so fp32 temporaries exist for one chunk at a time.
+- linear_logprobs(hidden, weight, targets): the "fused linear log-softmax" of Liger Kernel's
+  FusedLinearCrossEntropy: start from the final hidden states and the lm_head weight so that the
+  [T, V] logits are never held for the whole batch either; each chunk's logits are computed,
+  reduced to (logsumexp, target logit) and dropped, and recomputed in backward.
+
+Both return fp32 [T] (or [N, L]) log-probabilities and are exact: they equal the naive computation
+up to fp32 rounding. Backward of log p(target) w.r.t. the logits z is g * (onehot(target) - softmax(z)).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _upcast(x: Tensor) -> Tensor:
+    """x in fp32, or in float64 if it already is (so that float64 tests check the math exactly)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def _target_logprob(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Upcast logits [..., V], targets [...] -> (log p(target) [...], logsumexp [...])."""
+    lse = torch.logsumexp(logits, dim=-1)  # [...]
+    target_logit = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [...]
+    return target_logit - lse, lse
+
+
+def _logits_grad(logits: Tensor, lse: Tensor, targets: Tensor, grad_out: Tensor) -> Tensor:
+    """Gradient of grad_out * log p(target) w.r.t. upcast logits [..., V]: g * (onehot - softmax)."""
+    grad = torch.exp(logits - lse.unsqueeze(-1)).mul_(-grad_out.unsqueeze(-1))  # [..., V], -g softmax
+    return grad.scatter_add_(-1, targets.unsqueeze(-1), grad_out.unsqueeze(-1))  # + g onehot
+
+
+class _SelectiveLogSoftmax(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits: Tensor, targets: Tensor, temperature: float, chunk_rows: int) -> Tensor:
+        dtype = torch.promote_types(logits.dtype, torch.float32)
+        logp = torch.empty(targets.shape, dtype=dtype, device=logits.device)  # [N, L]
+        lse = torch.empty_like(logp)  # [N, L]
+        for start in range(0, logits.shape[0], chunk_rows):
+            rows = slice(start, start + chunk_rows)
+            chunk = _upcast(logits[rows]) / temperature  # [c, L, V] fp32
+            logp[rows], lse[rows] = _target_logprob(chunk, targets[rows])
+        ctx.save_for_backward(logits, targets, lse)
+        ctx.temperature, ctx.chunk_rows = temperature, chunk_rows
+        return logp
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        logits, targets, lse = ctx.saved_tensors
+        grad_logits = torch.empty_like(logits)  # [N, L, V] in the logits' dtype
+        for start in range(0, logits.shape[0], ctx.chunk_rows):
+            rows = slice(start, start + ctx.chunk_rows)
+            chunk = _upcast(logits[rows]) / ctx.temperature  # [c, L, V], recomputed
+            grad_chunk = _logits_grad(chunk, lse[rows], targets[rows], grad_out[rows])  # [c, L, V]
+            grad_logits[rows] = grad_chunk.div_(ctx.temperature)  # chain rule through z / temperature
+        return grad_logits, None, None, None
+
+
+def selective_log_softmax(
+    logits: Tensor, targets: Tensor, temperature: float = 1.0, chunk_rows: int = 1
+) -> Tensor:
+    """log softmax(logits / temperature)[target] in fp32, chunk_rows completions at a time.
+
+    logits: [N, L, V], any float dtype (bf16 from the model); may be a slice such as
+            model_logits[:, P - 1 : -1] (chunks index the first dim, so no contiguous copy is made).
+    targets: [N, L] token ids, the completion tokens that each logit row predicts.
+    temperature: the sampling temperature, so that log-probs match the distribution sampled from.
+    Returns [N, L] fp32 (float64 for float64 logits). Extra memory is a few fp32 temporaries of one
+    chunk, chunk_rows * L * V * 4 bytes each (311 MB for one 512-token completion on Qwen2-VL), in
+    forward and in backward; backward also returns the gradient [N, L, V] in the logits' dtype.
+    """
+    if logits.shape[:-1] != targets.shape:
+        raise ValueError(
+            f"expected logits [N, L, V] and targets [N, L], got {tuple(logits.shape)}, {tuple(targets.shape)}"
+        )
+    return _SelectiveLogSoftmax.apply(logits, targets, temperature, chunk_rows)
+
+
+class _LinearLogprobs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float, chunk_size: int):
+        dtype = torch.promote_types(hidden.dtype, torch.float32)
+        logp = torch.empty(targets.shape, dtype=dtype, device=hidden.device)  # [T]
+        lse = torch.empty_like(logp)  # [T]
+        for start in range(0, hidden.shape[0], chunk_size):
+            rows = slice(start, start + chunk_size)
+            # The matmul runs in the inputs' dtype, as the model's own lm_head would (GPU kernels
+            # accumulate bf16 products in fp32); the softmax math is fp32.
+            logits = _upcast(hidden[rows] @ weight.T) / temperature  # [c, V]
+            logp[rows], lse[rows] = _target_logprob(logits, targets[rows])
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.temperature, ctx.chunk_size = temperature, chunk_size
+        return logp
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        hidden, weight, targets, lse = ctx.saved_tensors
+        need_hidden, need_weight = ctx.needs_input_grad[:2]
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None  # [T, H]
+        # Under LoRA the lm_head is frozen and this stays None; under full fine-tuning the weight
+        # gradient sums over every chunk, so it accumulates in fp32.
+        grad_weight = torch.zeros_like(weight, dtype=lse.dtype) if need_weight else None  # [V, H]
+        for start in range(0, hidden.shape[0], ctx.chunk_size):
+            rows = slice(start, start + ctx.chunk_size)
+            logits = _upcast(hidden[rows] @ weight.T) / ctx.temperature  # [c, V], recomputed
+            grad_logits = _logits_grad(logits, lse[rows], targets[rows], grad_out[rows])  # [c, V]
+            grad_logits = grad_logits.div_(ctx.temperature).to(hidden.dtype)  # w.r.t. h W^T, not / temp
+            if need_hidden:
+                grad_hidden[rows] = grad_logits @ weight  # [c, H]
+            if need_weight:
+                grad_weight += grad_logits.T @ hidden[rows]  # [V, H]
+        if need_weight:
+            grad_weight = grad_weight.to(weight.dtype)
+        return grad_hidden, grad_weight, None, None, None
+
+
+def linear_logprobs(
+    hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float = 1.0, chunk_size: int = 512
+) -> Tensor:
+    """log softmax(hidden @ weight.T / temperature)[target] in fp32, never holding [T, V] logits.
+
+    hidden: [N, L, H] or [T, H] final hidden states (after the last norm) at the positions that
+            predict the targets; weight: [V, H] the lm_head weight; targets: [N, L] or [T] token ids.
+    temperature: the sampling temperature, so that log-probs match the distribution sampled from.
+    chunk_size: tokens per chunk; extra memory is a few fp32 temporaries of chunk_size * V * 4 bytes
+            (311 MB at 512 tokens on Qwen2-VL), in forward and in backward.
+    Returns fp32 (float64 for float64 inputs) of targets' shape. Gradients flow to hidden, and to
+    weight when it requires grad.
+    """
+    if hidden.shape[:-1] != targets.shape or hidden.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"expected hidden [..., H], weight [V, H], targets [...], got hidden {tuple(hidden.shape)}, "
+            f"weight {tuple(weight.shape)}, targets {tuple(targets.shape)}"
+        )
+    flat_hidden = hidden.reshape(-1, hidden.shape[-1])  # [T, H]
+    logp = _LinearLogprobs.apply(flat_hidden, weight, targets.reshape(-1), temperature, chunk_size)  # [T]
+    return logp.view(targets.shape)  # [N, L] or [T]

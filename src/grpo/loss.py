@@ -1,0 +1,149 @@
+"""The GRPO loss: eq. 1 of the paper, per token, with a named choice of how tokens are averaged.
+
+Eq. 1 writes the objective per completion v_i with one ratio r_i. As in DeepSeekMath (the paper's
+ref. [28]) and every GRPO trainer, it is applied per token t of completion i,
+    r_it = pi(o_it) / pi_old(o_it),
+    J_it = min(r_it A_i, clip(r_it, 1 - eps_low, 1 + eps_high) A_i) - beta k3_it,
+and the loss we minimise is -J averaged over tokens by one of the AGGREGATIONS. eps_low = eps_high
+is eq. 1's symmetric clip; DAPO raises eps_high ("clip-higher") to let rare tokens grow.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from src.grpo.kl import k3_kl
+
+
+def clipped_surrogate(
+    logp: Tensor, old_logp: Tensor, advantages: Tensor, epsilon_low: float = 0.2, epsilon_high: float = 0.2
+) -> Tensor:
+    """Eq. 1's surrogate per token: min(r A, clip(r, 1 - eps_low, 1 + eps_high) A), r = pi / pi_old.
+
+    logp, old_logp: [N, L] log-probabilities of the sampled tokens under the policy being trained
+    and the policy that sampled them. advantages: [N], one per completion, shared by its tokens.
+    Returns [N, L] fp32, to be maximised. The min makes it pessimistic: once r has left the clip
+    range in the direction the advantage pushes it, the token's gradient is zero.
+    """
+    logratio = logp.float() - old_logp.float()  # [N, L]
+    ratio = torch.exp(logratio)  # [N, L]
+    adv = advantages.float().unsqueeze(1)  # [N, 1], broadcast over the completion's tokens
+    unclipped = ratio * adv  # [N, L]
+    clipped = torch.clamp(ratio, 1.0 - epsilon_low, 1.0 + epsilon_high) * adv  # [N, L]
+    return torch.minimum(unclipped, clipped)  # [N, L]
+
+
+# --- Aggregations: per-token loss [N, L] and mask [N, L] (1 on completion tokens) -> scalar. -----
+# The choice weighs long and short completions differently (the "length bias" of Dr. GRPO, 2025).
+
+
+def sequence_mean(per_token: Tensor, mask: Tensor) -> Tensor:
+    """Eq. 1 (DeepSeekMath): 1/G sum_i 1/|o_i| sum_t. Mean over each completion's tokens, then over
+    completions: a token of a short completion weighs more than one of a long completion."""
+    lengths = mask.sum(dim=1).clamp(min=1)  # [N]; an all-zero row (no EOS even) contributes 0
+    per_completion = (per_token * mask).sum(dim=1) / lengths  # [N]
+    return per_completion.mean()
+
+
+def token_mean(per_token: Tensor, mask: Tensor) -> Tensor:
+    """DAPO (TRL's default): sum over all completion tokens / their count. Every token weighs the
+    same within a batch."""
+    return (per_token * mask).sum() / mask.sum().clamp(min=1)
+
+
+def dr_grpo(per_token: Tensor, mask: Tensor) -> Tensor:
+    """Dr. GRPO: sum over all completion tokens / (N * L). The normaliser does not depend on the
+    completions' lengths. Dr. GRPO means L to be the generation budget (max completion length):
+    this holds when the rollout pads completions to that budget; padded to the batch's longest
+    completion instead, the normaliser changes from batch to batch with it."""
+    return (per_token * mask).sum() / mask.numel()
+
+
+AGGREGATIONS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "sequence": sequence_mean,
+    "token": token_mean,
+    "dr_grpo": dr_grpo,
+}
+
+
+@dataclass(frozen=True)
+class LossStats:
+    """What one grpo_loss call measured: detached 0-dim fp32 tensors on the loss's device.
+
+    Tensors, not floats, so that computing them costs no GPU->CPU sync; `as_floats` syncs once.
+    All are token means over the completion tokens (mask == 1), whatever the loss aggregation.
+    """
+
+    kl: Tensor | None  # mean k3 KL to the reference (eq. 3); None when no ref_logp was given
+    ratio_mean: Tensor  # mean r = pi / pi_old; exactly 1 on the first update of a batch
+    clipfrac_low: Tensor  # fraction of tokens held by the lower clip: r < 1 - eps_low and A < 0
+    clipfrac_high: Tensor  # fraction of tokens held by the upper clip: r > 1 + eps_high and A > 0
+
+    def as_floats(self) -> dict[str, float]:
+        """{name: value} for logging, with a single device-to-host transfer; kl left out if None."""
+        named = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        return dict(zip(named, torch.stack(list(named.values())).tolist()))
+
+
+def grpo_loss(
+    logp: Tensor,
+    old_logp: Tensor | None,
+    ref_logp: Tensor | None,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    epsilon_low: float = 0.2,
+    epsilon_high: float = 0.2,
+    beta: float = 0.04,
+    aggregation: str = "sequence",
+) -> tuple[Tensor, LossStats]:
+    """The GRPO loss -(surrogate - beta * KL) (eq. 1 with eq. 3), aggregated over completion tokens.
+
+    logp:       [N, L] log pi(token) under the policy being trained (carries the gradient).
+    old_logp:   [N, L] log pi_old(token) under the policy that sampled the completions, or None on
+                the first update of a batch (one update per generation, the paper's setting). Then
+                old_logp = logp.detach(): the ratio r = exp(logp - logp.detach()) is exactly 1 while
+                its gradient r * grad(logp) = grad(logp), so the loss gradient is the plain policy
+                gradient -A grad(logp), and no extra forward pass is needed.
+    ref_logp:   [N, L] log pi_ref(token) under the frozen reference, or None. Required when beta > 0;
+                when given with beta == 0 the KL is measured for the stats only.
+    advantages: [N] one per completion (eq. 2, advantages.group_advantages).
+    mask:       [N, L] 1 on completion tokens up to and including EOS, 0 on padding after it.
+    epsilon_low, epsilon_high: the clip range [1 - epsilon_low, 1 + epsilon_high] of the ratio.
+    beta:       KL weight; 0.04 is DeepSeekMath's (and R1-V's) value.
+    aggregation: a key of AGGREGATIONS; "sequence" is eq. 1.
+    Returns the scalar fp32 loss to minimise and its LossStats. All math is in fp32 whatever the
+    inputs' dtype.
+    """
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation {aggregation!r}; choose one of {sorted(AGGREGATIONS)}")
+    if beta > 0 and ref_logp is None:
+        raise ValueError(f"beta = {beta} > 0 needs ref_logp (the reference policy's log-probs)")
+    if mask.shape != logp.shape or advantages.shape != logp.shape[:1]:
+        raise ValueError(
+            f"expected logp and mask [N, L] and advantages [N], got logp {tuple(logp.shape)}, "
+            f"mask {tuple(mask.shape)}, advantages {tuple(advantages.shape)}"
+        )
+    logp = logp.float()  # [N, L]
+    old_logp = logp.detach() if old_logp is None else old_logp.float()  # [N, L]
+    mask = mask.float()  # [N, L]
+
+    objective = clipped_surrogate(logp, old_logp, advantages, epsilon_low, epsilon_high)  # [N, L]
+    kl = None if ref_logp is None else k3_kl(logp, ref_logp)  # [N, L]
+    if beta > 0:
+        objective = objective - beta * kl  # [N, L]
+    loss = AGGREGATIONS[aggregation](-objective, mask)
+
+    with torch.no_grad():
+        ratio = torch.exp(logp - old_logp)  # [N, L]
+        adv = advantages.float().unsqueeze(1)  # [N, 1]
+        stats = LossStats(
+            kl=None if kl is None else token_mean(kl, mask),
+            ratio_mean=token_mean(ratio, mask),
+            clipfrac_low=token_mean(((ratio < 1.0 - epsilon_low) & (adv < 0)).float(), mask),
+            clipfrac_high=token_mean(((ratio > 1.0 + epsilon_high) & (adv > 0)).float(), mask),
+        )
+    return loss, stats

@@ -1,0 +1,256 @@
+"""The GRPO core (eq. 1-3) against numbers computed by hand; the arithmetic is in the comments."""
+import math
+
+import pytest
+import torch
+
+from src.grpo.advantages import group_advantages, zero_std_fraction
+from src.grpo.kl import k3_kl
+from src.grpo.loss import AGGREGATIONS, LossStats, clipped_surrogate, grpo_loss
+
+LN = math.log
+
+
+# --- eq. 2: group advantages ---------------------------------------------------------------------
+
+
+def test_group_advantages_two_groups_and_zero_std_fraction():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0])  # B = 2 prompts, G = 4
+    # Group 1: mean 0.5, deviations +-0.5, unbiased var = 4 * 0.25 / 3 = 1/3, std = sqrt(1/3).
+    a = 0.5 / (math.sqrt(1 / 3) + 1e-4)  # = 0.86588
+    # Group 2: all equal: no signal, advantages exactly 0.
+    expected = torch.tensor([a, -a, -a, a, 0.0, 0.0, 0.0, 0.0])
+    torch.testing.assert_close(group_advantages(rewards, group_size=4), expected, rtol=0, atol=1e-7)
+    assert torch.equal(group_advantages(rewards, group_size=4)[4:], torch.zeros(4))
+    assert zero_std_fraction(rewards, group_size=4) == 0.5
+
+
+def test_group_advantages_use_the_unbiased_std():
+    # mean 0.75; deviations -0.75 x3, 2.25; sum of squares 3 * 0.5625 + 5.0625 = 6.75.
+    # Unbiased: var = 6.75 / 3 = 2.25, std = 1.5 -> A = [-0.5, -0.5, -0.5, 1.5].
+    # (The biased std sqrt(6.75 / 4) = 1.299 would give -0.577 and 1.732.)
+    rewards = torch.tensor([0.0, 0.0, 0.0, 3.0])
+    expected = torch.tensor([-0.5, -0.5, -0.5, 1.5])
+    torch.testing.assert_close(group_advantages(rewards, 4, eps=0.0), expected, rtol=0, atol=1e-7)
+
+
+def test_equal_rewards_that_fp32_cannot_average_exactly_give_exactly_zero():
+    # The fp32 mean of eight 0.1s is not 0.1: deviations ~1e-8 divided by (std ~1e-8 + 1e-4) would
+    # be ~1e-4 advantages with no meaning. A group with equal rewards must get exactly 0.
+    rewards = torch.full((8,), 0.1)
+    assert torch.equal(group_advantages(rewards, group_size=8), torch.zeros(8))
+    assert zero_std_fraction(rewards, group_size=8) == 1.0
+
+
+def test_advantages_keep_each_group_to_itself():
+    # Group 2 is group 1 shifted by 10 and scaled by 3: same standardised advantages.
+    g1 = torch.tensor([0.2, 0.9, 0.4])
+    adv = group_advantages(torch.cat([g1, 10 + 3 * g1]), group_size=3, eps=0.0)
+    torch.testing.assert_close(adv[:3], adv[3:], rtol=0, atol=1e-6)
+    torch.testing.assert_close(adv[:3].sum(), torch.tensor(0.0), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "rewards, group_size",
+    [(torch.zeros(6), 4), (torch.zeros(4), 1), (torch.zeros(2, 4), 4)],
+    ids=["G does not divide N", "G = 1 has no std", "not flat"],
+)
+def test_group_advantages_reject_bad_layouts(rewards, group_size):
+    with pytest.raises(ValueError, match="group_size|flat"):
+        group_advantages(rewards, group_size)
+
+
+# --- eq. 3: k3 KL --------------------------------------------------------------------------------
+
+
+def test_k3_hand_values():
+    logp = torch.zeros(3)
+    ref_logp = torch.tensor([LN(2.0), -LN(2.0), 0.0])
+    # x = ln 2:  2 - ln 2 - 1 = 1 - ln 2 = 0.30685;  x = -ln 2: 0.5 + ln 2 - 1 = ln 2 - 0.5 = 0.19315;
+    # x = 0: policy == reference, exactly 0.
+    expected = torch.tensor([1 - LN(2.0), LN(2.0) - 0.5, 0.0])
+    torch.testing.assert_close(k3_kl(logp, ref_logp), expected, rtol=0, atol=1e-7)
+    assert k3_kl(logp, ref_logp)[2].item() == 0.0
+
+
+def test_k3_is_never_negative_near_zero():
+    # Where policy ~ reference, exp(x) - x - 1 in fp32 rounds below 0 for ~1.6% of these x;
+    # k3 must stay >= 0 (it is a KL estimate).
+    torch.manual_seed(0)
+    logp = 1e-3 * torch.randn(100_000)
+    assert (k3_kl(logp, torch.zeros_like(logp)) >= 0).all()
+
+
+def test_k3_is_finite_with_finite_gradients_for_extreme_log_ratios():
+    logp = torch.tensor([1e4, -1e4, 0.0, -30.0], requires_grad=True)
+    ref_logp = torch.tensor([-1e4, 1e4, 0.0, -5.0])
+    kl = k3_kl(logp, ref_logp)
+    # x = ref - logp is clamped to [-20, 20]: x = -2e4 -> e^-20 + 20 - 1; x = 2e4 -> e^20 - 20 - 1;
+    # x = 25 -> clamped to 20 as well.
+    expected = torch.tensor([math.exp(-20) + 19, math.exp(20) - 21, 0.0, math.exp(20) - 21])
+    torch.testing.assert_close(kl, expected, rtol=1e-6, atol=0)
+    kl.sum().backward()
+    assert torch.isfinite(logp.grad).all()
+    # Clamped tokens get no gradient; at x = 0 the gradient 1 - e^x is 0 too.
+    assert torch.equal(logp.grad, torch.zeros(4))
+
+
+def test_k3_gradient_inside_the_clamp():
+    # d/dlogp [e^x - x - 1] with x = ref - logp is 1 - e^x: at x = ln 2 it is -1.
+    logp = torch.tensor([0.0], requires_grad=True)
+    k3_kl(logp, torch.tensor([LN(2.0)])).sum().backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([-1.0]), rtol=0, atol=1e-6)
+
+
+def test_k3_computes_in_fp32_from_bf16():
+    assert k3_kl(torch.zeros(2, dtype=torch.bfloat16), torch.zeros(2, dtype=torch.bfloat16)).dtype == torch.float32
+
+
+# --- eq. 1: clipped surrogate --------------------------------------------------------------------
+
+
+def test_clipped_surrogate_hand_values():
+    # Token log-ratios 0, 1, -1, ln 1.1 -> ratios 1, e, 1/e, 1.1; clip range [0.8, 1.2].
+    logratio = torch.tensor([0.0, 1.0, -1.0, LN(1.1)])
+    logp = torch.stack([logratio, logratio])  # [N=2, L=4]
+    old_logp = torch.zeros(2, 4)
+    advantages = torch.tensor([2.0, -1.0])  # one per completion, broadcast over its tokens
+    expected = torch.tensor(
+        [
+            # A = 2:  r = 1 -> 2;  r = e clipped to 1.2 -> 2.4 (< 2e);  r = 1/e: min(2/e, 0.8 * 2) = 2/e
+            # = 0.7358, unclipped (the pessimistic side);  r = 1.1 inside the range -> 2.2.
+            [2.0, 2.4, 2 / math.e, 2.2],
+            # A = -1: r = 1 -> -1;  r = e: min(-e, -1.2) = -e, unclipped;  r = 1/e clipped to 0.8
+            # -> -0.8 (< -1/e);  r = 1.1 -> -1.1.
+            [-1.0, -math.e, -0.8, -1.1],
+        ]
+    )
+    torch.testing.assert_close(clipped_surrogate(logp, old_logp, advantages), expected, rtol=0, atol=1e-6)
+
+
+def test_clipped_surrogate_asymmetric_clip_higher():
+    # DAPO's clip-higher: eps_low 0.2, eps_high 0.28. r = e, A = 1 -> clipped to 1.28;
+    # r = 1/e, A = -1 -> clipped to 0.8 -> -0.8.
+    logp = torch.tensor([[1.0], [-1.0]])
+    out = clipped_surrogate(logp, torch.zeros(2, 1), torch.tensor([1.0, -1.0]), 0.2, 0.28)
+    torch.testing.assert_close(out, torch.tensor([[1.28], [-0.8]]), rtol=0, atol=1e-6)
+
+
+# --- aggregations --------------------------------------------------------------------------------
+
+PER_TOKEN = torch.tensor([[1.0, 2.0, 3.0, 99.0], [4.0, 99.0, 99.0, 99.0]])  # 99 = padding, masked
+RAGGED = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]])  # lengths 3 and 1, L = 4
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("sequence", 3.0),  # ((1 + 2 + 3) / 3 + 4 / 1) / 2 = (2 + 4) / 2 = 3
+        ("token", 2.5),  # (1 + 2 + 3 + 4) / 4 tokens = 2.5
+        ("dr_grpo", 1.25),  # (1 + 2 + 3 + 4) / (N * L = 2 * 4) = 1.25
+    ],
+)
+def test_aggregations_on_a_ragged_mask(name, expected):
+    assert AGGREGATIONS[name](PER_TOKEN, RAGGED).item() == pytest.approx(expected, abs=1e-7)
+
+
+# --- grpo_loss -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "aggregation, expected",
+    [
+        # First update: r = 1, so the per-token loss is -A_i: -1 on 3 tokens, -2 on 1 token.
+        ("sequence", -1.5),  # (-1 - 2) / 2 completions
+        ("token", -1.25),  # (3 * -1 + 1 * -2) / 4 tokens
+        ("dr_grpo", -0.625),  # (3 * -1 + 1 * -2) / (2 * 4)
+    ],
+)
+def test_grpo_loss_first_update_per_aggregation(aggregation, expected):
+    logp = torch.randn(2, 4)
+    loss, _ = grpo_loss(logp, None, None, torch.tensor([1.0, 2.0]), RAGGED, beta=0.0, aggregation=aggregation)
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_first_step_policy_equals_reference_kl_zero_ratio_one():
+    torch.manual_seed(0)
+    logp = torch.randn(4, 6, requires_grad=True)
+    loss, stats = grpo_loss(logp, None, logp.detach(), torch.tensor([1.0, -3.0, 0.5, 1.5]), torch.ones(4, 6))
+    assert stats.kl.item() == 0.0
+    assert stats.ratio_mean.item() == 1.0
+    assert stats.clipfrac_low.item() == 0.0 and stats.clipfrac_high.item() == 0.0
+    # r = 1 and KL = 0, so the loss is -mean(A) = -(1 - 3 + 0.5 + 1.5) / 4 = 0.
+    assert loss.item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_sequence_loss_gradient_is_the_policy_gradient():
+    # d loss / d logp_it = -A_i / (|o_i| * N) on completion tokens, 0 on padding. beta > 0 with
+    # ref == policy adds nothing: d k3 / d logp = 1 - e^0 = 0.
+    logp = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -4.0, -4.0]], requires_grad=True)
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    loss, _ = grpo_loss(logp, None, logp.detach(), torch.tensor([1.0, -2.0]), mask, beta=0.04)
+    loss.backward()
+    # Row 0: -1 / (3 * 2) = -1/6 on each token. Row 1: -(-2) / (1 * 2) = 1 on its one token.
+    expected = torch.tensor([[-1 / 6, -1 / 6, -1 / 6], [1.0, 0.0, 0.0]])
+    torch.testing.assert_close(logp.grad, expected, rtol=0, atol=1e-7)
+
+
+def test_clip_fractions_count_only_active_clips():
+    # Row 0, A = +1: ratios 1.5, 0.5, 1, 1.1. Upper clip active on 1.5 (> 1.2 and A > 0); 0.5 is
+    #   below 0.8 but with A > 0 the min keeps the unclipped 0.5, so it is not clipped.
+    # Row 1, A = -1: ratios 1.5, 0.5, 0.5, [padding 0.5]. 1.5 with A < 0 keeps -1.5, not clipped;
+    #   the two 0.5s are held by the lower clip. Padding does not count.
+    # 7 completion tokens: clipfrac_high = 1/7, clipfrac_low = 2/7;
+    # ratio_mean = (1.5 + 0.5 + 1 + 1.1 + 1.5 + 0.5 + 0.5) / 7 = 6.6 / 7.
+    ratios = torch.tensor([[1.5, 0.5, 1.0, 1.1], [1.5, 0.5, 0.5, 0.5]])
+    logp = torch.log(ratios).requires_grad_()
+    mask = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 0.0]])
+    loss, stats = grpo_loss(logp, torch.zeros(2, 4), None, torch.tensor([1.0, -1.0]), mask, beta=0.0)
+    assert stats.clipfrac_high.item() == pytest.approx(1 / 7, abs=1e-7)
+    assert stats.clipfrac_low.item() == pytest.approx(2 / 7, abs=1e-7)
+    assert stats.ratio_mean.item() == pytest.approx(6.6 / 7, abs=1e-6)
+    # The clipped tokens, and only they (and padding), get no gradient.
+    loss.backward()
+    no_grad = torch.tensor([[True, False, False, False], [False, True, True, True]])
+    assert torch.equal(logp.grad == 0, no_grad)
+
+
+def test_kl_term_enters_the_loss_with_weight_beta():
+    # A = 0 leaves only the KL: x = ref - logp = ln 2 on every token, k3 = 1 - ln 2 = 0.30685;
+    # loss = beta * k3 = 0.5 * 0.30685 = 0.15343 for every aggregation of a full mask.
+    logp = torch.zeros(2, 3)
+    ref_logp = torch.full((2, 3), LN(2.0))
+    for aggregation in AGGREGATIONS:
+        loss, stats = grpo_loss(logp, None, ref_logp, torch.zeros(2), torch.ones(2, 3), beta=0.5, aggregation=aggregation)
+        assert loss.item() == pytest.approx(0.5 * (1 - LN(2.0)), abs=1e-6)
+        assert stats.kl.item() == pytest.approx(1 - LN(2.0), abs=1e-6)
+
+
+def test_beta_zero_without_reference():
+    loss, stats = grpo_loss(torch.zeros(2, 3), None, None, torch.ones(2), torch.ones(2, 3), beta=0.0)
+    assert loss.item() == pytest.approx(-1.0)
+    assert stats.kl is None
+    assert set(stats.as_floats()) == {"ratio_mean", "clipfrac_low", "clipfrac_high"}
+
+
+def test_loss_math_is_fp32_for_bf16_inputs_and_stats_are_detached_tensors():
+    logp = torch.log(torch.tensor([[0.5, 0.25]], dtype=torch.bfloat16)).requires_grad_()
+    loss, stats = grpo_loss(logp, None, logp.detach(), torch.tensor([1.0]), torch.ones(1, 2, dtype=torch.bool))
+    assert loss.dtype == torch.float32
+    assert isinstance(stats, LossStats)
+    assert all(v.dim() == 0 and not v.requires_grad for v in (stats.kl, stats.ratio_mean, stats.clipfrac_low))
+    assert stats.as_floats() == {"kl": 0.0, "ratio_mean": 1.0, "clipfrac_low": 0.0, "clipfrac_high": 0.0}
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(beta=0.04), "needs ref_logp"),
+        (dict(beta=0.0, aggregation="mean"), "unknown aggregation"),
+        (dict(beta=0.0, advantages=torch.ones(3)), r"advantages \[N\]"),
+    ],
+)
+def test_grpo_loss_rejects_bad_arguments(kwargs, match):
+    advantages = kwargs.pop("advantages", torch.ones(2))
+    with pytest.raises(ValueError, match=match):
+        grpo_loss(torch.zeros(2, 3), None, None, advantages, torch.ones(2, 3), **kwargs)
