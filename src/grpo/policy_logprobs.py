@@ -22,7 +22,8 @@ def completion_logprobs(model, prompts: PromptBatch, completion_ids: torch.Tenso
     predicts token L-1, so the hidden states are sliced [P-1, P+L-1).
     """
     prompt_len = prompts.input_ids.shape[1]                                     # P
-    hidden = model.model(**with_completions(prompts, completion_ids, completion_mask)).last_hidden_state  # [N, P+L, H]
+    kwargs = with_completions(prompts, completion_ids, completion_mask)
+    hidden = model.model(**kwargs, use_cache=False).last_hidden_state           # [N, P+L, H]
     hidden = hidden[:, prompt_len - 1 : -1]                                     # [N, L, H]
     return linear_logprobs(hidden, model.lm_head.weight, completion_ids, temperature=temperature)  # [N, L]
 

@@ -27,6 +27,8 @@ comparable):
 """
 from __future__ import annotations
 
+import functools
+
 from typing import Sequence
 
 import torch
@@ -139,23 +141,27 @@ def _load(model_name: str, device, batch_size: int, layer: int | None, local_fil
     return BertScorer(model_name, model, tokenizer, layer, device, batch_size)
 
 
+@functools.lru_cache(maxsize=4)
 def load_bertscorer(model: str | None = None, device=None, batch_size: int = 64,
                     layer: int | None = None) -> BertScorer:
-    """Load a BERTScore scorer once (then call `scorer.score` with every pair of a step).
+    """Load a BERTScore scorer once per process (then call `scorer.score` with every pair of a step).
 
     model: None means roberta-large if it is in the local Hugging Face cache, else the embedded
-           all-MiniLM-L6-v2. The probe uses local_files_only=True, so it fails fast without network
-           instead of waiting on connection timeouts. `MINILM` (or "all-MiniLM-L6-v2") selects the
+           all-MiniLM-L6-v2. The probe is a lookup in the local cache, so it never waits on the
+           network. `MINILM` (or "all-MiniLM-L6-v2") selects the
            embedded model; any other name or path loads through transformers and needs `layer`
            unless it is in LAYERS.
     device: default cuda when available, else cpu.
     layer:  the hidden layer for an explicit `model` that is not in LAYERS.
     """
     if model is None:
-        try:
+        # A pure cache lookup: even with local_files_only=True, from_pretrained still asks the hub
+        # for an adapter_config.json and retries for ~30 s without network.
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(ROBERTA_LARGE, "config.json"), str):
             return _load(ROBERTA_LARGE, device, batch_size, None, local_files_only=True)
-        except OSError:  # not in the local cache: transformers raises OSError
-            return _load(MINILM, device, batch_size, None, local_files_only=True)
+        return _load(MINILM, device, batch_size, None, local_files_only=True)
     if model == "all-MiniLM-L6-v2":
         model = MINILM
     return _load(model, device, batch_size, layer, local_files_only=False)
