@@ -35,9 +35,9 @@ def read_jsonl(path: Path) -> list[dict]:
     return records
 
 
-def append_jsonl(handle: IO[str], record: dict) -> None:
-    """Append one record as a line and force it to disk before returning."""
-    handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+def append_jsonl(handle: IO[str], records: list[dict]) -> None:
+    """Append records, one line each, and force them to disk before returning."""
+    handle.write("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
     handle.flush()
     os.fsync(handle.fileno())
 

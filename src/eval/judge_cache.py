@@ -34,5 +34,5 @@ class JudgeCache:
         """Store an entry (it must carry its "key") in memory and on disk before returning."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as handle:
-            append_jsonl(handle, entry)
+            append_jsonl(handle, [entry])
         self.entries[entry["key"]] = entry
