@@ -15,8 +15,6 @@ from src.data.sample import Sample
 
 TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 _TAG_RE = re.compile("|".join(re.escape(tag) for tag in TAGS))
-_THINK_RE = re.compile(r"<think>(.*?)</think>", re.DOTALL)
-_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _ARTICLES = frozenset({"a", "an", "the"})
 
 
@@ -37,8 +35,17 @@ class ParsedCompletion:
 
 
 def strip_tags(text: str) -> str:
-    """`text` with every `<think>`, `</think>`, `<answer>`, `</answer>` removed, then stripped."""
-    return _TAG_RE.sub(" ", text).strip()
+    """`text` with every `<think>`, `</think>`, `<answer>`, `</answer>` (and the whitespace around it)
+    replaced by one space, then stripped."""
+    return " ".join(part.strip() for part in _TAG_RE.split(text) if part.strip())
+
+
+def _first_block(text: str, open_tag: str, close_tag: str) -> str | None:
+    """Stripped content from the first `open_tag` to the next `close_tag`, None without both.
+    str.find, not a lazy regex: a regex retries from every open tag and is quadratic on 100k of them."""
+    start = text.find(open_tag)
+    end = text.find(close_tag, start + len(open_tag)) if start >= 0 else -1
+    return text[start + len(open_tag):end].strip() if end >= 0 else None
 
 
 def parse_completion(completion: str) -> ParsedCompletion:
@@ -46,12 +53,10 @@ def parse_completion(completion: str) -> ParsedCompletion:
 
     Tags are matched exactly (lowercase, no attributes): `<Think>` is plain text, not a tag.
     """
-    think = _THINK_RE.search(completion)
-    answer = _ANSWER_RE.search(completion)
-    think_text = think.group(1).strip() if think else None
-    answer_content = answer.group(1).strip() if answer else None
-    source = answer_content if answer_content is not None else completion
-    return ParsedCompletion(think=think_text, answer=answer_content, answer_text=strip_tags(source))
+    think = _first_block(completion, "<think>", "</think>")
+    answer = _first_block(completion, "<answer>", "</answer>")
+    answer_text = strip_tags(answer if answer is not None else completion)
+    return ParsedCompletion(think=think, answer=answer, answer_text=answer_text)
 
 
 def _is_punctuation(char: str) -> bool:
