@@ -1,7 +1,8 @@
 """The LLM-as-judge prompt of the paper (Appendix B) and a forgiving parser for the judge's reply.
 
 What the judge sees, for one prediction record (see `judge_prompt`):
-  Question:     the dataset question; for multiple choice, followed by the lettered options.
+  Question:     the dataset question; for multiple choice, followed by the lettered options unless
+                the question already lists them (CV-Bench's does).
   Ground truth: "Reasoning: <reference reasoning>\nAnswer: <reference answer>" where the sample has an
                 annotated reasoning (the paper's own test set), otherwise "Answer: <reference answer>";
                 alternative correct answers (VQA-Med 2019's `#` list) follow as "(also correct: a; b)".
@@ -41,8 +42,10 @@ def judge_prompt(record: dict) -> str:
 
 
 def _question_text(record: dict) -> str:
+    if not record["choices"] or "(A)" in record["question"]:
+        return record["question"]
     options = " ".join(f"({chr(ord('A') + i)}) {c}" for i, c in enumerate(record["choices"]))
-    return f"{record['question']}\nOptions: {options}" if options else record["question"]
+    return f"{record['question']}\nOptions: {options}"
 
 
 def _ground_truth_text(record: dict) -> str:
