@@ -9,7 +9,8 @@ Its behaviour for a prompt is chosen by a tag in the question text:
   [never]   every reply is prose without scores (unparseable)
   [down]    every request: 503 whose body echoes the credentials it received (tests scrubbing)
 Otherwise a plain JSON reply. prediction_score is 1 when the prediction's answer line equals the
-ground truth's answer line, reasoning_score always 1. Requests are counted per prompt.
+ground truth's answer line, reasoning_score always 1. Requests are counted per (api, prompt), api
+being "openai" or "gemini".
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ class JudgeServer:
     def __init__(self, key: str, slow_s: float = 1.0):
         self.key = key
         self.slow_s = slow_s
-        self.requests: Counter[str] = Counter()
+        self.requests: Counter[tuple[str, str]] = Counter()
         self.rejected = 0            # requests refused with 401 (wrong or missing key)
         self.lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -45,11 +46,11 @@ class JudgeServer:
         self.httpd.shutdown()
         self.httpd.server_close()
 
-    def count(self, prompt: str) -> int:
-        """How many requests this prompt has received so far (this call included)."""
+    def count(self, api: str, prompt: str) -> int:
+        """How many requests this prompt has received on this api so far (this call included)."""
         with self.lock:
-            self.requests[prompt] += 1
-            return self.requests[prompt]
+            self.requests[api, prompt] += 1
+            return self.requests[api, prompt]
 
 
 def judge_text(prompt: str, tag: str, nth: int) -> str | None:
@@ -72,10 +73,12 @@ def _handler(server: JudgeServer):
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             if self.path == "/v1/chat/completions":
+                api = "openai"
                 credential = self.headers.get("Authorization", "")
                 authorised = credential == f"Bearer {server.key}"
                 prompt = body["messages"][0]["content"]
             elif re.fullmatch(r"/v1beta/models/[\w.-]+:generateContent", self.path):
+                api = "gemini"
                 credential = self.headers.get("x-goog-api-key", "")
                 authorised = credential == server.key
                 prompt = body["contents"][0]["parts"][0]["text"]
@@ -85,7 +88,7 @@ def _handler(server: JudgeServer):
                 server.rejected += 1
                 return self._send(401, {"error": "bad key"})
             tag = re.search(r"Question: (\[\w+\])?", prompt).group(1) or ""
-            nth = server.count(prompt)
+            nth = server.count(api, prompt)
             if tag == "[down]":
                 return self._send(503, {"error": f"overloaded, you sent {credential}"})
             if tag == "[429]" and nth == 1:
@@ -95,7 +98,7 @@ def _handler(server: JudgeServer):
             if tag == "[slow]" and nth == 1:
                 time.sleep(server.slow_s)
             text = judge_text(prompt, tag, nth)
-            if self.path.startswith("/v1/"):
+            if api == "openai":
                 reply = {"choices": [{"message": {"role": "assistant", "content": text}}],
                          "usage": {"prompt_tokens": 100, "completion_tokens": 20}}
             else:

@@ -138,6 +138,10 @@ def test_cache_survives_reload(tmp_path):
 TAGGED = ["[429] q", "[500] q", "[slow] q", "[fence] q", "[garbled] q", "[never] q", "[down] q"]
 
 
+def _counts_by_question(server: JudgeServer) -> dict[str, int]:
+    return {prompt.split("Question: ")[1].split("\n")[0]: n for (_, prompt), n in server.requests.items()}
+
+
 def _all_text_under(root: Path) -> str:
     return "".join(p.read_text(errors="replace") for p in root.rglob("*") if p.is_file())
 
@@ -156,10 +160,10 @@ def test_every_record_ends_judged_or_failed_and_nothing_is_asked_twice(tmp_path,
         started = time.monotonic()
         run = judge_records(records, backend, cache, retry, concurrency=4, parse_attempts=2)
         elapsed = time.monotonic() - started
-        first_counts = {prompt.split("Question: ")[1].split("\n")[0]: n for prompt, n in server.requests.items()}
+        first_counts = _counts_by_question(server)
 
         rerun = judge_records(records, backend, JudgeCache(tmp_path / "cache.jsonl"), retry, 4, 2)
-        second_counts = {prompt.split("Question: ")[1].split("\n")[0]: n for prompt, n in server.requests.items()}
+        second_counts = _counts_by_question(server)
 
     status = {r["question"]: (v.status, v.prediction_score, v.reasoning_score) for r, v in zip(records, run.verdicts)}
     assert status == {
