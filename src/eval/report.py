@@ -89,13 +89,19 @@ def _metrics_table(summary: dict) -> list[str]:
         lines.append(_row([
             _dataset(group), group["prompt"], str(m["n"]), pct(m["format_rate"]),
             _with_n(closed, "accuracy"), pct(open_.get("token_recall")), pct(open_.get("exact_match")),
-            _with_n(open_, "bertscore_f1"), _with_n(choice, "accuracy"), _with_n(reasoning, "bertscore_f1"),
+            _with_n(open_, "bertscore_f1", f1), _with_n(choice, "accuracy"), _with_n(reasoning, "bertscore_f1", f1),
         ]))
     return lines + [""]
 
 
-def _with_n(section: dict, key: str) -> str:
-    return f"{pct(section[key])} ({section['n']})" if section else "—"
+def _with_n(section: dict, key: str, fmt=None) -> str:
+    """`section[key]` formatted (a percentage by default) with its count, or "—" for no section."""
+    return f"{(fmt or pct)(section[key])} ({section['n']})" if section else "—"
+
+
+def f1(value: float | None) -> str:
+    """BERTScore F1 as the metric's authors print it: a number in [0, 1], four decimals."""
+    return "—" if value is None else f"{value:.4f}"
 
 
 def _choice_table(summary: dict) -> list[str]:
