@@ -83,7 +83,7 @@ async def _fill_cache(
     received = 0
     limit = asyncio.Semaphore(concurrency)
 
-    async def judge(key: str, prompt: str, require_reasoning: bool) -> None:
+    async def judge(http: httpx.AsyncClient, key: str, prompt: str, require_reasoning: bool) -> None:
         nonlocal received
         async with limit:
             try:
@@ -94,8 +94,8 @@ async def _fill_cache(
         received += entry["replies"]
         cache.put({"key": key, **entry})
 
-    async with httpx.AsyncClient() as http:
-        tasks = [asyncio.create_task(judge(key, *value)) for key, value in wanted.items()]
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=concurrency)) as http:
+        tasks = [asyncio.create_task(judge(http, key, *value)) for key, value in wanted.items()]
         for task in tqdm(asyncio.as_completed(tasks), total=len(tasks), desc=f"judge {backend.model}"):
             await task
     return errors, received
