@@ -1,0 +1,127 @@
+"""Metrics that need no judge, computed from prediction records (lines of predictions/*.jsonl).
+
+closed accuracy    correct / ALL closed questions. A prediction that matches nothing ("maybe", "yes and
+                   no", an empty answer) counts as wrong and stays in the denominator; a popular
+                   evaluator drops unmatched yes/no predictions from it and so overstates accuracy.
+                   Matching: src.rewards.answers.closed_correct (the accuracy reward's own rule).
+open token recall  |reference tokens ∩ prediction tokens| / |reference tokens| over the sets of
+                   normalised words (normalize_text), best over the alternative references.
+open exact match   normalised prediction equals a normalised reference.
+open BERTScore F1  between the answer text and each reference, best over references.
+choice accuracy    the extracted option letter equals the reference letter (choice_correct); per task
+                   and in total over all questions pooled (how the paper's Table 2 total relates to its
+                   per-task columns on CV-Bench's 788/650/600/600 questions).
+reasoning BERTScore F1 between the <think> text and the reference reasoning, where one exists; a
+                   missing or empty think scores 0.
+format rate        fraction of completions in exactly the <think>...</think><answer>...</answer> form
+                   (format reward 1.0).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Protocol, Sequence
+
+from src.eval.predictions import record_sample
+from src.rewards.answers import choice_correct, closed_correct, normalize_text
+from src.rewards.format import format_reward
+
+
+class Scorer(Protocol):
+    model_name: str
+
+    def score(self, candidates: list[str], references: list[str]) -> list[float]:
+        """BERTScore F1 of each candidate against the reference at the same index."""
+
+
+def mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def token_recall(prediction: str, references: Sequence[str]) -> float:
+    """Best over references of the fraction of the reference's distinct words found in the prediction.
+
+    "left lung" vs prediction "the lung": reference words {left, lung}, found {lung} -> 0.5.
+    A reference with no words after normalisation contributes 0.
+    """
+    predicted = set(normalize_text(prediction).split())
+    recalls = [len(words & predicted) / len(words)
+               for words in (set(normalize_text(r).split()) for r in references) if words]
+    return max(recalls, default=0.0)
+
+
+def exact_match(prediction: str, references: Sequence[str]) -> bool:
+    """Whether the normalised prediction equals some normalised reference (never for an empty one)."""
+    predicted = normalize_text(prediction)
+    return bool(predicted) and any(predicted == normalize_text(r) for r in references)
+
+
+def best_bertscore(scorer: Scorer, candidates: list[str], references: list[Sequence[str]]) -> list[float]:
+    """Per candidate, the highest BERTScore F1 over its references; an empty candidate scores 0.
+
+    All (candidate, reference) pairs go to the scorer in one call, so it can batch them.
+    """
+    pairs = [(i, c, r) for i, (c, refs) in enumerate(zip(candidates, references)) if c.strip() for r in refs]
+    scores = scorer.score([c for _, c, _ in pairs], [r for _, _, r in pairs]) if pairs else []
+    best = [0.0] * len(candidates)
+    for (i, _, _), score in zip(pairs, scores):
+        best[i] = max(best[i], score)
+    return best
+
+
+def closed_metrics(records: list[dict]) -> dict:
+    correct = [closed_correct(r["answer"], record_sample(r)) for r in records]
+    return {"n": len(records), "accuracy": mean(correct)}
+
+
+def open_metrics(records: list[dict], scorer: Scorer) -> dict:
+    references = [[r["reference"], *r["alternatives"]] for r in records]
+    answers = [r["answer"] for r in records]
+    return {
+        "n": len(records),
+        "token_recall": mean([token_recall(a, refs) for a, refs in zip(answers, references)]),
+        "exact_match": mean([exact_match(a, refs) for a, refs in zip(answers, references)]),
+        "bertscore_f1": mean(best_bertscore(scorer, answers, references)),
+    }
+
+
+def choice_metrics(records: list[dict]) -> dict:
+    by_task: dict[str, list[bool]] = defaultdict(list)
+    correct = []
+    for record in records:
+        hit = choice_correct(record["answer"], record_sample(record))
+        correct.append(hit)
+        if record["task"]:
+            by_task[record["task"]].append(hit)
+    return {
+        "n": len(records),
+        "accuracy": mean(correct),
+        "by_task": {task: {"n": len(hits), "accuracy": mean(hits)} for task, hits in sorted(by_task.items())},
+    }
+
+
+def reasoning_metrics(records: list[dict], scorer: Scorer) -> dict:
+    thinks = [r["think"] or "" for r in records]
+    scores = best_bertscore(scorer, thinks, [[r["reasoning_reference"]] for r in records])
+    return {"n": len(records), "bertscore_f1": mean(scores)}
+
+
+def format_rate(records: list[dict]) -> float | None:
+    return mean([format_reward(r["completion"]) == 1.0 for r in records])
+
+
+def no_judge_metrics(records: list[dict], scorer: Scorer) -> dict:
+    """All judge-free metrics of one dataset under one prompt; a section is present only if non-empty."""
+    metrics: dict = {"n": len(records), "format_rate": format_rate(records)}
+    closed = [r for r in records if r["answer_type"] == "closed"]
+    open_ = [r for r in records if r["answer_type"] == "open"]
+    choice = [r for r in records if r["answer_type"] == "choice"]
+    reasoned = [r for r in records if r["reasoning_reference"]]
+    if closed:
+        metrics["closed"] = closed_metrics(closed)
+    if open_:
+        metrics["open"] = open_metrics(open_, scorer)
+    if choice:
+        metrics["choice"] = choice_metrics(choice)
+    if reasoned:
+        metrics["reasoning"] = reasoning_metrics(reasoned, scorer)
+    return metrics

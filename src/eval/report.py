@@ -1,0 +1,120 @@
+"""OUTPUT/report.md from the summary: the paper's table layout first, then the judge-free metrics.
+
+Table 3/6 layout: one row per dataset, Reasoning (%) and Final (%) per judge (and the Human
+Evaluation pair when a scored sheet was imported), one block of rows per inference prompt. "—" marks
+a value that does not exist (no reference reasoning, nothing scored).
+"""
+from __future__ import annotations
+
+DATASET_NAMES = {
+    "silvar-med": "Ours (reasoning set)", "vqa-rad": "VQA-RAD", "slake": "SLAKE", "vqa-med-2019": "VQA-Med 2019",
+    "path-vqa": "Path-VQA", "cv-bench": "CV-Bench", "synthetic": "Synthetic",
+}
+PROMPT_TITLES = {"reasoning": "Reasoning prompting in inference", "non-reasoning": "Non-reasoning prompting in inference"}
+CV_BENCH_TASKS = ("Count", "Relation", "Depth", "Distance")
+
+
+def render_report(summary: dict) -> str:
+    generation = summary["generation"]
+    decoding = "greedy" if generation["temperature"] == 0 else f"sampling at temperature {generation['temperature']}"
+    lines = [f"# Evaluation of `{summary['model']}`", "",
+             f"Generation: {decoding}, at most {generation['max_new_tokens']} new tokens. "
+             f"BERTScore model: `{summary['bertscore_model']}`.", ""]
+    if summary["judges"] or _has_human(summary):
+        lines += _paper_table(summary) + _judge_details(summary)
+    lines += _metrics_table(summary) + _choice_table(summary)
+    return "\n".join(lines) + "\n"
+
+
+def pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.2f}%"
+
+
+def _dataset(group: dict) -> str:
+    name = DATASET_NAMES.get(group["dataset"], group["dataset"])
+    return name if group["split"] == "test" else f"{name} ({group['split']})"
+
+
+def _has_human(summary: dict) -> bool:
+    return any("human" in group for group in summary["groups"])
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _paper_table(summary: dict) -> list[str]:
+    scorers = [*summary["judges"], *(["Human Evaluation"] if _has_human(summary) else [])]
+    lines = ["## LLM-as-judge (layout of the paper's Tables 3 and 6)", "",
+             _row(["Dataset", *(f"{s} {column}" for s in scorers for column in ("Reasoning (%)", "Final (%)"))]),
+             _row(["---"] * (1 + 2 * len(scorers)))]
+    for prompt in dict.fromkeys(group["prompt"] for group in summary["groups"]):
+        lines.append(_row([f"**{PROMPT_TITLES.get(prompt, prompt)}**", *([""] * (2 * len(scorers)))]))
+        for group in (g for g in summary["groups"] if g["prompt"] == prompt):
+            scores = [*(group["judges"][judge] for judge in summary["judges"]),
+                      *([group["human"]] if "human" in group else [])]
+            lines.append(_row([_dataset(group), *(pct(s[key]) for s in scores for key in ("reasoning", "final"))]))
+    return lines + [""]
+
+
+def _judge_details(summary: dict) -> list[str]:
+    lines = []
+    for judge, totals in summary["judges"].items():
+        cost = "unknown (no price for this model)" if totals["cost_usd"] is None else f"≈ ${totals['cost_usd']:.4f}"
+        lines += [f"### Judge `{judge}`", "",
+                  f"Tokens: {totals['prompt_tokens']:,} prompt + {totals['completion_tokens']:,} completion; "
+                  f"cost {cost}; replies received this run: {totals['new_replies']} (the rest came from the cache).",
+                  "", _row(["Dataset", "Prompt", "Judged", "Reasoning judged", "Unparseable", "Failed"]),
+                  _row(["---"] * 6)]
+        for group in summary["groups"]:
+            s = group["judges"][judge]
+            lines.append(_row([_dataset(group), group["prompt"], str(s["judged"]), str(s["judged_reasoning"]),
+                               str(s["unparseable"]), str(s["failed"])]))
+        lines.append("")
+        for problem in totals["not_scored"]:
+            lines.append(f"- {problem['status']}: {problem['dataset']} {problem['prompt']} "
+                         f"id {problem['id']}: {problem['error']}")
+        lines += [""] if totals["not_scored"] else []
+    return lines
+
+
+def _metrics_table(summary: dict) -> list[str]:
+    lines = ["## Metrics without a judge", "",
+             _row(["Dataset", "Prompt", "n", "Format", "Closed acc. (n)", "Open recall", "Open EM",
+                   "Open BERTScore F1 (n)", "Choice acc. (n)", "Reasoning BERTScore F1 (n)"]),
+             _row(["---"] * 10)]
+    for group in summary["groups"]:
+        m = group["metrics"]
+        closed, open_, choice, reasoning = (m.get(k, {}) for k in ("closed", "open", "choice", "reasoning"))
+        lines.append(_row([
+            _dataset(group), group["prompt"], str(m["n"]), pct(m["format_rate"]),
+            _with_n(closed, "accuracy"), pct(open_.get("token_recall")), pct(open_.get("exact_match")),
+            _with_n(open_, "bertscore_f1", f1), _with_n(choice, "accuracy"), _with_n(reasoning, "bertscore_f1", f1),
+        ]))
+    return lines + [""]
+
+
+def _with_n(section: dict, key: str, fmt=None) -> str:
+    """`section[key]` formatted (a percentage by default) with its count, or "—" for no section."""
+    return f"{(fmt or pct)(section[key])} ({section['n']})" if section else "—"
+
+
+def f1(value: float | None) -> str:
+    """BERTScore F1 as the metric's authors print it: a number in [0, 1], four decimals."""
+    return "—" if value is None else f"{value:.4f}"
+
+
+def _choice_table(summary: dict) -> list[str]:
+    groups = [g for g in summary["groups"] if g["metrics"].get("choice", {}).get("by_task")]
+    if not groups:
+        return []
+    found = {task for g in groups for task in g["metrics"]["choice"]["by_task"]}
+    tasks = [t for t in CV_BENCH_TASKS if t in found] + sorted(found - set(CV_BENCH_TASKS))
+    lines = ["## Multiple choice per task (layout of the paper's Table 2; Total pools all questions)", "",
+             _row(["Dataset", "Prompt", *(f"{t} Acc. (%)" for t in tasks), "Total Acc. (%)"]),
+             _row(["---"] * (3 + len(tasks)))]
+    for group in groups:
+        choice = group["metrics"]["choice"]
+        by_task = [pct(choice["by_task"].get(t, {}).get("accuracy")) for t in tasks]
+        lines.append(_row([_dataset(group), group["prompt"], *by_task, pct(choice["accuracy"])]))
+    return lines + [""]

@@ -1,0 +1,82 @@
+"""Gather everything an evaluation computed into one JSON-ready summary (OUTPUT/summary.json).
+
+Rates are fractions in [0, 1] (the report prints them as percentages). Judge and human percentages
+count only what was actually scored: a failed or unparseable judgment, or an empty human cell, is
+left out of the denominator and counted separately, never scored as 0.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from src.eval.human_sheet import HumanScores
+from src.eval.judge_cost import judge_cost_usd
+from src.eval.judging import JudgeRun, Verdict
+from src.eval.metrics import mean
+
+
+@dataclass(frozen=True)
+class Group:
+    """The prediction records of one dataset split under one inference prompt."""
+
+    dataset: str
+    split: str
+    prompt: str
+    records: list[dict]
+
+
+def judge_scores(records: list[dict], verdicts: list[Verdict]) -> dict:
+    """Final = mean prediction_score, Reasoning = mean reasoning_score (records with a reference
+    reasoning only; None where there are none), both over the "ok" verdicts."""
+    ok = [(record, verdict) for record, verdict in zip(records, verdicts) if verdict.status == "ok"]
+    reasoning = [verdict.reasoning_score for record, verdict in ok if record["reasoning_reference"]]
+    return {
+        "final": mean([verdict.prediction_score for _, verdict in ok]),
+        "reasoning": mean(reasoning),
+        "judged": len(ok),
+        "judged_reasoning": len(reasoning),
+        "unparseable": sum(v.status == "unparseable" for v in verdicts),
+        "failed": sum(v.status == "failed" for v in verdicts),
+    }
+
+
+def human_scores(records: list[dict], sheet: HumanScores) -> dict:
+    """Mean human scores over the cells the reviewers filled, with how many they filled."""
+    rows = [sheet.get((r["dataset"], r["split"], r["prompt"], r["id"]), {}) for r in records]
+    final = [row["prediction_score"] for row in rows if row.get("prediction_score") is not None]
+    reasoning = [row["reasoning_score"] for row in rows if row.get("reasoning_score") is not None]
+    return {"final": mean(final), "reasoning": mean(reasoning), "scored": len(final), "scored_reasoning": len(reasoning)}
+
+
+def build_summary(
+    run: dict,
+    groups: list[Group],
+    metrics: list[dict],
+    judge_runs: list[JudgeRun],
+    sheet: HumanScores | None,
+) -> dict:
+    """The summary: run settings, then per group its metrics, judge and human scores, then per judge
+    its token usage, cost and every record it could not score."""
+    offsets = [sum(len(g.records) for g in groups[:i]) for i in range(len(groups) + 1)]
+    summary_groups = []
+    for i, (group, group_metrics) in enumerate(zip(groups, metrics)):
+        entry = {"dataset": group.dataset, "split": group.split, "prompt": group.prompt, "metrics": group_metrics,
+                 "judges": {jr.model: judge_scores(group.records, jr.verdicts[offsets[i]:offsets[i + 1]])
+                            for jr in judge_runs}}
+        if sheet is not None:
+            entry["human"] = human_scores(group.records, sheet)
+        summary_groups.append(entry)
+    records = [record for group in groups for record in group.records]
+    return {**run, "groups": summary_groups, "judges": {jr.model: _judge_totals(jr, records) for jr in judge_runs}}
+
+
+def _judge_totals(judge_run: JudgeRun, records: list[dict]) -> dict:
+    problems = [{"dataset": r["dataset"], "split": r["split"], "prompt": r["prompt"], "id": r["id"],
+                 "status": v.status, "error": v.error}
+                for r, v in zip(records, judge_run.verdicts) if v.status != "ok"]
+    return {
+        "prompt_tokens": judge_run.prompt_tokens,
+        "completion_tokens": judge_run.completion_tokens,
+        "cost_usd": judge_cost_usd(judge_run.model, judge_run.prompt_tokens, judge_run.completion_tokens),
+        "new_replies": judge_run.new_replies,
+        "not_scored": problems,
+    }

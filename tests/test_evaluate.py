@@ -1,0 +1,171 @@
+"""evaluate.py end to end with a fake generator and scorer: crash and resume, judges on a local
+server, human sheet round trip; nothing generated or judged twice, no key in any file or log."""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+import evaluate
+from tests.judge_server import JudgeServer
+
+KEY = "sk-test-SECRET123"
+REASONING_SET = [
+    {"id": "r1", "image": "a.png", "question": "Is there a mass in the left lung?", "answer": "yes",
+     "reasoning": "A round opacity sits in the left upper lobe."},
+    {"id": "r2", "image": "b.png", "question": "Is the heart enlarged?", "answer": "no",
+     "reasoning": "The cardiac silhouette is normal."},
+]
+VQA_RAD = [
+    {"qid": 1, "image_name": "synpic1.jpg", "question": "Is this an MRI?", "answer": "yes", "answer_type": "CLOSED"},
+    {"qid": 2, "image_name": "synpic1.jpg", "question": "Which organ is shown?", "answer": "liver",
+     "answer_type": "OPEN "},
+    {"qid": 3, "image_name": "synpic1.jpg", "question": "Is there a fracture?", "answer": "no", "answer_type": "CLOSED"},
+]
+
+
+@pytest.fixture
+def data_root(tmp_path: Path) -> Path:
+    """A parent folder with one subfolder per dataset, in each dataset's official layout."""
+    root = tmp_path / "data"
+    (root / "silvar-med" / "images").mkdir(parents=True)
+    (root / "silvar-med" / "test.jsonl").write_text("".join(json.dumps(row) + "\n" for row in REASONING_SET))
+    (root / "vqa-rad" / "images").mkdir(parents=True)
+    (root / "vqa-rad" / "testset.json").write_text(json.dumps(VQA_RAD))
+    for image in ("silvar-med/images/a.png", "silvar-med/images/b.png", "vqa-rad/images/synpic1.jpg"):
+        (root / image).write_bytes(b"not decoded by the evaluator")
+    return root
+
+
+class FakeModel:
+    """Says "yes" to everything, thinking aloud which prompt it got; can crash on a chosen call."""
+
+    def __init__(self):
+        self.loads, self.calls, self.generated, self.crash_on_call = 0, 0, [], None
+
+    def make_generate_fn(self, args):
+        self.loads += 1
+        return self.generate
+
+    def generate(self, samples, system_prompt):
+        self.calls += 1
+        if self.calls == self.crash_on_call:
+            raise RuntimeError("CUDA out of memory")
+        prompt = "reasoning" if "step-by-step" in system_prompt else "non-reasoning"
+        self.generated += [(prompt, s.id) for s in samples]
+        return [f"<think>I was given the {prompt} prompt.</think><answer>yes</answer>" for s in samples]
+
+
+class FakeScorer:
+    model_name = "fake-bertscore"
+
+    def score(self, candidates, references):
+        return [1.0 if c == r else 0.25 for c, r in zip(candidates, references)]
+
+
+@pytest.fixture
+def fake(monkeypatch) -> FakeModel:
+    model = FakeModel()
+    monkeypatch.setattr(evaluate, "make_generate_fn", model.make_generate_fn)
+    monkeypatch.setattr(evaluate, "load_bertscorer", lambda name, device=None: FakeScorer())
+    return model
+
+
+def run(data_root: Path, out: Path, *extra: str) -> dict:
+    return evaluate.main(["--model", "fake/model", "--data-root", str(data_root), "--output-dir", str(out),
+                          "--datasets", "silvar-med:test,vqa-rad:test", "--batch-size", "2", *extra])
+
+
+def test_judge_free_run_resumes_after_a_crash_without_regenerating(tmp_path, data_root, fake):
+    out = tmp_path / "out"
+    fake.crash_on_call = 3       # calls: silvar reasoning, silvar non-reasoning, vqa-rad reasoning batch 1
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run(data_root, out, "--judge", "none")
+    assert len(fake.generated) == 4
+    summary = run(data_root, out, "--judge", "none")
+    # every (prompt, question) generated exactly once over the two runs: 2 prompts x (2 + 3) questions
+    assert len(fake.generated) == len(set(fake.generated)) == 10
+    assert fake.loads == 2                               # once per run that had something to generate
+    run(data_root, out, "--judge", "none")
+    assert fake.calls == 7 and fake.loads == 2           # third run: nothing to generate, model never loaded
+
+    groups = {(g["dataset"], g["prompt"]): g["metrics"] for g in summary["groups"]}
+    assert list(groups) == [("silvar-med", "reasoning"), ("silvar-med", "non-reasoning"),
+                            ("vqa-rad", "reasoning"), ("vqa-rad", "non-reasoning")]
+    silvar, vqa_rad = groups[("silvar-med", "reasoning")], groups[("vqa-rad", "reasoning")]
+    assert silvar["closed"] == {"n": 2, "accuracy": 0.5}            # "yes" right for r1 only
+    assert silvar["reasoning"]["n"] == 2 and silvar["format_rate"] == 1.0
+    assert vqa_rad["closed"] == {"n": 2, "accuracy": 0.5}           # qid 1 right, qid 3 wrong
+    assert vqa_rad["open"]["token_recall"] == 0.0 and vqa_rad["open"]["bertscore_f1"] == 0.25
+    assert summary["judges"] == {} and summary["bertscore_model"] == "fake-bertscore"
+    report = (out / "report.md").read_text()
+    assert "LLM-as-judge" not in report and "| VQA-RAD | reasoning | 3 | 100.00% | 50.00% (2) |" in report
+    assert json.loads((out / "summary.json").read_text()) == summary
+
+
+def test_judged_run_on_a_local_server_then_cached_rerun_and_human_sheet(tmp_path, data_root, fake, monkeypatch,
+                                                                         caplog):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("GEMINI_API_KEY", KEY)
+    caplog.set_level(logging.DEBUG)
+    out = tmp_path / "out"
+    with JudgeServer(KEY) as server:
+        judges = ["--judge", "gpt-4o-mini,gemini-1.5-flash", "--judge-retry-delay", "0.01",
+                  "--judge-base-url", f"gpt-4o-mini={server.url}/v1",
+                  "--judge-base-url", f"gemini-1.5-flash={server.url}/v1beta"]
+        summary = run(data_root, out, *judges, "--export-human-sheet")
+        # 10 distinct prompts (5 questions x 2 inference prompts) per judge, each asked once
+        assert sum(server.requests.values()) == 20 and set(server.requests.values()) == {1}
+        sheet = out / "human_sheet.csv"
+        with open(sheet, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        for row in rows:     # the clinician agrees with the reasoning of r1 and r2 and the answer of r1 only
+            row["reasoning_score"] = "1" if row["dataset"] == "silvar-med" else ""
+            row["prediction_score"] = "1" if row["id"] == "r1" else "0"
+        with open(sheet, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        rerun = run(data_root, out, *judges, "--import-human-sheet", str(sheet))
+        assert sum(server.requests.values()) == 20          # everything came from the cache
+    assert fake.calls == 6 and fake.loads == 1              # 1 + 1 + 2 + 2 batches; second run loaded nothing
+
+    by_group = {(g["dataset"], g["prompt"]): g for g in rerun["groups"]}
+    for judge in ("gpt-4o-mini", "gemini-1.5-flash"):
+        # the fake judge: prediction_score = (answer == reference), reasoning_score always 1
+        silvar = by_group[("silvar-med", "reasoning")]["judges"][judge]
+        assert (silvar["final"], silvar["reasoning"], silvar["judged"]) == (0.5, 1.0, 2)
+        vqa_rad = by_group[("vqa-rad", "non-reasoning")]["judges"][judge]
+        assert vqa_rad["final"] == pytest.approx(1 / 3) and vqa_rad["reasoning"] is None
+        assert summary["judges"][judge]["new_replies"] == 10 and rerun["judges"][judge]["new_replies"] == 0
+        assert summary["judges"][judge]["prompt_tokens"] == rerun["judges"][judge]["prompt_tokens"] == 1000
+    assert by_group[("silvar-med", "reasoning")]["human"] == {"final": 0.5, "reasoning": 1.0, "scored": 2,
+                                                              "scored_reasoning": 2}
+    report = (out / "report.md").read_text()
+    assert "| Ours (reasoning set) | 100.00% | 50.00% | 100.00% | 50.00% | 100.00% | 50.00% |" in report
+    assert "| VQA-RAD | — | 33.33% | — | 33.33% | — | 0.00% |" in report
+    judgments = (out / "judgments" / "gpt-4o-mini.jsonl").read_text().splitlines()
+    assert len(judgments) == 10 and json.loads(judgments[0])["status"] == "ok"
+    written = "".join(p.read_text(errors="replace") for p in out.rglob("*") if p.is_file())
+    assert KEY not in written and KEY not in caplog.text
+
+
+def test_refuses_to_mix_models_in_one_output_dir(tmp_path, data_root, fake):
+    out = tmp_path / "out"
+    run(data_root, out, "--judge", "none", "--limit", "1")
+    with pytest.raises(SystemExit, match="holds predictions made with"):
+        evaluate.main(["--model", "other/model", "--data-root", str(data_root), "--output-dir", str(out),
+                       "--datasets", "vqa-rad:test"])
+
+
+def test_cli_value_parsing():
+    assert evaluate.data_root(["vqa-rad=/d/rad", "/d"], "vqa-rad") == Path("/d/rad")
+    assert evaluate.data_root(["vqa-rad=/d/rad", "/d"], "slake") == Path("/d/slake")
+    assert evaluate.data_root([], "synthetic") is None
+    urls = ["http://localhost:8000/v1", "gemini-1.5-flash=http://g/v1beta"]
+    assert evaluate.judge_base_url(urls, "gemini-1.5-flash") == "http://g/v1beta"
+    assert evaluate.judge_base_url(urls, "llama3") == "http://localhost:8000/v1"
+    assert evaluate.judge_base_url([], "gpt-4o-mini") is None
