@@ -16,9 +16,9 @@ from src.data.sample import Sample
 from src.grpo import trainer
 from src.grpo.config import DataConfig, LossConfig, ModelConfig, OptimConfig, RolloutConfig, RunConfig, TrainConfig
 from src.grpo.policy_logprobs import completion_logprobs
-from src.grpo.rollout import collect_rollout, prompt_batch
+from src.grpo.rollout import collect_rollout
 from src.grpo.run_log import read_metrics
-from src.models.generation import VISION_TOKENS, completion_mask, sample, token_ids
+from src.models.generation import VISION_TOKENS, completion_mask, prompt_batch, sample, token_ids
 from src.models.lora import lora_layers
 from src.rewards.total import RewardWeights
 from tests.conftest import random_image

@@ -11,12 +11,11 @@ from dataclasses import dataclass
 
 import torch
 
-from src.data.prompts import TRAINING_PROMPTS, build_messages
+from src.data.prompts import TRAINING_PROMPTS
 from src.data.sample import Sample
 from src.grpo.advantages import group_advantages, zero_std_fraction
-from src.models.generation import sample
-from src.models.images import load_image
-from src.models.inputs import PromptBatch, build_prompt_batch, repeat_rows
+from src.models.generation import prompt_batch, sample
+from src.models.inputs import PromptBatch, repeat_rows
 from src.models.loading import Policy
 from src.rewards.total import RewardWeights, score_completions
 
@@ -36,13 +35,6 @@ class Rollout:
     frac_zero_std: float            # fraction of groups whose G rewards are all equal (A = 0 for all)
     seconds_generate: float
     seconds_score: float
-
-
-def prompt_batch(policy: Policy, samples: Sequence[Sample], system_prompts: Sequence[str]) -> PromptBatch:
-    """The B chats (system prompt + image + question) of a step, tokenized into one batch."""
-    conversations = [build_messages(s.question, system) for s, system in zip(samples, system_prompts)]
-    images = [load_image(s.image, name=f"{s.dataset} sample {s.id}") for s in samples]
-    return build_prompt_batch(policy.tokenizer, policy.image_processor, conversations, images)
 
 
 def collect_rollout(policy: Policy, samples: Sequence[Sample], prompt_names: Sequence[str], *, group_size: int,

@@ -13,7 +13,7 @@ import torch
 from src.data.prompts import TRAINING_PROMPTS
 from src.data.sample import Sample
 from src.grpo.policy_logprobs import completion_logprobs, minibatches
-from src.grpo.rollout import prompt_batch
+from src.models.generation import prompt_batch
 from src.models.inputs import select_rows
 
 

@@ -13,8 +13,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from tqdm import tqdm
 
-from src.models.inputs import PromptBatch
+from src.data.prompts import build_messages
+from src.data.sample import Sample
+from src.models.images import load_image
+from src.models.inputs import PromptBatch, build_prompt_batch
 
 VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 END_TOKENS = ("<|im_end|>", "<|endoftext|>")
@@ -61,3 +65,23 @@ def sample(model, tokenizer, prompts: PromptBatch, max_new_tokens: int, temperat
     ids = ids.masked_fill(~mask, tokenizer.pad_token_id)
     texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
     return Completions(ids=ids, mask=mask, truncated=truncated, texts=texts)
+
+
+def prompt_batch(policy, samples: Sequence[Sample], system_prompts: Sequence[str]) -> PromptBatch:
+    """B chats (system prompt + image + question), tokenized into one batch on the CPU."""
+    conversations = [build_messages(s.question, system) for s, system in zip(samples, system_prompts)]
+    images = [load_image(s.image, name=f"{s.dataset} sample {s.id}") for s in samples]
+    return build_prompt_batch(policy.tokenizer, policy.image_processor, conversations, images)
+
+
+def generate_completions(policy, samples: Sequence[Sample], system_prompt: str, max_new_tokens: int = 512,
+                         temperature: float = 0.0, batch_size: int = 8) -> list[str]:
+    """One completion per sample under `system_prompt` (greedy by default), in batches, for evaluation."""
+    policy.model.eval()
+    texts: list[str] = []
+    starts = range(0, len(samples), batch_size)
+    for start in tqdm(starts, desc="generate", unit="batch", disable=len(starts) < 2):
+        chunk = samples[start:start + batch_size]
+        batch = prompt_batch(policy, chunk, [system_prompt] * len(chunk)).to(policy.device)
+        texts += sample(policy.model, policy.tokenizer, batch, max_new_tokens, temperature).texts
+    return texts
