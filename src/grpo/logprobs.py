@@ -67,7 +67,7 @@ class _SelectiveLogSoftmax(torch.autograd.Function):
         for start in range(0, logits.shape[0], ctx.chunk_rows):
             rows = slice(start, start + ctx.chunk_rows)
             chunk = _scaled_chunk(logits[rows], ctx.temperature)  # [c, L, V] fp32, recomputed
-            grad_chunk = _logits_grad(chunk, lse[rows], targets[rows], grad_out[rows])  # [c, L, V], = chunk
+            grad_chunk = _logits_grad(chunk, lse[rows], targets[rows], grad_out[rows])  # [c, L, V] in chunk
             grad_logits[rows] = grad_chunk.div_(ctx.temperature)  # chain rule through z / temperature
             del chunk, grad_chunk
         return grad_logits, None, None, None
@@ -122,7 +122,7 @@ class _LinearLogprobs(torch.autograd.Function):
             rows = slice(start, start + ctx.chunk_size)
             logits = _scaled_chunk(hidden[rows] @ weight.T, ctx.temperature)  # [c, V] fp32, recomputed
             grad_logits = _logits_grad(logits, lse[rows], targets[rows], grad_out[rows])  # [c, V]
-            grad_logits = grad_logits.div_(ctx.temperature).to(hidden.dtype)  # w.r.t. h W^T, not / temp
+            grad_logits = grad_logits.div_(ctx.temperature).to(hidden.dtype)  # through z = h W^T / temp
             if need_hidden:
                 grad_hidden[rows] = grad_logits @ weight  # [c, H]
             if need_weight:
@@ -143,8 +143,9 @@ def linear_logprobs(
     temperature: the sampling temperature, so that log-probs match the distribution sampled from.
     chunk_size: tokens per chunk. Extra memory is one chunk of logits in the inputs' dtype and one
             in fp32, chunk_size * V * (2 + 4) bytes (467 MB at 512 tokens on Qwen2-VL, bf16), in
-            forward and in backward. Smaller saves memory but not time: each chunk rereads all of
-            W, chunk_size flops per byte of W, and an H100 needs ~300 to stay compute-bound.
+            forward and in backward. Smaller saves memory but costs GPU time: each chunk rereads
+            all of W, doing chunk_size flops per byte of it, and an H100 needs ~300 per byte to
+            stay compute-bound.
     Returns fp32 (float64 for float64 inputs) of targets' shape. Gradients flow to hidden, and to
     weight when it requires grad.
     """
