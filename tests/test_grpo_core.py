@@ -103,7 +103,8 @@ def test_k3_gradient_inside_the_clamp():
 
 
 def test_k3_computes_in_fp32_from_bf16():
-    assert k3_kl(torch.zeros(2, dtype=torch.bfloat16), torch.zeros(2, dtype=torch.bfloat16)).dtype == torch.float32
+    zeros = torch.zeros(2, dtype=torch.bfloat16)
+    assert k3_kl(zeros, zeros).dtype == torch.float32
 
 
 # --- eq. 1: clipped surrogate --------------------------------------------------------------------
@@ -221,7 +222,9 @@ def test_kl_term_enters_the_loss_with_weight_beta():
     logp = torch.zeros(2, 3)
     ref_logp = torch.full((2, 3), LN(2.0))
     for aggregation in AGGREGATIONS:
-        loss, stats = grpo_loss(logp, None, ref_logp, torch.zeros(2), torch.ones(2, 3), beta=0.5, aggregation=aggregation)
+        loss, stats = grpo_loss(
+            logp, None, ref_logp, torch.zeros(2), torch.ones(2, 3), beta=0.5, aggregation=aggregation
+        )
         assert loss.item() == pytest.approx(0.5 * (1 - LN(2.0)), abs=1e-6)
         assert stats.kl.item() == pytest.approx(1 - LN(2.0), abs=1e-6)
 
@@ -235,7 +238,8 @@ def test_beta_zero_without_reference():
 
 def test_loss_math_is_fp32_for_bf16_inputs_and_stats_are_detached_tensors():
     logp = torch.log(torch.tensor([[0.5, 0.25]], dtype=torch.bfloat16)).requires_grad_()
-    loss, stats = grpo_loss(logp, None, logp.detach(), torch.tensor([1.0]), torch.ones(1, 2, dtype=torch.bool))
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    loss, stats = grpo_loss(logp, None, logp.detach(), torch.tensor([1.0]), mask)
     assert loss.dtype == torch.float32
     assert isinstance(stats, LossStats)
     assert all(v.dim() == 0 and not v.requires_grad for v in (stats.kl, stats.ratio_mean, stats.clipfrac_low))

@@ -28,6 +28,11 @@ def grads(fn, inputs, upstream):
     return torch.autograd.grad((fn() * upstream).sum(), inputs)
 
 
+def grad_pairs(fast, slow, inputs, upstream):
+    """(fast, slow) gradient pairs, one per input."""
+    return zip(grads(fast, inputs, upstream), grads(slow, inputs, upstream))
+
+
 # The tolerance is deliberate: float64 checks the math (1e-10), float32 its rounding (1e-5).
 @pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
 def test_selective_log_softmax_matches_naive(dtype, atol):
@@ -36,7 +41,7 @@ def test_selective_log_softmax_matches_naive(dtype, atol):
     fast = lambda: selective_log_softmax(logits, targets, temperature=TEMPERATURE, chunk_rows=2)
     slow = lambda: naive_logprobs(logits, targets, TEMPERATURE)
     torch.testing.assert_close(fast(), slow(), rtol=0, atol=atol)
-    (g_fast,), (g_slow,) = grads(fast, [logits], upstream), grads(slow, [logits], upstream)
+    ((g_fast, g_slow),) = grad_pairs(fast, slow, [logits], upstream)
     torch.testing.assert_close(g_fast, g_slow, rtol=0, atol=atol)
 
 
@@ -46,7 +51,7 @@ def test_linear_logprobs_matches_naive(dtype, atol):
     fast = lambda: linear_logprobs(hidden, weight, targets, temperature=TEMPERATURE, chunk_size=8)
     slow = lambda: naive_logprobs(hidden @ weight.T, targets, TEMPERATURE)
     torch.testing.assert_close(fast(), slow(), rtol=0, atol=atol)
-    for g_fast, g_slow in zip(grads(fast, [hidden, weight], upstream), grads(slow, [hidden, weight], upstream)):
+    for g_fast, g_slow in grad_pairs(fast, slow, [hidden, weight], upstream):
         torch.testing.assert_close(g_fast, g_slow, rtol=0, atol=atol)
 
 
@@ -65,8 +70,9 @@ def test_linear_logprobs_frozen_weight_gets_no_gradient():
     # Under LoRA the lm_head is frozen: only hidden gets a gradient, and it is the same.
     hidden, weight, targets, upstream = make_inputs(torch.float64)
     frozen = weight.detach()
-    (g_fast,) = grads(lambda: linear_logprobs(hidden, frozen, targets, chunk_size=8), [hidden], upstream)
-    (g_slow,) = grads(lambda: naive_logprobs(hidden @ frozen.T, targets), [hidden], upstream)
+    fast = lambda: linear_logprobs(hidden, frozen, targets, chunk_size=8)
+    slow = lambda: naive_logprobs(hidden @ frozen.T, targets)
+    ((g_fast, g_slow),) = grad_pairs(fast, slow, [hidden], upstream)
     torch.testing.assert_close(g_fast, g_slow, rtol=0, atol=1e-10)
     linear_logprobs(hidden, frozen, targets, chunk_size=8).sum().backward()
     assert frozen.grad is None and hidden.grad is not None
@@ -81,7 +87,8 @@ def test_flat_tokens_and_sliced_logits_give_the_same_values():
     full = torch.randn(N, L + 3, V, dtype=torch.float64)  # [N, P + L, V] with P = 3
     sliced = full[:, 2:-1]  # positions P-1 .. P+L-2 predict the L completion tokens
     assert not sliced.is_contiguous()
-    torch.testing.assert_close(selective_log_softmax(sliced, targets), naive_logprobs(sliced, targets), rtol=0, atol=1e-10)
+    expected = naive_logprobs(sliced, targets)
+    torch.testing.assert_close(selective_log_softmax(sliced, targets), expected, rtol=0, atol=1e-10)
 
 
 def test_bf16_inputs_give_fp32_logprobs_and_bf16_gradients():
@@ -91,7 +98,7 @@ def test_bf16_inputs_give_fp32_logprobs_and_bf16_gradients():
     assert fast().dtype == torch.float32
     # Same bf16 logits, fp32 softmax math on both sides: equal to fp32 rounding.
     torch.testing.assert_close(fast(), slow(), rtol=0, atol=1e-5)
-    for g_fast, g_slow in zip(grads(fast, [hidden, weight], upstream), grads(slow, [hidden, weight], upstream)):
+    for g_fast, g_slow in grad_pairs(fast, slow, [hidden, weight], upstream):
         assert g_fast.dtype == torch.bfloat16
         # Both round the logit gradient to bf16 before the matmuls. The weight gradient differs in
         # rounding only: here one bf16 product per chunk summed in fp32, there one bf16 product.

@@ -21,21 +21,27 @@ import torch
 from torch import Tensor
 
 
-def _upcast(x: Tensor) -> Tensor:
-    """x in fp32, or in float64 if it already is (so that float64 tests check the math exactly)."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
+def _scaled_chunk(logits: Tensor, temperature: float) -> Tensor:
+    """A fresh copy of logits / temperature in fp32 (float64 if the logits are: so that float64
+    tests check the math exactly). Fresh, so the helpers below may work on it in place."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32), copy=True).div_(temperature)
 
 
 def _target_logprob(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-    """Upcast logits [..., V], targets [...] -> (log p(target) [...], logsumexp [...])."""
-    lse = torch.logsumexp(logits, dim=-1)  # [...]
+    """fp32 logits [..., V], targets [...] -> (log p(target) [...], logsumexp [...]).
+    logsumexp(z) = m + log sum exp(z - m) with m = max z, computed in place in `logits` (a
+    _scaled_chunk, overwritten) so that no second [c, V] fp32 tensor is made."""
     target_logit = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [...]
+    max_logit = logits.amax(dim=-1)  # [...]
+    lse = logits.sub_(max_logit.unsqueeze(-1)).exp_().sum(dim=-1).log_() + max_logit  # [...]
     return target_logit - lse, lse
 
 
 def _logits_grad(logits: Tensor, lse: Tensor, targets: Tensor, grad_out: Tensor) -> Tensor:
-    """Gradient of grad_out * log p(target) w.r.t. upcast logits [..., V]: g * (onehot - softmax)."""
-    grad = torch.exp(logits - lse.unsqueeze(-1)).mul_(-grad_out.unsqueeze(-1))  # [..., V], -g softmax
+    """Gradient of grad_out * log p(target) w.r.t. fp32 logits [..., V]: g * (onehot - softmax).
+    Built in place in `logits` (a _scaled_chunk, overwritten): one [c, V] fp32 tensor, not three."""
+    softmax = logits.sub_(lse.unsqueeze(-1)).exp_()  # [..., V]
+    grad = softmax.mul_(-grad_out.unsqueeze(-1))  # [..., V], -g softmax
     return grad.scatter_add_(-1, targets.unsqueeze(-1), grad_out.unsqueeze(-1))  # + g onehot
 
 
@@ -47,8 +53,9 @@ class _SelectiveLogSoftmax(torch.autograd.Function):
         lse = torch.empty_like(logp)  # [N, L]
         for start in range(0, logits.shape[0], chunk_rows):
             rows = slice(start, start + chunk_rows)
-            chunk = _upcast(logits[rows]) / temperature  # [c, L, V] fp32
+            chunk = _scaled_chunk(logits[rows], temperature)  # [c, L, V] fp32
             logp[rows], lse[rows] = _target_logprob(chunk, targets[rows])
+            del chunk  # free it before the next chunk is built, not after
         ctx.save_for_backward(logits, targets, lse)
         ctx.temperature, ctx.chunk_rows = temperature, chunk_rows
         return logp
@@ -59,9 +66,10 @@ class _SelectiveLogSoftmax(torch.autograd.Function):
         grad_logits = torch.empty_like(logits)  # [N, L, V] in the logits' dtype
         for start in range(0, logits.shape[0], ctx.chunk_rows):
             rows = slice(start, start + ctx.chunk_rows)
-            chunk = _upcast(logits[rows]) / ctx.temperature  # [c, L, V], recomputed
-            grad_chunk = _logits_grad(chunk, lse[rows], targets[rows], grad_out[rows])  # [c, L, V]
+            chunk = _scaled_chunk(logits[rows], ctx.temperature)  # [c, L, V] fp32, recomputed
+            grad_chunk = _logits_grad(chunk, lse[rows], targets[rows], grad_out[rows])  # [c, L, V] in chunk
             grad_logits[rows] = grad_chunk.div_(ctx.temperature)  # chain rule through z / temperature
+            del chunk, grad_chunk
         return grad_logits, None, None, None
 
 
@@ -74,9 +82,9 @@ def selective_log_softmax(
             model_logits[:, P - 1 : -1] (chunks index the first dim, so no contiguous copy is made).
     targets: [N, L] token ids, the completion tokens that each logit row predicts.
     temperature: the sampling temperature, so that log-probs match the distribution sampled from.
-    Returns [N, L] fp32 (float64 for float64 logits). Extra memory is a few fp32 temporaries of one
-    chunk, chunk_rows * L * V * 4 bytes each (311 MB for one 512-token completion on Qwen2-VL), in
-    forward and in backward; backward also returns the gradient [N, L, V] in the logits' dtype.
+    Returns [N, L] fp32 (float64 for float64 logits). Extra memory is one fp32 chunk,
+    chunk_rows * L * V * 4 bytes (311 MB for one 512-token completion on Qwen2-VL), in forward and
+    in backward; backward also returns the gradient [N, L, V] in the logits' dtype, as any would.
     """
     if logits.shape[:-1] != targets.shape:
         raise ValueError(
@@ -95,8 +103,9 @@ class _LinearLogprobs(torch.autograd.Function):
             rows = slice(start, start + chunk_size)
             # The matmul runs in the inputs' dtype, as the model's own lm_head would (GPU kernels
             # accumulate bf16 products in fp32); the softmax math is fp32.
-            logits = _upcast(hidden[rows] @ weight.T) / temperature  # [c, V]
+            logits = _scaled_chunk(hidden[rows] @ weight.T, temperature)  # [c, V] fp32
             logp[rows], lse[rows] = _target_logprob(logits, targets[rows])
+            del logits  # free it before the next chunk is built, not after
         ctx.save_for_backward(hidden, weight, targets, lse)
         ctx.temperature, ctx.chunk_size = temperature, chunk_size
         return logp
@@ -111,13 +120,14 @@ class _LinearLogprobs(torch.autograd.Function):
         grad_weight = torch.zeros_like(weight, dtype=lse.dtype) if need_weight else None  # [V, H]
         for start in range(0, hidden.shape[0], ctx.chunk_size):
             rows = slice(start, start + ctx.chunk_size)
-            logits = _upcast(hidden[rows] @ weight.T) / ctx.temperature  # [c, V], recomputed
+            logits = _scaled_chunk(hidden[rows] @ weight.T, ctx.temperature)  # [c, V] fp32, recomputed
             grad_logits = _logits_grad(logits, lse[rows], targets[rows], grad_out[rows])  # [c, V]
-            grad_logits = grad_logits.div_(ctx.temperature).to(hidden.dtype)  # w.r.t. h W^T, not / temp
+            grad_logits = grad_logits.div_(ctx.temperature).to(hidden.dtype)  # through z = h W^T / temp
             if need_hidden:
                 grad_hidden[rows] = grad_logits @ weight  # [c, H]
             if need_weight:
                 grad_weight += grad_logits.T @ hidden[rows]  # [V, H]
+            del logits, grad_logits
         if need_weight:
             grad_weight = grad_weight.to(weight.dtype)
         return grad_hidden, grad_weight, None, None, None
@@ -131,8 +141,11 @@ def linear_logprobs(
     hidden: [N, L, H] or [T, H] final hidden states (after the last norm) at the positions that
             predict the targets; weight: [V, H] the lm_head weight; targets: [N, L] or [T] token ids.
     temperature: the sampling temperature, so that log-probs match the distribution sampled from.
-    chunk_size: tokens per chunk; extra memory is a few fp32 temporaries of chunk_size * V * 4 bytes
-            (311 MB at 512 tokens on Qwen2-VL), in forward and in backward.
+    chunk_size: tokens per chunk. Extra memory is one chunk of logits in the inputs' dtype and one
+            in fp32, chunk_size * V * (2 + 4) bytes (467 MB at 512 tokens on Qwen2-VL, bf16), in
+            forward and in backward. Smaller saves memory but costs GPU time: each chunk rereads
+            all of W, doing chunk_size flops per byte of it, and an H100 needs ~300 per byte to
+            stay compute-bound.
     Returns fp32 (float64 for float64 inputs) of targets' shape. Gradients flow to hidden, and to
     weight when it requires grad.
     """

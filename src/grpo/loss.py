@@ -104,7 +104,7 @@ def grpo_loss(
 
     logp:       [N, L] log pi(token) under the policy being trained (carries the gradient).
     old_logp:   [N, L] log pi_old(token) under the policy that sampled the completions, or None on
-                the first update of a batch (one update per generation, the paper's setting). Then
+                the first update of a batch (one update per generation, TRL's and R1-V's default). Then
                 old_logp = logp.detach(): the ratio r = exp(logp - logp.detach()) is exactly 1 while
                 its gradient r * grad(logp) = grad(logp), so the loss gradient is the plain policy
                 gradient -A grad(logp), and no extra forward pass is needed.
