@@ -11,8 +11,9 @@ import json
 import typing
 from dataclasses import dataclass, field
 
+from src.grpo.loss import AGGREGATIONS
+
 METHODS = ("sft", "grpo", "rarl", "grpo-full")
-AGGREGATIONS = ("sequence", "token", "dr_grpo")
 SCHEDULES = ("cosine", "linear", "constant")
 
 
@@ -57,7 +58,7 @@ class LossConfig:
     epsilon_high: float = flag(0.2, "clip range above 1 for the probability ratio (eq. 1)")
     aggregation: str = flag("sequence", "how token losses become one number: sequence (paper eq. 1: mean per "
                                         "completion, then over completions), token (DAPO), dr_grpo",
-                            choices=AGGREGATIONS)
+                            choices=tuple(AGGREGATIONS))
     num_iterations: int = flag(1, "policy updates per batch of rollouts (mu); > 1 caches old log-probs")
 
 
