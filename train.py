@@ -9,15 +9,18 @@ OUTPUT/checkpoint-STEP/. `--resume` continues from the latest checkpoint.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from src.grpo.config import build_parser, config_from_args
 from src.grpo.trainer import train
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> Path:
     parser = build_parser(__doc__.split("\n\n")[0])
     cfg = config_from_args(parser.parse_args(argv))
     final = train(cfg)
     print(f"final checkpoint: {final}")
+    return final
 
 
 if __name__ == "__main__":
