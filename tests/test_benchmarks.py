@@ -74,3 +74,18 @@ def test_bench_step_runs_on_the_tiny_model(tmp_path):
     assert bound["measured_over_bound"] > 0
     assert result["overhead_ratio"] == result["ours"]["step_seconds"] / result["baseline"]["step_seconds"]
     assert "overhead (ours / baseline)" in done.stdout
+
+
+@pytest.mark.slow
+def test_bench_trl_runs_both_trainers_on_the_tiny_model(tmp_path):
+    pytest.importorskip("trl")
+    output = tmp_path / "trl.json"
+    command = [sys.executable, "-m", "benchmarks.bench_trl", "--model", "tiny", "--device", "cpu", "--prompts", "1",
+               "--group-size", "2", "--length", "4", "--mini-batch-size", "1", "--repeats", "1", "--threads", "1",
+               "--output", str(output)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(output.read_text())
+    assert len(result["ours_all"]) == len(result["trl_all"]) == 2  # warm-up + 1 timed step each
+    assert result["trl_mean_completion_length"] == [4.0, 4.0]  # TRL also decoded exactly L tokens per completion
+    assert result["trl_over_ours"] == result["trl_step_seconds"] / result["ours_step_seconds"] > 0
