@@ -51,14 +51,17 @@ def test_decode_bound_of_qwen2_vl_2b():
     assert bound["bound_seconds_per_step"] == pytest.approx((3_087_428_608 + 602_341_376) / 3.35e12, rel=1e-12)
 
 
-def test_bench_step_runs_on_the_tiny_model(tmp_path):
-    output = tmp_path / "bench.json"
-    command = [sys.executable, "-m", "benchmarks.bench_step", "--model", "tiny", "--device", "cpu", "--prompts", "1",
-               "--group-size", "2", "--length", "4", "--mini-batch-size", "1", "--repeats", "1", "--threads", "1",
-               "--output", str(output)]
+def run_tiny(module: str, output: Path) -> tuple[subprocess.CompletedProcess, dict]:
+    """One warm-up and one timed step of a benchmark on the tiny model: 1 prompt x 2 completions x 4 tokens."""
+    command = [sys.executable, "-m", module, "--model", "tiny", "--device", "cpu", "--prompts", "1", "--group-size",
+               "2", "--length", "4", "--mini-batch-size", "1", "--repeats", "1", "--threads", "1", "--output", str(output)]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(output.read_text())
+    return done, json.loads(output.read_text())
+
+
+def test_bench_step_runs_on_the_tiny_model(tmp_path):
+    done, result = run_tiny("benchmarks.bench_step", tmp_path / "bench.json")
     assert set(result["ours"]["phases"]) == {"generate", "score", "reference", "policy", "optimizer"}
     assert set(result["baseline"]["phases"]) == {"generate", "reference", "policy", "optimizer"}
     for side in ("ours", "baseline"):
@@ -79,13 +82,7 @@ def test_bench_step_runs_on_the_tiny_model(tmp_path):
 @pytest.mark.slow
 def test_bench_trl_runs_both_trainers_on_the_tiny_model(tmp_path):
     pytest.importorskip("trl")
-    output = tmp_path / "trl.json"
-    command = [sys.executable, "-m", "benchmarks.bench_trl", "--model", "tiny", "--device", "cpu", "--prompts", "1",
-               "--group-size", "2", "--length", "4", "--mini-batch-size", "1", "--repeats", "1", "--threads", "1",
-               "--output", str(output)]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(output.read_text())
+    _, result = run_tiny("benchmarks.bench_trl", tmp_path / "trl.json")
     assert len(result["ours_all"]) == len(result["trl_all"]) == 2  # warm-up + 1 timed step each
     assert result["trl_mean_completion_length"] == [4.0, 4.0]  # TRL also decoded exactly L tokens per completion
     assert result["trl_over_ours"] == result["trl_step_seconds"] / result["ours_step_seconds"] > 0
