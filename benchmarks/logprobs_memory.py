@@ -25,6 +25,7 @@ import multiprocessing
 
 import torch
 
+from benchmarks.memory import peak_bytes, reset_peak
 from src.grpo.logprobs import linear_logprobs, selective_log_softmax
 
 MIB = 2**20
@@ -47,13 +48,6 @@ METHODS = {
 }
 
 
-def _resident_bytes(field: str) -> int:
-    """VmRSS (now) or VmHWM (peak since the last reset) of this process, in bytes."""
-    with open("/proc/self/status") as status:
-        line = next(line for line in status if line.startswith(field + ":"))
-    return int(line.split()[1]) * 1024
-
-
 def measure(method: str, backward: bool, args: argparse.Namespace) -> int:
     """Bytes the method adds at its peak, above the inputs (built first, in the model's dtype)."""
     torch.manual_seed(0)
@@ -67,22 +61,12 @@ def measure(method: str, backward: bool, args: argparse.Namespace) -> int:
     targets = torch.randint(v, (n, l), device=device)  # [N, L]
     x.requires_grad_(backward)
 
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-    else:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")  # reset VmHWM to the current resident size
-        before = _resident_bytes("VmRSS")
+    before = reset_peak(device)
     with torch.set_grad_enabled(backward):
         logp = fn(x, weight, targets)  # [N, L] fp32
         if backward:
             logp.sum().backward()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - before
-    return _resident_bytes("VmHWM") - before
+    return peak_bytes(device) - before
 
 
 def main() -> None:

@@ -92,6 +92,20 @@ def test_merged_model_matches_unmerged_model(tiny_policy):
     torch.testing.assert_close(logits_of(tiny_policy), unmerged, rtol=1e-5, atol=1e-5)
 
 
+def test_merged_adapters_restore_bf16_base_weights_bit_for_bit():
+    torch.manual_seed(0)
+    model = nn.Sequential(LoRALinear(nn.Linear(64, 64).to(torch.bfloat16), r=8, alpha=16))
+    nn.init.normal_(model[0].lora_B.weight, std=0.2)
+    base = model[0].base_layer.weight.detach().clone()
+    model[0].merge()
+    model[0].unmerge()
+    assert not torch.equal(model[0].base_layer.weight, base)  # the trap: in bf16 (W + d) - d != W
+    model[0].base_layer.weight.data.copy_(base)
+    with merged_adapters(model):
+        assert model[0].merged and not torch.equal(model[0].base_layer.weight, base)
+    assert torch.equal(model[0].base_layer.weight, base) and not model[0].merged
+
+
 def test_only_lora_parameters_receive_gradients(tiny_policy):
     model = tiny_policy.model
     inject_lora(model, LoRAConfig())

@@ -78,8 +78,12 @@ def tiny_corpus() -> list[str]:
     return texts + list(synthetic_corpus())
 
 
-def train_tokenizer(corpus: list[str], vocab_size: int = BPE_VOCAB):
-    """A byte-level BPE with Qwen2's pre-tokenizer, wrapped as a `Qwen2Tokenizer` with the special tokens."""
+def train_tokenizer(corpus: list[str], vocab_size: int = BPE_VOCAB, first_special_id: int | None = None):
+    """A byte-level BPE with Qwen2's pre-tokenizer, wrapped as a `Qwen2Tokenizer` with the special tokens.
+
+    first_special_id: pad the learned vocabulary with unused entries so that the special tokens get
+    Qwen2-VL's real ids (151643 for `<|endoftext|>`), for a model with the real vocabulary size.
+    """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
@@ -98,7 +102,10 @@ def train_tokenizer(corpus: list[str], vocab_size: int = BPE_VOCAB):
     bpe.train_from_iterator(corpus, trainer=trainer)
     state = json.loads(bpe.to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in state["merges"]]
-    tokenizer = Qwen2Tokenizer(vocab=state["vocab"], merges=merges, errors="replace")
+    vocab = dict(state["vocab"])
+    if first_special_id is not None:
+        vocab.update({f"<|unused_{i}|>": i for i in range(len(vocab), first_special_id)})
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, errors="replace")
     tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS[1:])})
     tokenizer.eos_token, tokenizer.pad_token = "<|im_end|>", "<|endoftext|>"
     tokenizer.chat_template = QWEN2_VL_CHAT_TEMPLATE

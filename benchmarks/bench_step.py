@@ -1,0 +1,392 @@
+"""One GRPO training step, phase by phase, against the bare minimum of the same work.
+
+    python -m benchmarks.bench_step --model tiny                                   # CPU
+    python -m benchmarks.bench_step --model qwen2-vl-2b-random --device cuda       # the paper-scale step
+
+Our step runs the trainer's own functions in grpo_step's order (collect_rollout, reference_logprobs,
+grpo_update), with a device sync between phases so that each phase's time is its own. Every
+completion is forced to max_completion_length tokens (end tokens are banned until then), so each
+run decodes and trains on exactly B * G * L completion tokens.
+
+The baseline is the bare minimum of the same work on the same model, inputs and mini-batches:
+plain `model.generate` on the already-built N prompt rows, one no-grad reference forward (adapters
+off) and one forward/backward through the HF model with log_softmax over its full logits, and one
+AdamW step on the same parameters. overhead = our step / baseline step (medians over --repeats runs
+after one warm-up run of each).
+
+Per phase: seconds, tokens per second (generate: completion tokens; score: completion tokens;
+reference and policy: prompt + completion tokens through the model), and peak memory: CUDA
+max_memory_allocated on GPU, peak resident set size on CPU (benchmarks/memory.py). Also the decode
+bandwidth bound: the bytes one decode step must read (language-model weights + KV cache at the mean
+context length) / --bandwidth, against our measured generate time per token (which also holds the
+prefill, so the ratio is an upper bound).
+
+Models: `tiny` (the embedded test model) or `qwen2-vl-2b-random`: Qwen2-VL-2B-Instruct's exact
+architecture (config.json facts, /work/shared/REFERENCE.md section 2) with random weights, built on
+the device in bf16, so nothing is downloaded. Its tokenizer is the tiny model's BPE, its vocabulary
+padded with unused entries so that every special token has its real id (151643 ...); prompts are then
+a few tokens per word as with the real tokenizer, and image tokens, the bulk of each prompt, are
+exactly as many as the real model sees.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import io
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from benchmarks.memory import peak_bytes, reset_peak, synchronize
+from src.data.prompts import TRAINING_PROMPTS
+from src.data.sample import Sample
+from src.grpo import trainer
+from src.grpo.config import LossConfig, ModelConfig, OptimConfig, RolloutConfig, RunConfig, TrainConfig
+from src.grpo.optim import make_optimizer, make_scheduler
+from src.grpo.rollout import collect_rollout
+from src.models.generation import END_TOKENS, VISION_TOKENS, prompt_batch, token_ids
+from src.models.inputs import PromptBatch, repeat_rows, select_rows, with_completions
+from src.models.loading import (
+    Policy, attention_implementation, default_dtype, enable_gradient_checkpointing, load_policy,
+)
+from src.models.lora import disabled_adapters, merged_adapters
+from src.rewards.total import RewardWeights
+
+MIB = 2**20
+H100_SXM_BANDWIDTH = 3.35e12  # bytes/s, HBM3 of the H100 SXM (H100 PCIe: 2.0e12, H200: 4.8e12)
+MODELS = ("tiny", "qwen2-vl-2b-random")
+PHASES = ("generate", "score", "reference", "policy", "optimizer")
+
+# Qwen2-VL-2B-Instruct's config.json (REFERENCE.md section 2).
+QWEN2_VL_2B_IDS = dict(endoftext=151643, im_end=151645, vision_start=151652, vision_end=151653,
+                       image_pad=151655, video_pad=151656)
+QWEN2_VL_2B_TEXT = dict(
+    vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+    num_key_value_heads=2, max_position_embeddings=32768, rms_norm_eps=1e-6, hidden_act="silu",
+    rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [16, 24, 24]},
+)
+QWEN2_VL_2B_VISION = dict(depth=32, embed_dim=1280, num_heads=16, mlp_ratio=4, hidden_size=1536, patch_size=14,
+                          spatial_merge_size=2, temporal_patch_size=2, in_channels=3)
+
+
+def qwen2_vl_2b_config():
+    from transformers import Qwen2VLConfig
+
+    ids = QWEN2_VL_2B_IDS
+    return Qwen2VLConfig(
+        text_config=dict(QWEN2_VL_2B_TEXT, bos_token_id=ids["endoftext"], eos_token_id=ids["im_end"],
+                         pad_token_id=ids["endoftext"]),
+        vision_config=dict(QWEN2_VL_2B_VISION),
+        image_token_id=ids["image_pad"], video_token_id=ids["video_pad"],
+        vision_start_token_id=ids["vision_start"], vision_end_token_id=ids["vision_end"], tie_word_embeddings=True,
+    )
+
+
+def qwen_sized_tokenizer():
+    """The tiny BPE with its special tokens moved to Qwen2-VL's ids (checked, not assumed)."""
+    from src.models.tiny import SPECIAL_TOKENS, tiny_corpus, train_tokenizer
+
+    tokenizer = train_tokenizer(tiny_corpus(), first_special_id=QWEN2_VL_2B_IDS["endoftext"])
+    got = [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS]
+    expected = list(range(QWEN2_VL_2B_IDS["endoftext"], QWEN2_VL_2B_IDS["endoftext"] + len(SPECIAL_TOKENS)))
+    if got != expected:
+        raise RuntimeError(f"special token ids {got} are not Qwen2-VL's {expected}")
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def random_qwen2_vl_2b(device: torch.device, dtype: torch.dtype) -> Policy:
+    """Qwen2-VL-2B-Instruct's architecture with random weights, initialised directly on `device`."""
+    from transformers import GenerationConfig, Qwen2VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Qwen2VLForConditionalGeneration._from_config(
+            qwen2_vl_2b_config(), dtype=dtype, attn_implementation=attention_implementation(device))
+    ids = QWEN2_VL_2B_IDS
+    model.generation_config = GenerationConfig(bos_token_id=ids["endoftext"], pad_token_id=ids["endoftext"],
+                                               eos_token_id=[ids["im_end"], ids["endoftext"]])
+    # The real preprocessor_config.json: min_pixels 56*56, max_pixels 28*28*1280 (the class defaults).
+    return Policy(model=model, tokenizer=qwen_sized_tokenizer(), image_processor=Qwen2VLImageProcessorPil(),
+                  name="qwen2-vl-2b-random")
+
+
+def build_policy(name: str, device: torch.device, dtype: torch.dtype) -> Policy:
+    if name == "tiny":
+        return load_policy("tiny", device=device, dtype=dtype)
+    return random_qwen2_vl_2b(device, dtype)
+
+
+def bench_samples(count: int, image_size: int) -> list[Sample]:
+    """`count` closed questions on random-noise images of image_size^2 pixels (the processor resizes as usual)."""
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(count):
+        buffer = io.BytesIO()
+        Image.fromarray((rng.random((image_size, image_size, 3)) * 255).astype(np.uint8)).save(buffer, "PNG")
+        samples.append(Sample(id=str(i), dataset="bench", image=buffer.getvalue(), question="Is there a lesion?",
+                              answer="yes", answer_type="closed"))
+    return samples
+
+
+def bench_config(args: argparse.Namespace) -> TrainConfig:
+    """The paper's settings (LoRA r 8 / alpha 16 on q,k,v,o; beta 0.04; one update per rollout)."""
+    return TrainConfig(
+        run=RunConfig(method="grpo", output_dir=os.devnull, device=args.device),
+        model=ModelConfig(model=args.model, gradient_checkpointing=args.gradient_checkpointing),
+        rollout=RolloutConfig(group_size=args.group_size, max_completion_length=args.length),
+        loss=LossConfig(beta=0.04),
+        optim=OptimConfig(prompts_per_step=args.prompts, mini_batch_size=args.mini_batch_size, learning_rate=1e-5,
+                          warmup_ratio=0.0, schedule="constant"),
+    )
+
+
+def make_run(policy: Policy, cfg: TrainConfig, samples: list[Sample]) -> trainer.Run:
+    """trainer.setup's work on an already-built policy: LoRA, reference, checkpointing, optimizer."""
+    torch.manual_seed(cfg.run.seed)
+    lora, reference = trainer.prepare_weights(policy, cfg)
+    if cfg.model.gradient_checkpointing:
+        enable_gradient_checkpointing(policy.model)
+    params = [p for p in policy.model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, cfg.learning_rate, cfg.optim.weight_decay)
+    scheduler = make_scheduler(optimizer, 1_000_000, 0.0, "constant")
+    return trainer.Run(cfg=cfg, policy=policy, lora=lora, reference=reference, samples=samples, optimizer=optimizer,
+                       scheduler=scheduler, params=params, steps_per_epoch=1, total_steps=1_000_000, scorer=None,
+                       output_dir=Path(os.devnull))
+
+
+class Phases:
+    """Seconds and peak bytes of named phases; a phase may be opened and closed from hooks."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds: dict[str, float] = {}
+        self.peak: dict[str, int] = {}
+        self._started: dict[str, float] = {}
+
+    def open(self, name: str) -> None:
+        reset_peak(self.device)  # syncs first, so earlier queued work is not billed to this phase
+        self._started[name] = time.perf_counter()
+
+    def close(self, name: str) -> None:
+        synchronize(self.device)
+        self.seconds[name] = time.perf_counter() - self._started.pop(name)
+        self.peak[name] = peak_bytes(self.device)
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        self.open(name)
+        yield
+        self.close(name)
+
+
+@contextlib.contextmanager
+def generation_settings(model, **settings):
+    """Set fields of model.generation_config for the duration (what `sample` does not pass itself)."""
+    config = model.generation_config
+    saved = {name: getattr(config, name) for name in settings}
+    for name, value in settings.items():
+        setattr(config, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(config, name, value)
+
+
+def our_step(run: trainer.Run, samples: list[Sample], prompt_names: list[str], args: argparse.Namespace) -> Phases:
+    """grpo_step's phases (beta > 0, one update per rollout), each timed on its own."""
+    cfg, model = run.cfg, run.policy.model
+    phases = Phases(run.policy.device)
+    settings = dict(min_new_tokens=cfg.rollout.max_completion_length, cache_implementation=args.cache,
+                    disable_compile=not args.compile)
+
+    def before_step(*_) -> None:  # a pre-hook's return value would replace step()'s arguments
+        phases.close("policy")
+        phases.open("optimizer")
+
+    def after_step(*_) -> None:
+        phases.close("optimizer")
+
+    hooks = [run.optimizer.register_step_pre_hook(before_step), run.optimizer.register_step_post_hook(after_step)]
+    with phases.phase("generate"), generation_settings(model, **settings), \
+            (merged_adapters(model) if args.merge_lora else contextlib.nullcontext()):
+        rollout = collect_rollout(
+            run.policy, samples, prompt_names, group_size=cfg.rollout.group_size,
+            max_completion_length=cfg.rollout.max_completion_length, temperature=cfg.rollout.temperature,
+            mask_truncated=False, scorer=None, weights=RewardWeights(), use_reasoning=False)
+    phases.seconds["generate"] -= rollout.seconds_score  # collect_rollout times the scoring itself
+    phases.seconds["score"], phases.peak["score"] = rollout.seconds_score, phases.peak["generate"]
+    with phases.phase("reference"):
+        ref_logp = trainer.reference_logprobs(run, rollout)
+    phases.open("policy")  # closed by the optimizer's pre-step hook, which opens "optimizer"
+    trainer.grpo_update(run, rollout, ref_logp, None)
+    for hook in hooks:
+        hook.remove()
+    if not bool(rollout.truncated.all()):
+        raise RuntimeError("a completion ended early: the step did not decode max_completion_length tokens")
+    return phases
+
+
+def plain_logprobs(model, prompts: PromptBatch, ids: torch.Tensor, mask: torch.Tensor, temperature: float):
+    """The textbook way: full [n, L, V] logits from the HF forward, log_softmax in fp32, gather."""
+    logits = model(**with_completions(prompts, ids, mask), use_cache=False).logits    # [n, P+L, V]
+    logits = logits[:, prompts.input_ids.shape[1] - 1:-1].float() / temperature       # [n, L, V]
+    return torch.log_softmax(logits, -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)     # [n, L]
+
+
+def baseline_step(run: trainer.Run, prompts: PromptBatch, optimizer: torch.optim.Optimizer) -> Phases:
+    """The bare minimum of the same work: HF generate, one reference forward, one forward/backward, AdamW."""
+    cfg, model, tokenizer = run.cfg, run.policy.model, run.policy.tokenizer
+    length, temperature, mb = cfg.rollout.max_completion_length, cfg.rollout.temperature, cfg.optim.mini_batch_size
+    rows = [list(range(s, min(s + mb, prompts.input_ids.shape[0]))) for s in range(0, prompts.input_ids.shape[0], mb)]
+    phases = Phases(run.policy.device)
+    model.eval()
+    with phases.phase("generate"):
+        out = model.generate(
+            **prompts.model_kwargs, max_new_tokens=length, min_new_tokens=length, do_sample=True,
+            temperature=temperature, top_k=0, top_p=1.0, eos_token_id=token_ids(tokenizer, END_TOKENS),
+            pad_token_id=tokenizer.pad_token_id, suppress_tokens=token_ids(tokenizer, VISION_TOKENS), use_cache=True)
+    ids = out[:, prompts.input_ids.shape[1]:]                                           # [N, L]
+    mask = torch.ones_like(ids, dtype=torch.bool)                                       # [N, L]
+    advantages = torch.randn(ids.shape[0], device=ids.device)                           # [N]
+    with phases.phase("reference"), torch.no_grad(), disabled_adapters(model):
+        ref = torch.cat([plain_logprobs(model, select_rows(prompts, r), ids[r], mask[r], temperature) for r in rows])
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    with phases.phase("policy"):
+        for r in rows:
+            logp = plain_logprobs(model, select_rows(prompts, r), ids[r], mask[r], temperature)  # [n, L]
+            (-(advantages[r, None] * logp).sum() / ids.numel()).backward()
+    with phases.phase("optimizer"):
+        optimizer.step()
+    del ref
+    return phases
+
+
+def decode_bound(model, rows: int, prompt_len: int, length: int, bandwidth: float) -> dict[str, float]:
+    """Seconds one decode step takes if it only reads what it must, at full memory bandwidth.
+
+    A decode step reads every language-model weight once (the vision tower is not used after the
+    prefill; the tied embedding is read in full as the lm_head) and every row's KV cache:
+    layers x 2 (K, V) x KV heads x head_dim x bytes per value x context length, per row.
+    Context grows from P to P + L - 1; its mean, P + (L - 1) / 2, gives the mean bytes per step.
+    """
+    text = model.config.text_config
+    language_model = model.model.language_model
+    weight_bytes = sum(p.numel() * p.element_size() for name, p in language_model.named_parameters()
+                       if "embed_tokens" not in name) + model.lm_head.weight.numel() * model.lm_head.weight.element_size()
+    head_dim = text.hidden_size // text.num_attention_heads
+    value_bytes = model.lm_head.weight.element_size()
+    kv_bytes_per_token = text.num_hidden_layers * 2 * text.num_key_value_heads * head_dim * value_bytes
+    mean_context = prompt_len + (length - 1) / 2
+    kv_bytes = kv_bytes_per_token * mean_context * rows
+    return dict(weight_bytes=weight_bytes, kv_bytes_per_token=kv_bytes_per_token, mean_context=mean_context,
+                kv_bytes_per_step=kv_bytes, bandwidth=bandwidth, bound_seconds_per_step=(weight_bytes + kv_bytes) / bandwidth)
+
+
+def summarise(runs: list[Phases], tokens: dict[str, int | None]) -> dict:
+    """Median seconds and largest peak per phase over the runs; step = median of the per-run phase sums."""
+    phases = {}
+    for name in (name for name in PHASES if name in runs[0].seconds):  # the baseline has no "score"
+        seconds = statistics.median(r.seconds[name] for r in runs)
+        phases[name] = dict(seconds=seconds, tokens_per_s=tokens[name] / seconds if tokens[name] else None,
+                            peak_mib=max(r.peak[name] for r in runs) / MIB)
+    return dict(phases=phases, step_seconds=statistics.median(sum(r.seconds.values()) for r in runs))
+
+
+def print_table(result: dict) -> None:
+    print(f"{'phase':<10} {'ours s':>9} {'tok/s':>11} {'peak MiB':>9} {'| base s':>9} {'tok/s':>11} {'peak MiB':>9}")
+    for name in PHASES:
+        cells = []
+        for side in ("ours", "baseline"):
+            p = result[side]["phases"].get(name)
+            if p is None:
+                cells.append(f"{'-':>9} {'-':>11} {'-':>9}")
+                continue
+            rate = f"{p['tokens_per_s']:,.0f}" if p["tokens_per_s"] else "-"
+            cells.append(f"{p['seconds']:>9.3f} {rate:>11} {p['peak_mib']:>9,.0f}")
+        print(f"{name:<10} {cells[0]} | {cells[1]}")
+    print(f"{'step':<10} {result['ours']['step_seconds']:>9.3f} {'':>21} | {result['baseline']['step_seconds']:>9.3f}")
+    print(f"overhead (ours / baseline): {result['overhead_ratio']:.3f}")
+    b = result["decode_bound"]
+    print(f"decode bound: ({b['weight_bytes'] / 1e9:.3f} GB weights + {b['kv_bytes_per_step'] / 1e9:.3f} GB KV) / "
+          f"{b['bandwidth'] / 1e12:.2f} TB/s = {b['bound_seconds_per_step'] * 1e3:.3f} ms/step; measured "
+          f"{b['measured_seconds_per_step'] * 1e3:.3f} ms/step = {b['measured_over_bound']:.1f}x the bound")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=MODELS, default="tiny")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--prompts", type=int, default=4, help="B, prompts per step (paper scale: 4)")
+    parser.add_argument("--group-size", type=int, default=8, help="G, completions per prompt (paper scale: 8)")
+    parser.add_argument("--length", type=int, default=512, help="L, tokens every completion is forced to")
+    parser.add_argument("--mini-batch-size", type=int, default=8, help="completions per forward/backward")
+    parser.add_argument("--image-size", type=int, default=512,
+                        help="side of the square input images in pixels; Qwen2-VL-2B sees 512 as 504 -> 324 tokens")
+    parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--merge-lora", action="store_true", help="generate with B A merged into the weights")
+    parser.add_argument("--cache", choices=("dynamic", "static"), default="dynamic",
+                        help="KV cache for our generation; transformers compiles decoding with 'static' on GPU")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                        help="let transformers compile decoding when the cache is static (GPU)")
+    parser.add_argument("--bandwidth", type=float, default=H100_SXM_BANDWIDTH,
+                        help="memory bandwidth in bytes/s for the decode bound (H100 SXM 3.35e12)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's choice); 1 on a shared machine, where "
+                             "threads waiting on each other make every small op take milliseconds")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each after one warm-up run")
+    parser.add_argument("--output", default="bench_step.json", help="where the JSON result is written")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = default_dtype(device)
+    policy = build_policy(args.model, device, dtype)
+    samples = bench_samples(args.prompts, args.image_size)
+    prompt_names = [list(TRAINING_PROMPTS)[i % len(TRAINING_PROMPTS)] for i in range(args.prompts)]
+    run = make_run(policy, bench_config(args), samples)
+    prompts = repeat_rows(prompt_batch(policy, samples, [TRAINING_PROMPTS[n] for n in prompt_names]),
+                          args.group_size).to(device)                                    # N rows
+    baseline_optimizer = torch.optim.AdamW(run.params, lr=1e-5)
+    ours, baseline = [], []
+    for repeat in range(args.repeats + 1):  # run 0 is the warm-up of each
+        ours.append(our_step(run, samples, prompt_names, args))
+        baseline.append(baseline_step(run, prompts, baseline_optimizer))
+    rows, prompt_len, length = prompts.input_ids.shape[0], prompts.input_ids.shape[1], args.length
+    model_tokens = rows * (prompt_len + length)
+    tokens = dict(generate=rows * length, score=rows * length, reference=model_tokens, policy=model_tokens,
+                  optimizer=None)
+    result = dict(
+        settings={**vars(args), "rows": rows, "prompt_tokens": prompt_len, "dtype": str(dtype)},
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
+        torch=torch.__version__,
+        ours=summarise(ours[1:], tokens), baseline=summarise(baseline[1:], tokens),
+    )
+    result["overhead_ratio"] = result["ours"]["step_seconds"] / result["baseline"]["step_seconds"]
+    bound = decode_bound(policy.model, rows, prompt_len, length, args.bandwidth)
+    bound["measured_seconds_per_step"] = result["ours"]["phases"]["generate"]["seconds"] / length
+    bound["measured_over_bound"] = bound["measured_seconds_per_step"] / bound["bound_seconds_per_step"]
+    result["decode_bound"] = bound
+    tmp = Path(args.output + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, args.output)
+    print_table(result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

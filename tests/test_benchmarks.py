@@ -1,0 +1,88 @@
+"""The step benchmark runs end to end on the tiny model; the random 2B build is Qwen2-VL-2B's architecture.
+
+No timings are asserted: the machine is shared, and the figures live in docs/BENCHMARKS.md.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.bench_step import decode_bound, qwen2_vl_2b_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def meta_qwen2_vl_2b():
+    """The random 2B architecture with parameters on the meta device: shapes and dtypes, no memory."""
+    from transformers import Qwen2VLForConditionalGeneration
+
+    with torch.device("meta"):
+        return Qwen2VLForConditionalGeneration._from_config(qwen2_vl_2b_config(), dtype=torch.bfloat16)
+
+
+def test_random_2b_has_qwen2_vl_2b_parameter_count():
+    # text: embedding 151936 x 1536 = 233,373,696 (tied with lm_head, counted once)
+    #   per layer: q 1536*1536+1536 = 2,360,832; k, v 1536*256+256 = 393,472 each; o 1536*1536 = 2,359,296;
+    #   mlp 3*1536*8960 = 41,287,680; two RMSNorms 3,072 -> 46,797,824; x 28 = 1,310,339,072; final norm 1,536
+    #   -> 1,543,714,304
+    # vision: patch conv 1176*1280 = 1,505,280; per block: 2 LayerNorms 5,120, qkv 1280*3840+3840 = 4,919,040,
+    #   proj 1,639,680, fc1 1280*5120+5120 = 6,558,720, fc2 5120*1280+1280 = 6,554,880 -> 19,677,440; x 32 =
+    #   629,678,080; merger: LayerNorm 2,560 + 5120*5120+5120 = 26,219,520 + 5120*1536+1536 = 7,865,856
+    #   -> 665,271,296
+    # total 2,208,985,600, the parameter count of Qwen2-VL-2B-Instruct's safetensors
+    model = meta_qwen2_vl_2b()
+    assert sum(p.numel() for p in model.model.language_model.parameters()) == 1_543_714_304
+    assert sum(p.numel() for p in model.model.visual.parameters()) == 665_271_296
+    assert sum(p.numel() for p in model.parameters()) == 2_208_985_600
+
+
+def test_decode_bound_of_qwen2_vl_2b():
+    model = meta_qwen2_vl_2b()
+    bound = decode_bound(model, rows=32, prompt_len=401, length=512, bandwidth=3.35e12)
+    assert bound["weight_bytes"] == 1_543_714_304 * 2  # the language model in bf16; the vision tower is not read
+    assert bound["kv_bytes_per_token"] == 28 * 2 * 2 * 128 * 2 == 28_672  # layers x (K, V) x KV heads x head_dim x bf16
+    assert bound["mean_context"] == 401 + 511 / 2
+    # (3,087,428,608 + 28,672 x 656.5 x 32 = 602,341,376) / 3.35e12 = 1.1014 ms
+    assert bound["bound_seconds_per_step"] == pytest.approx((3_087_428_608 + 602_341_376) / 3.35e12, rel=1e-12)
+
+
+def run_tiny(module: str, output: Path) -> tuple[subprocess.CompletedProcess, dict]:
+    """One warm-up and one timed step of a benchmark on the tiny model: 1 prompt x 2 completions x 4 tokens."""
+    command = [sys.executable, "-m", module, "--model", "tiny", "--device", "cpu", "--prompts", "1", "--group-size",
+               "2", "--length", "4", "--mini-batch-size", "1", "--repeats", "1", "--threads", "1", "--output", str(output)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done, json.loads(output.read_text())
+
+
+def test_bench_step_runs_on_the_tiny_model(tmp_path):
+    done, result = run_tiny("benchmarks.bench_step", tmp_path / "bench.json")
+    assert set(result["ours"]["phases"]) == {"generate", "score", "reference", "policy", "optimizer"}
+    assert set(result["baseline"]["phases"]) == {"generate", "reference", "policy", "optimizer"}
+    for side in ("ours", "baseline"):
+        assert result[side]["step_seconds"] > 0
+        for name, phase in result[side]["phases"].items():
+            assert phase["seconds"] > 0 and phase["peak_mib"] > 0, (side, name)
+            assert (phase["tokens_per_s"] is None) == (name == "optimizer"), (side, name)
+            assert phase["tokens_per_s"] is None or phase["tokens_per_s"] > 0
+    assert result["settings"]["rows"] == 2
+    bound = result["decode_bound"]
+    assert bound["kv_bytes_per_token"] == 2 * 2 * 2 * 32 * 4  # tiny: 2 layers x (K, V) x 2 KV heads x 32 x fp32
+    assert bound["mean_context"] == result["settings"]["prompt_tokens"] + 1.5  # P + (L - 1) / 2 with L = 4
+    assert bound["measured_over_bound"] > 0
+    assert result["overhead_ratio"] == result["ours"]["step_seconds"] / result["baseline"]["step_seconds"]
+    assert "overhead (ours / baseline)" in done.stdout
+
+
+@pytest.mark.slow
+def test_bench_trl_runs_both_trainers_on_the_tiny_model(tmp_path):
+    pytest.importorskip("trl")
+    _, result = run_tiny("benchmarks.bench_trl", tmp_path / "trl.json")
+    assert len(result["ours_all"]) == len(result["trl_all"]) == 2  # warm-up + 1 timed step each
+    assert result["trl_mean_completion_length"] == [4.0, 4.0]  # TRL also decoded exactly L tokens per completion
+    assert result["trl_over_ours"] == result["trl_step_seconds"] / result["ours_step_seconds"] > 0
