@@ -94,12 +94,17 @@ class BertScorer:
         of the averages but stay available as match targets. One deliberate difference: padding is
         never a match here, whereas the package scores a padded position as cosine 0, so its result
         for a token whose every real cosine is negative depends on what else is in the batch."""
-        n = len(candidates)
-        embeddings, real, counted = self._embed(candidates + references)
-        x, y = embeddings[:n], embeddings[n:]  # (n, T, D) each
-        x_counted, y_counted = counted[:n], counted[n:]  # (n, T)
+        # Each distinct text is encoded once: in a GRPO step the G completions of a prompt share
+        # one reference, and short answers repeat ("yes", "two").
+        unique = list(dict.fromkeys(candidates + references))
+        row = {text: i for i, text in enumerate(unique)}
+        embeddings, real, counted = self._embed(unique)
+        xi = torch.tensor([row[c] for c in candidates], device=embeddings.device)  # (n,)
+        yi = torch.tensor([row[r] for r in references], device=embeddings.device)  # (n,)
+        x, y = embeddings[xi], embeddings[yi]  # (n, T, D) each
+        x_counted, y_counted = counted[xi], counted[yi]  # (n, T)
         cosine = torch.bmm(x, y.transpose(1, 2))  # (n, T, T): cosine[k, i, j] = x_i . y_j of pair k
-        both_real = real[:n, :, None] & real[n:, None, :]  # (n, T, T)
+        both_real = real[xi, :, None] & real[yi, None, :]  # (n, T, T)
         cosine = cosine.masked_fill(~both_real, -2.0)  # below any cosine: padding is never the max
         x_count, y_count = x_counted.sum(1), y_counted.sum(1)  # (n,)
         precision = (cosine.max(dim=2).values * x_counted).sum(1) / x_count.clamp(min=1)  # (n,)
