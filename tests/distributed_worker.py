@@ -34,6 +34,9 @@ def rank_rollout(rollout, rows: list[int]):
 
 def update(directory: Path) -> dict:
     """Per aggregation: this rank's summed gradients and statistics after grpo_update on its share."""
+    import src.rewards.bertscore
+
+    src.rewards.bertscore.load_bertscorer = lambda *args, **kwargs: None  # the rollout is given: nothing to score
     job = torch.load(directory / "job.pt", weights_only=False)
     cfg = config_from_dict(job["config"])
     run = trainer.setup(cfg)
