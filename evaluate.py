@@ -22,7 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from src.data.loaders import load_dataset
-from src.data.prompts import INFERENCE_PROMPTS
+from src.data.prompts import INFERENCE_PROMPTS, TRAINING_PROMPTS
 from src.eval.files import write_atomic
 from src.eval.human_sheet import export_human_sheet, read_human_sheet
 from src.eval.judge_cache import JudgeCache
@@ -34,6 +34,7 @@ from src.eval.report import render_report
 from src.eval.summary import Group, build_summary
 from src.rewards.bertscore import load_bertscorer
 
+SYSTEM_PROMPTS = {**INFERENCE_PROMPTS, **TRAINING_PROMPTS}
 PAPER_DATASETS = "silvar-med:test,vqa-rad:test,slake:test,vqa-med-2019:test,path-vqa:test"
 
 
@@ -45,8 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--datasets", default=PAPER_DATASETS, help="comma-separated NAME:SPLIT (default: Tables 3 and 6)")
     p.add_argument("--data-root", action="append", default=[],
                    help="NAME=PATH for one dataset (repeatable), or PATH: a folder with one subfolder per dataset name")
-    p.add_argument("--prompt", choices=["reasoning", "non-reasoning", "both"], default="both",
-                   help="inference system prompt(s) of the paper's sec. 3.3")
+    p.add_argument("--prompt", choices=["both", *INFERENCE_PROMPTS, *TRAINING_PROMPTS], default="both",
+                   help="system prompt: the paper's inference prompts of sec. 3.3 (reasoning, non-reasoning, or "
+                        "both), or a training prompt of App. A (as the paper's Table 2 evaluates CV-Bench)")
     p.add_argument("--limit", type=int, help="only the first N questions of each dataset (quick runs)")
     p.add_argument("--skip-bad-rows", action="store_true", help="skip unusable dataset rows instead of failing")
     p.add_argument("--max-new-tokens", type=int, default=512)
@@ -138,7 +140,7 @@ def predict(args: argparse.Namespace, generate: GenerateFn) -> list[Group]:
         samples = samples[: args.limit] if args.limit else samples
         for prompt in prompts:
             path = args.output_dir / "predictions" / f"{name}-{split}-{prompt}.jsonl"
-            records = run_predictions(samples, generate, INFERENCE_PROMPTS[prompt], prompt, split, path,
+            records = run_predictions(samples, generate, SYSTEM_PROMPTS[prompt], prompt, split, path,
                                       args.batch_size)
             groups.append(Group(name, split, prompt, records))
     return groups

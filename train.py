@@ -12,18 +12,21 @@ over the step's prompts, see docs/DISTRIBUTED.md.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from src.grpo.config import build_parser, config_from_args
 from src.grpo.distributed import close_distributed, is_main
 from src.grpo.trainer import train
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> Path:
     parser = build_parser(__doc__.split("\n\n")[0])
     cfg = config_from_args(parser.parse_args(argv))
     final = train(cfg)
     if is_main():
         print(f"final checkpoint: {final}")
     close_distributed()
+    return final
 
 
 if __name__ == "__main__":

@@ -240,3 +240,14 @@ def conclusion(kind: str, answer: str) -> str:
         "location": f"So the largest lesion lies in the {answer}.",
         "brightness": f"So the largest lesion is {answer}.",
     }[kind]
+
+
+def corpus() -> list[str]:
+    """Every phrase the generator writes, for training a tokenizer that holds them in few tokens."""
+    lesions = [Lesion(x=10, y=10, radius=9, bright=True), Lesion(x=90, y=90, radius=8, bright=False)]
+    texts = list(QUESTIONS.values()) + list(NUMBER_WORDS) + ["upper left", "upper right", "lower left", "lower right"]
+    texts += [describe(lesions[:n], 112) for n in range(3)]
+    texts += [conclusion(kind, answer) for kind, answers in (
+        ("presence", ("yes", "no")), ("side", ("yes", "no")), ("count", NUMBER_WORDS[:4]),
+        ("location", ("upper left", "lower right")), ("brightness", ("bright", "dark"))) for answer in answers]
+    return texts

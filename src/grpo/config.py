@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from src.grpo.loss import AGGREGATIONS
 
-METHODS = ("sft", "grpo", "rarl", "grpo-full")
+METHODS = ("sft", "sft-full", "grpo", "rarl", "grpo-full")
 SCHEDULES = ("cosine", "linear", "constant")
 
 
@@ -64,8 +64,8 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    learning_rate: float | None = flag(None, "AdamW learning rate (default: 1e-5 with LoRA or SFT, 1e-6 for "
-                                             "grpo-full)")
+    learning_rate: float | None = flag(None, "AdamW learning rate (default: 1e-5 with LoRA, 1e-6 for full "
+                                             "fine-tuning)")
     weight_decay: float = flag(0.0, "AdamW weight decay")
     warmup_ratio: float = flag(0.05, "fraction of the optimizer steps spent warming the learning rate up from 0")
     schedule: str = flag("cosine", "learning-rate schedule after warm-up", choices=SCHEDULES)
@@ -90,8 +90,8 @@ class RewardConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    method: str = flag("rarl", "sft, grpo (RL + LoRA), rarl (grpo + reasoning reward + prompt diversity), "
-                               "grpo-full (RL, full fine-tuning)", choices=METHODS)
+    method: str = flag("rarl", "sft (LoRA), sft-full (full fine-tuning), grpo (RL + LoRA), rarl (grpo + reasoning "
+                               "reward + prompt diversity), grpo-full (RL, full fine-tuning)", choices=METHODS)
     output_dir: str = flag("runs/train", "where metrics, config and checkpoints are written")
     save_steps: int = flag(100, "checkpoint every N steps (and at the end)")
     resume: bool = flag(False, "continue from the latest checkpoint in --output-dir")
@@ -112,7 +112,11 @@ class TrainConfig:
     # ---- derived values, all in one place -------------------------------------------------------
     @property
     def uses_lora(self) -> bool:
-        return self.run.method != "grpo-full"
+        return self.run.method not in ("sft-full", "grpo-full")
+
+    @property
+    def is_sft(self) -> bool:
+        return self.run.method in ("sft", "sft-full")
 
     @property
     def uses_reasoning_reward(self) -> bool:
@@ -126,7 +130,7 @@ class TrainConfig:
     def learning_rate(self) -> float:
         if self.optim.learning_rate is not None:
             return self.optim.learning_rate
-        return 1e-6 if self.run.method == "grpo-full" else 1e-5
+        return 1e-5 if self.uses_lora else 1e-6
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -6,7 +6,7 @@
     update    num_iterations times: accumulate the GRPO loss (eq. 1) over mini-batches, clip the
               gradient norm, one AdamW step, one schedule step
 
-`--method sft` replaces rollout-to-update by cross-entropy on the reference answer (src/grpo/sft.py).
+`--method sft` / `sft-full` replace rollout-to-update by cross-entropy on the reference answer (src/grpo/sft.py).
 Shape legend: B prompts, G group size, N = B*G completions, P prompt tokens, L completion tokens.
 """
 from __future__ import annotations
@@ -79,7 +79,7 @@ def prepare_weights(policy: Policy, cfg: TrainConfig) -> tuple[LoRAConfig | None
     - LoRA from a base model: the same model with adapters disabled (no second copy);
     - LoRA continuing an existing adapter (--model ADAPTER_DIR): that adapter's starting weights,
       swapped in for the reference pass (only the adapter is kept twice);
-    - grpo-full: a frozen copy of the starting model, or nothing when beta = 0.
+    - grpo-full: a frozen copy of the starting model, or nothing when beta = 0 (sft-full: none).
     """
     model = policy.model
     freeze_vision(model)
@@ -95,7 +95,7 @@ def prepare_weights(policy: Policy, cfg: TrainConfig) -> tuple[LoRAConfig | None
     model.requires_grad_(True)
     freeze_vision(model)
     reference = None
-    if cfg.loss.beta > 0:
+    if cfg.loss.beta > 0 and not cfg.is_sft:
         reference = copy.deepcopy(model).eval().requires_grad_(False)
     return None, reference
 
@@ -133,10 +133,10 @@ def setup(cfg: TrainConfig) -> Run:
     steps_per_epoch = math.ceil(len(samples) / cfg.optim.prompts_per_step)
     total_steps = cfg.optim.max_steps or steps_per_epoch * cfg.optim.epochs
     optimizer = make_optimizer(params, cfg.learning_rate, cfg.optim.weight_decay)
-    updates_per_step = 1 if cfg.run.method == "sft" else cfg.loss.num_iterations
+    updates_per_step = 1 if cfg.is_sft else cfg.loss.num_iterations
     scheduler = make_scheduler(optimizer, total_steps * updates_per_step, cfg.optim.warmup_ratio, cfg.optim.schedule)
     scorer = None
-    if cfg.run.method != "sft":
+    if not cfg.is_sft:
         from src.rewards.bertscore import load_bertscorer
 
         scorer = load_bertscorer(cfg.reward.bertscore_model, device=policy.device)
@@ -278,7 +278,7 @@ def train(cfg: TrainConfig) -> Path:
         indices = rank_share(indices)  # this rank's contiguous share of the step's prompts (all of them on one)
         batch, prompt_names = [run.samples[i] for i in indices], [names[i] for i in indices]
         lr = run.scheduler.get_last_lr()[0]
-        if cfg.run.method == "sft":
+        if cfg.is_sft:
             metrics = sft_step(run, batch)
         else:
             metrics = grpo_step(run, batch, prompt_names)

@@ -1,0 +1,130 @@
+"""The embedded default end to end on a CPU: warm start, RL, evaluation before and after, curves.
+
+    python demo.py --output-dir runs/demo                                  # the README's first command
+    python demo.py --output-dir runs/table --seeds 0 1 2 --methods rarl grpo  # rarl vs grpo, 3 seeds
+
+A random tiny model cannot produce the <think>/<answer> format by chance, so RL starts from a warm
+start made by the same command: a short supervised run (sft-full) that learns the format and part of
+the answers. Each stage is the project's own command, run in-process and printed as a command line:
+
+    1. python train.py --method sft-full ...           warm start (full fine-tuning of the tiny model)
+    2. python evaluate.py --model WARM_START ...       held-out test set, before RL
+    3. python train.py --method rarl --model WARM_START ...   RL with LoRA on top of the warm start
+    4. python evaluate.py --model RL_CHECKPOINT ...    the same test set, after RL
+    5. curves.png from the RL run's metrics.jsonl; summary.md / summary.json over all seeds
+
+Every stage resumes: re-running the command skips what is already on disk.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import evaluate
+import train
+from src.grpo.curves import plot_curves
+from src.grpo.run_log import read_metrics, write_atomic
+
+# The settings of each stage, as the command-line flags they are. Chosen once (docs/DEMO.md tells how)
+# and not tuned per method: rarl and grpo get the same budget.
+COMMON = ["--model", "tiny", "--dataset", "synthetic", "--device", "cpu", "--no-gradient-checkpointing"]
+WARM_START = ["--method", "sft-full", "--max-steps", "600", "--prompts-per-step", "16", "--mini-batch-size", "16",
+              "--learning-rate", "2e-3", "--schedule", "constant", "--warmup-ratio", "0", "--save-steps", "600"]
+RL = ["--max-steps", "150", "--prompts-per-step", "16", "--group-size", "8", "--mini-batch-size", "64",
+      "--max-completion-length", "64", "--learning-rate", "2e-2", "--lora-r", "16", "--lora-alpha", "32",
+      "--lora-targets", "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+      "--beta", "0.0", "--schedule", "constant", "--warmup-ratio", "0", "--save-steps", "50"]
+EVALUATION = ["--datasets", "synthetic:test", "--prompt", "explanation", "--max-new-tokens", "64",
+              "--batch-size", "50", "--judge", "none"]
+ROWS = (("format_rate", "Format"), ("closed", "Closed acc."), ("open", "Open exact match"))
+
+
+def show(argv: list[str], program: str) -> None:
+    print(f"\n$ python {program} " + " ".join(argv), flush=True)
+
+
+def run_train(argv: list[str]) -> Path:
+    show(argv, "train.py")
+    return Path(train.main(argv + ["--resume"]))
+
+
+def run_evaluate(model: Path, output_dir: Path) -> dict:
+    argv = ["--model", str(model), "--output-dir", str(output_dir), *EVALUATION]
+    show(argv, "evaluate.py")
+    summary = evaluate.main(argv)
+    metrics = summary["groups"][0]["metrics"]
+    return {"format_rate": metrics["format_rate"], "closed": metrics["closed"]["accuracy"],
+            "open": metrics["open"]["exact_match"]}
+
+
+def run_seed(seed: int, methods: list[str], out: Path) -> dict[str, dict]:
+    """Warm start, then each RL method from it; test metrics of every model."""
+    seed_dir = out / f"seed-{seed}"
+    warm = run_train(COMMON + WARM_START + ["--seed", str(seed), "--output-dir", str(seed_dir / "warm-start")])
+    results = {"warm start (sft-full)": run_evaluate(warm, seed_dir / "eval-warm-start")}
+    for method in methods:
+        run_dir = seed_dir / method
+        final = run_train(COMMON + RL + ["--method", method, "--model", str(warm), "--seed", str(seed),
+                                          "--output-dir", str(run_dir)])
+        plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", title=f"{method}, seed {seed}")
+        results[f"{method} (RL from the warm start)"] = run_evaluate(final, seed_dir / f"eval-{method}")
+        results[f"{method} (RL from the warm start)"]["rise"] = reward_rise(run_dir / "metrics.jsonl")
+    return results
+
+
+def reward_rise(metrics_path: Path, window: int = 20) -> dict[str, float]:
+    """Mean of each reward over the last `window` steps minus its mean over the first `window`."""
+    records = read_metrics(metrics_path)
+    keys = [k for k in records[0] if k == "reward" or k.startswith("reward/")]
+    first, last = records[:window], records[-window:]
+
+    def mean(rows, key):
+        values = [r[key] for r in rows if key in r]
+        return sum(values) / len(values) if values else float("nan")
+
+    return {k: mean(last, k) - mean(first, k) for k in keys}
+
+
+def summarise(per_seed: dict[int, dict[str, dict]]) -> tuple[dict, str]:
+    """Mean and spread (population std) over seeds, as JSON and as a Markdown table (paper's Table 3 layout)."""
+    models = list(next(iter(per_seed.values())))
+    table = {}
+    for model in models:
+        table[model] = {}
+        for key, _ in ROWS:
+            values = [per_seed[s][model][key] for s in per_seed]
+            table[model][key] = {"mean": statistics.fmean(values),
+                                 "std": statistics.pstdev(values) if len(values) > 1 else 0.0, "values": values}
+    seeds = ", ".join(str(s) for s in per_seed)
+    lines = [f"Held-out synthetic test set (150 questions), greedy decoding, seeds {seeds}: mean ± std over seeds.",
+             "", "| Model | " + " | ".join(label for _, label in ROWS) + " |", "|---" * (len(ROWS) + 1) + "|"]
+    for model, cells in table.items():
+        lines.append(f"| {model} | " + " | ".join(
+            f"{100 * cells[k]['mean']:.1f}% ± {100 * cells[k]['std']:.1f}" for k, _ in ROWS) + " |")
+    return table, "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output-dir", type=Path, default=Path("runs/demo"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--methods", nargs="+", default=["rarl"], choices=["rarl", "grpo"])
+    args = parser.parse_args(argv)
+    per_seed = {seed: run_seed(seed, args.methods, args.output_dir) for seed in args.seeds}
+    table, markdown = summarise(per_seed)
+    write_atomic(args.output_dir / "summary.json", json.dumps({"per_seed": per_seed, "table": table}, indent=2))
+    write_atomic(args.output_dir / "summary.md", markdown)
+    print("\n" + markdown)
+    for seed, results in per_seed.items():
+        for model, result in results.items():
+            if "rise" in result:
+                rises = ", ".join(f"{k} {v:+.3f}" for k, v in result["rise"].items())
+                print(f"seed {seed}, {model}: reward change over training (last 20 steps - first 20): {rises}")
+    print(f"\ncurves: {sorted(str(p) for p in args.output_dir.glob('seed-*/*/curves.png'))}")
+    return table
+
+
+if __name__ == "__main__":
+    main()
