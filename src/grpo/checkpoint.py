@@ -4,8 +4,8 @@
   grpo-full: the whole model (save_pretrained), with tokenizer and image processor beside it, so the
   directory is itself a model `evaluate.py --model` can load.
 - trainer_state.pt: step, optimizer and schedule state, every RNG state (python, numpy, torch CPU
-  and CUDA). The data position is a pure function of the step (see trainer.batch_for_step), so the
-  step is all the position there is.
+  and CUDA) of every rank, a list with one entry per process. The data position is a pure function
+  of the step (see trainer.batch_for_step), so the step is all the position there is.
 A checkpoint is written to checkpoint-STEP.tmp and renamed when complete: a crash mid-write leaves
 no directory that looks finished, and `latest_checkpoint` only ever sees complete ones.
 """
@@ -43,7 +43,8 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(output_dir: Path, step: int, policy, lora: LoRAConfig | None, base_model: str,
-                    optimizer, scheduler) -> Path:
+                    optimizer, scheduler, rng_states: list[dict]) -> Path:
+    """Write OUTPUT/checkpoint-STEP; rng_states: `rng_state()` of each rank, in rank order."""
     final = output_dir / f"checkpoint-{step}"
     staging = output_dir / f"checkpoint-{step}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
@@ -55,7 +56,7 @@ def save_checkpoint(output_dir: Path, step: int, policy, lora: LoRAConfig | None
         policy.tokenizer.save_pretrained(staging)
         policy.image_processor.save_pretrained(staging)
     torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": rng_state()}, staging / STATE_FILE)
+                "rng": rng_states}, staging / STATE_FILE)
     shutil.rmtree(final, ignore_errors=True)  # re-saving a step (a resumed run's final save) replaces it
     os.replace(staging, final)
     return final
@@ -67,16 +68,21 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return max(steps)[1] if steps else None
 
 
-def load_checkpoint(directory: Path, policy, uses_lora: bool, optimizer, scheduler) -> int:
-    """Restore weights, optimizer, schedule and RNG from `directory`; returns the step it was saved at."""
+def load_checkpoint(directory: Path, policy, uses_lora: bool, optimizer, scheduler) -> tuple[int, list[dict]]:
+    """Restore weights, optimizer and schedule from `directory`.
+
+    Returns the step it was saved at and the saved RNG states, one per rank of the run that saved it:
+    the caller restores its own rank's (`set_rng_state`).
+    """
     if uses_lora:
         load_adapter(policy.model, directory)
     else:  # read through from_pretrained, which maps the saved key layout back to the module names
         reloaded = type(policy.model).from_pretrained(directory, dtype=policy.model.dtype)
         policy.model.load_state_dict(reloaded.state_dict())
         del reloaded
-    trainer_state = torch.load(directory / STATE_FILE, weights_only=False)
+    # on the CPU, not on the device that saved it (every rank's cuda:0); load_state_dict moves
+    # the optimizer state to each parameter's device
+    trainer_state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=False)
     optimizer.load_state_dict(trainer_state["optimizer"])
     scheduler.load_state_dict(trainer_state["scheduler"])
-    set_rng_state(trainer_state["rng"])
-    return trainer_state["step"]
+    return trainer_state["step"], trainer_state["rng"]

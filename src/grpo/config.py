@@ -70,8 +70,10 @@ class OptimConfig:
     warmup_ratio: float = flag(0.05, "fraction of the optimizer steps spent warming the learning rate up from 0")
     schedule: str = flag("cosine", "learning-rate schedule after warm-up", choices=SCHEDULES)
     max_grad_norm: float = flag(1.0, "clip the gradient norm to this value")
-    prompts_per_step: int = flag(4, "B: prompts per training step (B * G completions per step)")
-    mini_batch_size: int = flag(8, "completions per forward/backward pass (gradients are accumulated)")
+    prompts_per_step: int = flag(4, "B: prompts per training step (B * G completions per step), over all processes "
+                                     "under torchrun (each takes B / processes)")
+    mini_batch_size: int = flag(8, "completions per forward/backward pass of each process (gradients are "
+                                    "accumulated)")
     epochs: int = flag(5, "passes over the training set (paper: 5)")
     max_steps: int | None = flag(None, "stop after this many steps (overrides epochs)")
 

@@ -12,6 +12,7 @@ import torch
 
 from src.data.prompts import TRAINING_PROMPTS
 from src.data.sample import Sample
+from src.grpo.distributed import all_reduce_gradients, sum_over_ranks
 from src.grpo.policy_logprobs import completion_logprobs, minibatches
 from src.models.generation import prompt_batch
 from src.models.inputs import select_rows
@@ -36,7 +37,7 @@ def target_batch(tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tenso
 
 
 def sft_step(run, samples: list[Sample]) -> dict[str, float]:
-    """One optimizer step of mean token cross-entropy over the batch's targets."""
+    """One optimizer step of mean token cross-entropy over the batch's targets (all ranks' when distributed)."""
     start = time.perf_counter()
     policy, cfg = run.policy, run.cfg
     prompts = prompt_batch(policy, samples, [TRAINING_PROMPTS["explanation"]] * len(samples)).to(policy.device)
@@ -44,12 +45,14 @@ def sft_step(run, samples: list[Sample]) -> dict[str, float]:
     ids, mask = ids.to(policy.device), mask.to(policy.device)
     policy.model.train()
     run.optimizer.zero_grad(set_to_none=True)
-    total_tokens, loss_sum = mask.sum().item(), 0.0
+    total_tokens, loss_sum = sum_over_ranks({"tokens": mask.sum().item()})["tokens"], 0.0
     for rows in minibatches(len(samples), cfg.optim.mini_batch_size):
         logp = completion_logprobs(policy.model, select_rows(prompts, rows), ids[rows], mask[rows])  # [b, L]
         nll = -(logp * mask[rows]).sum()
         (nll / total_tokens).backward()  # the whole batch's token mean, accumulated over mini-batches
         loss_sum += nll.item()
+    all_reduce_gradients(run.params)  # each rank divided by the global token count: the sum is the batch's
+    loss_sum = sum_over_ranks({"nll": loss_sum})["nll"]
     grad_norm = torch.nn.utils.clip_grad_norm_(run.params, cfg.optim.max_grad_norm).item()
     run.optimizer.step()
     run.scheduler.step()

@@ -25,8 +25,12 @@ from src.data.loaders import load_dataset
 from src.data.prompts import assign_training_prompts
 from src.data.sample import Sample
 from src.data.subset import take_subset
-from src.grpo.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from src.grpo.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from src.grpo.config import TrainConfig
+from src.grpo.distributed import (
+    all_reduce_gradients, barrier, check_batch_split, gather_objects, gather_rows, init_distributed, is_main, rank,
+    rank_share, reduce_metrics, sampling_seed, sum_over_ranks,
+)
 from src.grpo.loss import grpo_loss
 from src.grpo.optim import make_optimizer, make_scheduler
 from src.grpo.policy_logprobs import completion_logprobs, logprobs_no_grad, minibatches, rows_of
@@ -114,13 +118,17 @@ def reference_logprobs(run: Run, rollout: Rollout) -> torch.Tensor:
 
 
 def setup(cfg: TrainConfig) -> Run:
-    torch.manual_seed(cfg.run.seed)  # LoRA A's Kaiming init draws from the global generator
-    device = torch.device(cfg.run.device) if cfg.run.device else None
+    rank_device = init_distributed(cfg.run.device)  # None unless launched by torchrun with > 1 process
+    torch.manual_seed(cfg.run.seed)  # LoRA A's Kaiming init draws from the global generator: same on every rank
+    device = rank_device or (torch.device(cfg.run.device) if cfg.run.device else None)
     policy = load_policy(cfg.model.model, device=device)
     lora, reference = prepare_weights(policy, cfg)
+    if rank_device is not None:
+        torch.manual_seed(sampling_seed(cfg.run.seed))  # replicas are initialised; each rank samples its own
     if cfg.model.gradient_checkpointing:
         enable_gradient_checkpointing(policy.model)
     samples = training_samples(cfg)
+    check_batch_split(len(samples), cfg.optim.prompts_per_step)
     params = [p for p in policy.model.parameters() if p.requires_grad]
     steps_per_epoch = math.ceil(len(samples) / cfg.optim.prompts_per_step)
     total_steps = cfg.optim.max_steps or steps_per_epoch * cfg.optim.epochs
@@ -148,17 +156,19 @@ def batch_for_step(step: int, num_samples: int, batch_size: int, seed: int) -> t
     return epoch, order[offset * batch_size:(offset + 1) * batch_size]
 
 
-def micro_weight(aggregation: str, rows: list[int], mask: torch.Tensor, max_length: int) -> float:
+def micro_weight(aggregation: str, rows: list[int], mask: torch.Tensor, max_length: int,
+                 batch_rows: float, batch_tokens: float) -> float:
     """Scale of one mini-batch's loss so that the accumulated gradient equals the whole batch's.
 
     grpo_loss normalises by what it sees: its completions ("sequence"), its tokens ("token"), or its
     completions x padded length ("dr_grpo"). Re-weighting by this mini-batch's share of the batch
-    gives the whole-batch normaliser; for dr_grpo the length is the generation budget, as Dr. GRPO
+    (batch_rows completions, batch_tokens completion tokens: over all ranks when distributed) gives
+    the whole-batch normaliser; for dr_grpo the length is the generation budget, as Dr. GRPO
     intends, rather than the batch's longest completion.
     """
     if aggregation == "token":
-        return mask[rows].sum().item() / max(1, mask.sum().item())
-    share = len(rows) / mask.shape[0]
+        return mask[rows].sum().item() / max(1, batch_tokens)
+    share = len(rows) / batch_rows
     if aggregation == "dr_grpo":
         return share * mask.shape[1] / max_length
     return share
@@ -170,6 +180,7 @@ def grpo_update(run: Run, rollout: Rollout, ref_logp: torch.Tensor | None,
     cfg, model = run.cfg, run.policy.model
     n = rollout.completion_ids.shape[0]
     mask = rollout.completion_mask
+    batch = sum_over_ranks({"rows": n, "tokens": mask.sum().item()})  # the global batch, over all ranks
     model.train()
     for _ in range(cfg.loss.num_iterations):
         run.optimizer.zero_grad(set_to_none=True)
@@ -180,15 +191,18 @@ def grpo_update(run: Run, rollout: Rollout, ref_logp: torch.Tensor | None,
             loss, stats = grpo_loss(logp, rows_of(old_logp, rows), rows_of(ref_logp, rows), rollout.advantages[rows],
                                     mask[rows], epsilon_low=cfg.loss.epsilon_low, epsilon_high=cfg.loss.epsilon_high,
                                     beta=cfg.loss.beta, aggregation=cfg.loss.aggregation)
-            weight = micro_weight(cfg.loss.aggregation, rows, mask, cfg.rollout.max_completion_length)
+            weight = micro_weight(cfg.loss.aggregation, rows, mask, cfg.rollout.max_completion_length,
+                                  batch["rows"], batch["tokens"])
             (loss * weight).backward()
-            token_share = mask[rows].sum().item() / max(1, mask.sum().item())  # stats are token means
+            token_share = mask[rows].sum().item() / max(1, batch["tokens"])  # stats are token means
             totals["loss"] += loss.item() * weight
             for name, value in stats.as_floats().items():
                 totals[name] += value * token_share
+        all_reduce_gradients(run.params)  # each rank's share was weighted against the global batch: sum them
         grad_norm = torch.nn.utils.clip_grad_norm_(run.params, cfg.optim.max_grad_norm).item()
         run.optimizer.step()
         run.scheduler.step()
+    totals = sum_over_ranks(totals)
     totals["grad_norm"] = grad_norm
     return totals
 
@@ -213,12 +227,13 @@ def grpo_step(run: Run, samples: list[Sample], prompt_names: list[str]) -> dict[
     start = time.perf_counter()
     stats = grpo_update(run, rollout, ref_logp, old_logp)
     lengths = rollout.completion_mask.sum(1).float()
+    rewards = gather_rows(rollout.rewards)                                       # [N] of the global batch
     return {
         **{k: v for k, v in stats.items() if k != "ratio_mean"},
         "clip_ratio": stats["clipfrac_low"] + stats["clipfrac_high"],
         "ratio_mean": stats["ratio_mean"],
-        "reward": rollout.rewards.mean().item(),
-        "reward_std": rollout.rewards.std().item() if len(rollout.rewards) > 1 else 0.0,
+        "reward": rewards.mean().item(),
+        "reward_std": rewards.std().item() if len(rewards) > 1 else 0.0,
         **rollout.reward_means,
         "completion_length": lengths.mean().item(),
         "frac_truncated": rollout.truncated.float().mean().item(),
@@ -232,25 +247,35 @@ def grpo_step(run: Run, samples: list[Sample], prompt_names: list[str]) -> dict[
 
 
 def train(cfg: TrainConfig) -> Path:
-    """Run the configured method to the end; returns the final checkpoint directory."""
+    """Run the configured method to the end; returns the final checkpoint directory.
+
+    Under torchrun every rank runs this loop on its share of each step (src/grpo/distributed.py);
+    only rank 0 writes config.json, metrics.jsonl and checkpoints (and returns the directory; the
+    other ranks return None).
+    """
     from src.grpo.sft import sft_step
 
     run = setup(cfg)
     out = run.output_dir
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "config.json", cfg.to_json() + "\n")
-    print(cfg.to_json())
+    if is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        write_atomic(out / "config.json", cfg.to_json() + "\n")
+        print(cfg.to_json())
     start_step = 0
     if cfg.run.resume and (checkpoint := latest_checkpoint(out)) is not None:
-        start_step = load_checkpoint(checkpoint, run.policy, cfg.uses_lora, run.optimizer, run.scheduler)
-        print(f"resumed from {checkpoint} at step {start_step}")
-    log = MetricsLog(out / "metrics.jsonl", resume_step=start_step)
+        start_step, rng_states = load_checkpoint(checkpoint, run.policy, cfg.uses_lora, run.optimizer, run.scheduler)
+        if rank() < len(rng_states):  # a rank the checkpoint did not know keeps its fresh seeded stream
+            set_rng_state(rng_states[rank()])
+        if is_main():
+            print(f"resumed from {checkpoint} at step {start_step}")
+    log = MetricsLog(out / "metrics.jsonl", resume_step=start_step) if is_main() else None
     last = latest_checkpoint(out) if start_step == run.total_steps else None
     progress = tqdm(range(start_step, run.total_steps), desc=cfg.run.method, initial=start_step,
-                    total=run.total_steps, dynamic_ncols=True)
+                    total=run.total_steps, dynamic_ncols=True, disable=not is_main())
     for step in progress:
         epoch, indices = batch_for_step(step, len(run.samples), cfg.optim.prompts_per_step, cfg.run.seed)
         names = assign_training_prompts(len(run.samples), cfg.run.method, seed=cfg.run.seed * 1_000 + epoch)
+        indices = rank_share(indices)  # this rank's contiguous share of the step's prompts (all of them on one)
         batch, prompt_names = [run.samples[i] for i in indices], [names[i] for i in indices]
         lr = run.scheduler.get_last_lr()[0]
         if cfg.is_sft:
@@ -258,11 +283,15 @@ def train(cfg: TrainConfig) -> Path:
         else:
             metrics = grpo_step(run, batch, prompt_names)
         progress_in_epoch = (step % run.steps_per_epoch + 1) / run.steps_per_epoch
-        record = {"step": step + 1, "epoch": epoch + progress_in_epoch, "lr": lr, **metrics,
-                  "peak_memory_mb": peak_memory_mb(run.policy.device)}
-        log.write(record)
+        record = reduce_metrics({"step": step + 1, "epoch": epoch + progress_in_epoch, "lr": lr, **metrics,
+                                 "peak_memory_mb": peak_memory_mb(run.policy.device)})
+        if is_main():
+            log.write(record)
         progress.set_postfix({k: f"{record[k]:.3g}" for k in ("loss", "reward") if k in record})
         if (step + 1) % cfg.run.save_steps == 0 or step + 1 == run.total_steps:
-            last = save_checkpoint(out, step + 1, run.policy, run.lora, base_model_name(cfg.model.model),
-                                   run.optimizer, run.scheduler)
+            rng_states = gather_objects(rng_state())  # every rank's, so a resume on as many ranks is exact
+            if is_main():
+                last = save_checkpoint(out, step + 1, run.policy, run.lora, base_model_name(cfg.model.model),
+                                       run.optimizer, run.scheduler, rng_states)
+            barrier()  # no rank runs ahead (or ends) before the checkpoint is complete
     return last
