@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 import torch
@@ -182,3 +183,26 @@ def test_matches_qwen2vl_processor_where_torchvision_exists(tiny_policy):
     assert torch.equal(ours.image_grid_thw, reference["image_grid_thw"])
     if "mm_token_type_ids" in reference:
         assert torch.equal(ours.mm_token_type_ids.long(), reference["mm_token_type_ids"].long())
+
+
+def _build_tiny(cache_dir: str, queue) -> None:
+    queue.put(str(ensure_tiny(seed=3, cache_dir=cache_dir)))
+
+
+def test_concurrent_builds_of_the_tiny_model_share_one_result(tmp_path):
+    """Two processes (as torchrun ranks do) asking for the same uncached model both get it, built once."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    workers = [context.Process(target=_build_tiny, args=(str(tmp_path), queue)) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=300)
+    assert [w.exitcode for w in workers] == [0, 0]
+    paths = {queue.get(timeout=5) for _ in workers}
+    assert len(paths) == 1
+    built = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+    assert [p.name for p in built] == [Path(paths.pop()).name]
+    assert (built[0] / "model.safetensors").is_file()

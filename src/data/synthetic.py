@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from src.data.cache_lock import cache_lock
 from src.data.reasoning_set import load_reasoning_set
 from src.data.rows import BadRows
 from src.data.sample import Sample
@@ -102,21 +103,20 @@ def ensure_synthetic(seed: int = 0, config: SyntheticConfig = SyntheticConfig(),
     manifest = json.loads(json.dumps({"generator_version": GENERATOR_VERSION, "seed": seed, "config": asdict(config)}))
     if read_manifest(folder) == manifest:
         return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        write_synthetic(staging, seed, config)
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        if folder.exists():  # a stale set: move it aside first, as rename cannot replace a folder
-            stale = staging.with_name(staging.name + ".stale")
-            os.rename(folder, stale)
-            shutil.rmtree(stale)
-        os.rename(staging, folder)
-    except OSError:
-        if read_manifest(folder) != manifest:  # unless a concurrent run put the same set in place first
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with cache_lock(folder):
+        if read_manifest(folder) == manifest:  # another process built it while we waited
+            return folder
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            write_synthetic(staging, seed, config)
+            (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
+            if folder.exists():  # a stale set: move it aside first, as rename cannot replace a folder
+                stale = staging.with_name(staging.name + ".stale")
+                os.rename(folder, stale)
+                shutil.rmtree(stale)
+            os.rename(staging, folder)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return folder
 
 

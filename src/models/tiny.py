@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from src.data.cache_lock import cache_lock
 from src.models.chat_template import QWEN2_VL_CHAT_TEMPLATE
 
 # Qwen2-VL's special tokens, in the order of their ids (151643 ... 151656) in the real vocabulary.
@@ -146,7 +147,10 @@ def default_cache_dir() -> Path:
 
 
 def ensure_tiny(seed: int = 0, cache_dir: str | Path | None = None) -> Path:
-    """Build the tiny model directory once (atomically: build in a temp dir, then rename) and return it."""
+    """Build the tiny model directory once (atomically: build in a temp dir, then rename) and return it.
+
+    Concurrent callers (torchrun ranks) wait on a lock while the first one builds.
+    """
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     corpus = tiny_corpus()
@@ -154,17 +158,16 @@ def ensure_tiny(seed: int = 0, cache_dir: str | Path | None = None) -> Path:
     target = root / f"tiny-qwen2-vl-seed{seed}-{cache_key(seed, corpus)}"
     if (target / "config.json").is_file():
         return target
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root))
-    try:
-        tokenizer = train_tokenizer(corpus)
-        build_tiny_model(tokenizer, seed).save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        Qwen2VLImageProcessorPil(**IMAGE_PIXELS).save_pretrained(staging)
-        os.replace(staging, target)  # another process may have won the race; its copy is identical
-    except OSError:
-        if not (target / "config.json").is_file():
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with cache_lock(target):
+        if (target / "config.json").is_file():  # another process built it while we waited
+            return target
+        staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root))
+        try:
+            tokenizer = train_tokenizer(corpus)
+            build_tiny_model(tokenizer, seed).save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            Qwen2VLImageProcessorPil(**IMAGE_PIXELS).save_pretrained(staging)
+            os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return target
