@@ -1,9 +1,16 @@
 """Shared fixtures: the tiny model is built once per test session into a temporary cache."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
+
+
+# Before anything imports huggingface_hub, which reads these once: no test may wait on the network.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -11,8 +18,6 @@ def _isolated_cache(tmp_path_factory):
     """Every cached artefact (tiny model, synthetic data) goes to a fresh directory for the session."""
     mp = pytest.MonkeyPatch()
     mp.setenv("RARL_CACHE", str(tmp_path_factory.mktemp("rarl-cache")))
-    mp.setenv("HF_HUB_OFFLINE", "1")
-    mp.setenv("TOKENIZERS_PARALLELISM", "false")
     yield
     mp.undo()
 

@@ -106,12 +106,12 @@ def test_interrupted_generation_leaves_nothing_and_a_changed_config_regenerates(
         patch.setattr(synthetic, "write_synthetic", interrupted)
         with pytest.raises(KeyboardInterrupt):
             ensure_synthetic(seed=0, config=SMALL, cache_dir=tmp_path / "set")
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [".set.lock"]  # the builders' lock file, nothing else
 
     ensure_synthetic(seed=0, config=SyntheticConfig(n_train=3, n_test=1), cache_dir=tmp_path / "set")
     root = ensure_synthetic(seed=0, config=SyntheticConfig(n_train=4, n_test=1), cache_dir=tmp_path / "set")
     assert len((root / "train.jsonl").read_text().splitlines()) == 4
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["set"]  # no staging or stale folders left
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".set.lock", "set"]  # no staging or stale folders
 
     monkeypatch.setattr(synthetic, "write_synthetic", interrupted)  # a current set is not generated again
     assert ensure_synthetic(seed=0, config=SyntheticConfig(n_train=4, n_test=1), cache_dir=tmp_path / "set") == root
