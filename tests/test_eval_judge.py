@@ -197,3 +197,10 @@ def test_a_wrong_key_fails_without_retrying_or_leaking(tmp_path, monkeypatch, ca
         assert server.rejected == 1 and not server.requests    # a 401 is not retried
     assert run.verdicts[0].status == "failed" and "HTTP 401" in run.verdicts[0].error
     assert "WRONG999" not in run.verdicts[0].error + caplog.text
+
+
+def test_backends_never_show_the_key_in_their_repr():
+    from src.eval.judge_client import GeminiGenerate, OpenAIChat
+
+    for backend in (OpenAIChat("gpt-4o-mini", "sk-test-SECRET123"), GeminiGenerate("gemini-1.5-flash", "sk-test-SECRET123")):
+        assert "SECRET123" not in repr(backend) and "SECRET123" not in str(backend)

@@ -14,7 +14,7 @@ import logging
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import httpx
@@ -54,7 +54,7 @@ class OpenAIChat:
     """POST {base_url}/chat/completions: OpenAI, or any OpenAI-compatible server (vLLM, Ollama)."""
 
     model: str
-    secret: str | None
+    secret: str | None = field(repr=False)  # never in a repr, a log line or a traceback
     base_url: str = OPENAI_BASE_URL
 
     def request(self, prompt: str) -> tuple[str, dict, dict]:
@@ -76,7 +76,7 @@ class GeminiGenerate:
     """POST {base_url}/models/{model}:generateContent with the key in the x-goog-api-key header."""
 
     model: str
-    secret: str | None
+    secret: str | None = field(repr=False)  # never in a repr, a log line or a traceback
     base_url: str = GEMINI_BASE_URL
 
     def request(self, prompt: str) -> tuple[str, dict, dict]:
