@@ -229,9 +229,8 @@ def grpo_step(run: Run, samples: list[Sample], prompt_names: list[str]) -> dict[
     lengths = rollout.completion_mask.sum(1).float()
     rewards = gather_rows(rollout.rewards)                                       # [N] of the global batch
     return {
-        **{k: v for k, v in stats.items() if k != "ratio_mean"},
+        **stats,
         "clip_ratio": stats["clipfrac_low"] + stats["clipfrac_high"],
-        "ratio_mean": stats["ratio_mean"],
         "reward": rewards.mean().item(),
         "reward_std": rewards.std().item() if len(rewards) > 1 else 0.0,
         **rollout.reward_means,
