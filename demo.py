@@ -29,13 +29,14 @@ from src.grpo.run_log import read_metrics, write_atomic
 
 # The settings of each stage, as the command-line flags they are. Chosen once (docs/DEMO.md tells how)
 # and not tuned per method: rarl and grpo get the same budget.
-COMMON = ["--model", "tiny", "--dataset", "synthetic", "--device", "cpu", "--no-gradient-checkpointing"]
-WARM_START = ["--method", "sft-full", "--max-steps", "600", "--prompts-per-step", "16", "--mini-batch-size", "16",
-              "--learning-rate", "2e-3", "--schedule", "constant", "--warmup-ratio", "0", "--save-steps", "600"]
-RL = ["--max-steps", "150", "--prompts-per-step", "16", "--group-size", "8", "--mini-batch-size", "64",
-      "--max-completion-length", "64", "--learning-rate", "2e-2", "--lora-r", "16", "--lora-alpha", "32",
+COMMON = ["--dataset", "synthetic", "--device", "cpu", "--no-gradient-checkpointing"]
+WARM_START = ["--method", "sft-full", "--model", "tiny", "--prompts-per-step", "16", "--mini-batch-size", "16",
+              "--learning-rate", "2e-3", "--schedule", "constant", "--warmup-ratio", "0"]
+RL = ["--prompts-per-step", "8", "--group-size", "8", "--mini-batch-size", "64", "--max-completion-length", "64",
+      "--learning-rate", "2e-3", "--lora-r", "16", "--lora-alpha", "32",
       "--lora-targets", "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
-      "--beta", "0.0", "--schedule", "constant", "--warmup-ratio", "0", "--save-steps", "50"]
+      "--beta", "0.04", "--schedule", "constant", "--warmup-ratio", "0"]
+WARM_START_STEPS, RL_STEPS = 150, 250
 EVALUATION = ["--datasets", "synthetic:test", "--prompt", "explanation", "--max-new-tokens", "64",
               "--batch-size", "50", "--judge", "none"]
 ROWS = (("format_rate", "Format"), ("closed", "Closed acc."), ("open", "Open exact match"))
@@ -59,15 +60,17 @@ def run_evaluate(model: Path, output_dir: Path) -> dict:
             "open": metrics["open"]["exact_match"]}
 
 
-def run_seed(seed: int, methods: list[str], out: Path) -> dict[str, dict]:
+def run_seed(seed: int, methods: list[str], out: Path, warm_steps: int, rl_steps: int) -> dict[str, dict]:
     """Warm start, then each RL method from it; test metrics of every model."""
     seed_dir = out / f"seed-{seed}"
-    warm = run_train(COMMON + WARM_START + ["--seed", str(seed), "--output-dir", str(seed_dir / "warm-start")])
+    steps = ["--max-steps", str(warm_steps), "--save-steps", str(warm_steps)]
+    warm = run_train(COMMON + WARM_START + steps + ["--seed", str(seed), "--output-dir", str(seed_dir / "warm-start")])
     results = {"warm start (sft-full)": run_evaluate(warm, seed_dir / "eval-warm-start")}
     for method in methods:
         run_dir = seed_dir / method
-        final = run_train(COMMON + RL + ["--method", method, "--model", str(warm), "--seed", str(seed),
-                                          "--output-dir", str(run_dir)])
+        steps = ["--max-steps", str(rl_steps), "--save-steps", str(max(1, rl_steps // 4))]
+        final = run_train(COMMON + RL + steps + ["--method", method, "--model", str(warm), "--seed", str(seed),
+                                                  "--output-dir", str(run_dir)])
         plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", title=f"{method}, seed {seed}")
         results[f"{method} (RL from the warm start)"] = run_evaluate(final, seed_dir / f"eval-{method}")
         results[f"{method} (RL from the warm start)"]["rise"] = reward_rise(run_dir / "metrics.jsonl")
@@ -77,6 +80,7 @@ def run_seed(seed: int, methods: list[str], out: Path) -> dict[str, dict]:
 def reward_rise(metrics_path: Path, window: int = 20) -> dict[str, float]:
     """Mean of each reward over the last `window` steps minus its mean over the first `window`."""
     records = read_metrics(metrics_path)
+    window = max(1, min(window, len(records) // 2))
     keys = [k for k in records[0] if k == "reward" or k.startswith("reward/")]
     first, last = records[:window], records[-window:]
 
@@ -111,8 +115,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output-dir", type=Path, default=Path("runs/demo"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--methods", nargs="+", default=["rarl"], choices=["rarl", "grpo"])
+    parser.add_argument("--warm-start-steps", type=int, default=WARM_START_STEPS)
+    parser.add_argument("--rl-steps", type=int, default=RL_STEPS)
     args = parser.parse_args(argv)
-    per_seed = {seed: run_seed(seed, args.methods, args.output_dir) for seed in args.seeds}
+    per_seed = {seed: run_seed(seed, args.methods, args.output_dir, args.warm_start_steps, args.rl_steps)
+                for seed in args.seeds}
     table, markdown = summarise(per_seed)
     write_atomic(args.output_dir / "summary.json", json.dumps({"per_seed": per_seed, "table": table}, indent=2))
     write_atomic(args.output_dir / "summary.md", markdown)
@@ -121,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
         for model, result in results.items():
             if "rise" in result:
                 rises = ", ".join(f"{k} {v:+.3f}" for k, v in result["rise"].items())
-                print(f"seed {seed}, {model}: reward change over training (last 20 steps - first 20): {rises}")
+                print(f"seed {seed}, {model}: reward change over training (mean of the last steps - the first): {rises}")
     print(f"\ncurves: {sorted(str(p) for p in args.output_dir.glob('seed-*/*/curves.png'))}")
     return table
 

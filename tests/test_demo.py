@@ -1,0 +1,44 @@
+"""demo.py's pipeline on a tiny budget (the full run takes minutes; docs/DEMO.md has its figures)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from src.grpo.curves import moving_average
+
+
+def test_moving_average_is_a_trailing_mean_that_keeps_every_point():
+    # window 2: [1], [1, 3] -> 2, [3, 5] -> 4, [5, 7] -> 6
+    assert moving_average([1.0, 3.0, 5.0, 7.0], window=2) == [1.0, 2.0, 4.0, 6.0]
+
+
+def test_summary_reports_mean_and_spread_over_seeds():
+    import demo
+
+    per_seed = {s: {"warm": {"format_rate": f, "closed": c, "open": o}}
+                for s, (f, c, o) in enumerate([(1.0, 0.5, 0.2), (1.0, 0.7, 0.4)])}
+    table, markdown = demo.summarise(per_seed)
+    assert table["warm"]["closed"]["mean"] == pytest.approx(0.6)
+    assert table["warm"]["closed"]["std"] == pytest.approx(0.1)  # population std of 0.5 and 0.7
+    assert "| warm | 100.0% ± 0.0 | 60.0% ± 10.0 | 30.0% ± 10.0 |" in markdown
+
+
+@pytest.mark.slow
+def test_demo_runs_every_stage_and_writes_its_report(tmp_path):
+    import demo
+
+    table = demo.main(["--output-dir", str(tmp_path), "--warm-start-steps", "3", "--rl-steps", "2",
+                       "--methods", "rarl", "grpo"])
+    assert list(table) == ["warm start (sft-full)", "rarl (RL from the warm start)", "grpo (RL from the warm start)"]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary["per_seed"]["0"]) == set(table)
+    for method in ("rarl", "grpo"):
+        assert (tmp_path / "seed-0" / method / "curves.png").stat().st_size > 10_000
+        assert (tmp_path / "seed-0" / method / "checkpoint-2" / "adapter_config.json").is_file()
+        metrics = (tmp_path / "seed-0" / f"eval-{method}" / "summary.json")
+        assert json.loads(metrics.read_text())["groups"][0]["metrics"]["n"] == 150
+    assert "| Model | Format | Closed acc. | Open exact match |" in (tmp_path / "summary.md").read_text()
+    # re-running finds every stage on disk and returns the same table
+    assert demo.main(["--output-dir", str(tmp_path), "--warm-start-steps", "3", "--rl-steps", "2",
+                      "--methods", "rarl", "grpo"]) == table
