@@ -1,5 +1,4 @@
 """BERTScore scorer: offline loading, the F1 contract, parity with the `bert_score` package."""
-import os
 import socket
 import time
 

@@ -1,7 +1,6 @@
 """Group-relative advantages: eq. 2 of the paper (GRPO's baseline is the group mean, not a critic)."""
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 
