@@ -36,7 +36,7 @@ RL = ["--prompts-per-step", "8", "--group-size", "8", "--mini-batch-size", "64",
       "--learning-rate", "2e-3", "--lora-r", "16", "--lora-alpha", "32",
       "--lora-targets", "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
       "--beta", "0.04", "--schedule", "constant", "--warmup-ratio", "0"]
-WARM_START_STEPS, RL_STEPS = 150, 250
+WARM_START_STEPS, RL_STEPS = 600, 250
 EVALUATION = ["--datasets", "synthetic:test", "--prompt", "explanation", "--max-new-tokens", "64",
               "--batch-size", "50", "--judge", "none"]
 ROWS = (("format_rate", "Format"), ("closed", "Closed acc."), ("open", "Open exact match"))
