@@ -25,7 +25,8 @@ from pathlib import Path
 import evaluate
 import train
 from src.grpo.curves import plot_curves
-from src.grpo.run_log import read_metrics, write_atomic
+from src.eval.files import write_atomic
+from src.grpo.run_log import read_metrics
 
 # The settings of each stage, as the command-line flags they are. Chosen once (docs/DEMO.md tells how)
 # and not tuned per method: rarl and grpo get the same budget.

@@ -3,18 +3,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import resource
 import sys
 from pathlib import Path
 
 import torch
 
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+from src.eval.files import write_atomic
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -35,7 +35,8 @@ from src.grpo.loss import grpo_loss
 from src.grpo.optim import make_optimizer, make_scheduler
 from src.grpo.policy_logprobs import completion_logprobs, logprobs_no_grad, minibatches, rows_of
 from src.grpo.rollout import Rollout, collect_rollout
-from src.grpo.run_log import MetricsLog, peak_memory_mb, write_atomic
+from src.eval.files import write_atomic
+from src.grpo.run_log import MetricsLog, peak_memory_mb
 from src.models.inputs import select_rows
 from src.models.loading import Policy, base_model_name, enable_gradient_checkpointing, freeze_vision, load_policy
 from src.models.lora import (
