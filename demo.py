@@ -24,9 +24,12 @@ from pathlib import Path
 
 import evaluate
 import train
+from src.eval.files import read_jsonl, write_atomic
+from src.eval.metrics import exact_match
+from src.eval.predictions import record_sample
 from src.grpo.curves import plot_curves
-from src.eval.files import write_atomic
 from src.grpo.run_log import read_metrics
+from src.rewards.answers import closed_correct
 
 # The settings of each stage, as the command-line flags they are. Chosen once (docs/DEMO.md tells how)
 # and not tuned per method: rarl and grpo get the same budget.
@@ -37,7 +40,7 @@ RL = ["--prompts-per-step", "8", "--group-size", "8", "--mini-batch-size", "64",
       "--learning-rate", "2e-3", "--lora-r", "16", "--lora-alpha", "32",
       "--lora-targets", "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
       "--beta", "0.04", "--schedule", "constant", "--warmup-ratio", "0"]
-WARM_START_STEPS, RL_STEPS = 600, 250
+WARM_START_STEPS, RL_STEPS = 600, 150
 EVALUATION = ["--datasets", "synthetic:test", "--prompt", "explanation", "--max-new-tokens", "64",
               "--batch-size", "50", "--judge", "none"]
 ROWS = (("format_rate", "Format"), ("closed", "Closed acc."), ("open", "Open exact match"))
@@ -58,7 +61,18 @@ def run_evaluate(model: Path, output_dir: Path) -> dict:
     summary = evaluate.main(argv)
     metrics = summary["groups"][0]["metrics"]
     return {"format_rate": metrics["format_rate"], "closed": metrics["closed"]["accuracy"],
-            "open": metrics["open"]["exact_match"]}
+            "open": metrics["open"]["exact_match"], "by_kind": accuracy_by_kind(output_dir)}
+
+
+def accuracy_by_kind(eval_dir: Path) -> dict[str, float]:
+    """Accuracy per question kind (presence, side, ...): closed correct or open exact match."""
+    (predictions,) = (eval_dir / "predictions").glob("*.jsonl")
+    correct: dict[str, list[bool]] = {}
+    for record in read_jsonl(predictions):
+        right = (closed_correct(record["answer"], record_sample(record)) if record["answer_type"] == "closed"
+                 else exact_match(record["answer"], [record["reference"], *record["alternatives"]]))
+        correct.setdefault(record["task"], []).append(right)
+    return {kind: sum(values) / len(values) for kind, values in sorted(correct.items())}
 
 
 def run_seed(seed: int, methods: list[str], out: Path, warm_steps: int, rl_steps: int) -> dict[str, dict]:
@@ -108,6 +122,14 @@ def summarise(per_seed: dict[int, dict[str, dict]]) -> tuple[dict, str]:
     for model, cells in table.items():
         lines.append(f"| {model} | " + " | ".join(
             f"{100 * cells[k]['mean']:.1f}% ± {100 * cells[k]['std']:.1f}" for k, _ in ROWS) + " |")
+    kinds = sorted({kind for results in per_seed.values() for result in results.values()
+                    for kind in result.get("by_kind", {})})
+    if kinds:
+        lines += ["", "By question kind (closed: accuracy; open: exact match), mean over seeds:", "",
+                  "| Model | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 1) + "|"]
+        for model in models:
+            means = [statistics.fmean(per_seed[s][model]["by_kind"][kind] for s in per_seed) for kind in kinds]
+            lines.append(f"| {model} | " + " | ".join(f"{100 * m:.1f}%" for m in means) + " |")
     return table, "\n".join(lines) + "\n"
 
 

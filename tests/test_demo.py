@@ -42,3 +42,21 @@ def test_demo_runs_every_stage_and_writes_its_report(tmp_path):
     # re-running finds every stage on disk and returns the same table
     assert demo.main(["--output-dir", str(tmp_path), "--warm-start-steps", "3", "--rl-steps", "2",
                       "--methods", "rarl", "grpo"]) == table
+
+
+@pytest.mark.slow
+def test_demo_rl_raises_held_out_accuracy_above_its_warm_start(tmp_path):
+    """The README's first command at its full budget (seed 0, ~7 minutes on 2 cores; deterministic on
+    this CPU stack). Measured: closed 71.9% -> 76.4%. Open exact match is not asserted: on this seed
+    it falls (45.9% -> 23.0%; greedy answers "zero in the lower right" for "zero"), see docs/DEMO.md."""
+    import demo
+
+    table = demo.main(["--output-dir", str(tmp_path)])
+    warm, rl = table["warm start (sft-full)"], table["rarl (RL from the warm start)"]
+    assert warm["format_rate"]["mean"] == rl["format_rate"]["mean"] == 1.0
+    assert rl["closed"]["mean"] >= warm["closed"]["mean"] + 0.04  # 4 of the 89 closed questions
+    # on the sampled training completions the total reward and each learned component rose
+    rise = json.loads((tmp_path / "summary.json").read_text())["per_seed"]["0"]["rarl (RL from the warm start)"]["rise"]
+    assert rise["reward"] > 0.1
+    assert min(rise["reward/format"], rise["reward/accuracy"], rise["reward/reasoning"]) > 0.02
+    assert (tmp_path / "seed-0" / "rarl" / "curves.png").stat().st_size > 10_000
