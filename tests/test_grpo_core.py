@@ -25,6 +25,17 @@ def test_group_advantages_two_groups_and_zero_std_fraction():
     assert zero_std_fraction(rewards, group_size=4) == 0.5
 
 
+def test_unscaled_advantages_keep_the_rewards_units():
+    # Dr. GRPO: A = r - mean. A group split by noise (rewards 2.61, 2.62) gets +-0.005; eq. 2 divides
+    # by its unbiased std 0.005 * 2 / sqrt(3) = 0.00577 and gives +-0.85, as large as a real split.
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.61, 2.62, 2.61, 2.62])
+    expected = torch.tensor([0.5, -0.5, -0.5, 0.5, -0.005, 0.005, -0.005, 0.005])
+    torch.testing.assert_close(group_advantages(rewards, 4, scale=False), expected, rtol=0, atol=1e-6)
+    scaled = group_advantages(rewards, 4)[4:]
+    torch.testing.assert_close(scaled, torch.tensor([-1.0, 1.0, -1.0, 1.0]) * 0.005 / (0.005 * 2 / 3 ** 0.5 + 1e-4),
+                               rtol=0, atol=1e-4)
+
+
 def test_group_advantages_use_the_unbiased_std():
     # mean 0.75; deviations -0.75 x3, 2.25; sum of squares 3 * 0.5625 + 5.0625 = 6.75.
     # Unbiased: var = 6.75 / 3 = 2.25, std = 1.5 -> A = [-0.5, -0.5, -0.5, 1.5].

@@ -20,7 +20,7 @@ def _all_equal(grouped: Tensor) -> Tensor:
     return grouped.amax(dim=1, keepdim=True) == grouped.amin(dim=1, keepdim=True)  # [B, 1]
 
 
-def group_advantages(rewards: Tensor, group_size: int, eps: float = 1e-4) -> Tensor:
+def group_advantages(rewards: Tensor, group_size: int, scale: bool = True, eps: float = 1e-4) -> Tensor:
     """Eq. 2: A_i = (r_i - mean(r_1..r_G)) / (std(r_1..r_G) + eps), per group of G completions.
 
     rewards: [N] with N = B * G, completions of prompt b at indices b*G .. b*G + G - 1.
@@ -31,11 +31,16 @@ def group_advantages(rewards: Tensor, group_size: int, eps: float = 1e-4) -> Ten
     learning signal, and its advantages are set to exactly 0: the fp32 mean of G equal numbers is
     not always that number (eight 0.1s give deviations of ~1e-8), and 1e-8 / (1e-8 + eps) would
     otherwise be a spurious ~1e-4 advantage.
+
+    scale=False drops the division (Dr. GRPO, Liu et al. 2025: A_i = r_i - mean). With it, a group
+    whose rewards differ only by noise (0.01 of BERTScore or length) gets advantages as large as a
+    group split between right and wrong answers; without it, advantages keep the rewards' units.
     """
     grouped = _grouped(rewards, group_size)  # [B, G]
     mean = grouped.mean(dim=1, keepdim=True)  # [B, 1]
-    std = grouped.std(dim=1, keepdim=True)  # [B, 1], unbiased
-    advantages = (grouped - mean) / (std + eps)  # [B, G]
+    advantages = grouped - mean  # [B, G]
+    if scale:
+        advantages = advantages / (grouped.std(dim=1, keepdim=True) + eps)  # unbiased std, [B, 1]
     advantages = advantages.masked_fill(_all_equal(grouped), 0.0)  # [B, G]
     return advantages.view(-1)  # [N]
 

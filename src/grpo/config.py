@@ -60,6 +60,8 @@ class LossConfig:
                                         "completion, then over completions), token (DAPO), dr_grpo",
                             choices=tuple(AGGREGATIONS))
     num_iterations: int = flag(1, "policy updates per batch of rollouts (mu); > 1 caches old log-probs")
+    scale_rewards: str = flag("group", "advantages: group (paper eq. 2: divide by the group's reward std) or "
+                                       "none (Dr. GRPO: reward minus the group mean)", choices=("group", "none"))
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ class Rollout:
 
 def collect_rollout(policy: Policy, samples: Sequence[Sample], prompt_names: Sequence[str], *, group_size: int,
                     max_completion_length: int, temperature: float, mask_truncated: bool, scorer,
-                    weights: RewardWeights, use_reasoning: bool) -> Rollout:
+                    weights: RewardWeights, use_reasoning: bool, scale_rewards: bool = True) -> Rollout:
     """Sample, score and normalise: everything of a GRPO step that needs no gradient."""
     start = time.perf_counter()
     prompts = prompt_batch(policy, samples, [TRAINING_PROMPTS[name] for name in prompt_names])
@@ -53,7 +53,7 @@ def collect_rollout(policy: Policy, samples: Sequence[Sample], prompt_names: Seq
     breakdown = score_completions(completions.texts, repeated, completions.lengths.tolist(), scorer, weights,
                                   use_reasoning)
     rewards = torch.tensor(breakdown.total, dtype=torch.float32)                 # [N]
-    advantages = group_advantages(rewards, group_size)                          # [N], eq. 2
+    advantages = group_advantages(rewards, group_size, scale=scale_rewards)     # [N], eq. 2
     mask = completions.mask
     if mask_truncated:  # a cut-off completion was never judged on a finished answer: leave it out
         mask = mask & ~completions.truncated.unsqueeze(1)                        # [N, L]

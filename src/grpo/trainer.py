@@ -216,7 +216,7 @@ def grpo_step(run: Run, samples: list[Sample], prompt_names: list[str]) -> dict[
         mask_truncated=cfg.rollout.mask_truncated, scorer=run.scorer,
         weights=RewardWeights(cfg.reward.format_weight, cfg.reward.length_weight, cfg.reward.accuracy_weight,
                               cfg.reward.reasoning_weight),
-        use_reasoning=cfg.uses_reasoning_reward)
+        use_reasoning=cfg.uses_reasoning_reward, scale_rewards=cfg.loss.scale_rewards == "group")
     start = time.perf_counter()
     ref_logp = reference_logprobs(run, rollout) if cfg.loss.beta > 0 else None
     old_logp = None
