@@ -46,9 +46,9 @@ def test_demo_runs_every_stage_and_writes_its_report(tmp_path):
 
 @pytest.mark.slow
 def test_demo_rl_raises_held_out_accuracy_above_its_warm_start(tmp_path):
-    """The README's first command at its full budget (seed 0, ~7 minutes on 2 cores; deterministic on
+    """The README's first command at its full budget (seed 0, ~6 minutes on 2 cores; deterministic on
     this CPU stack). Measured: closed 71.9% -> 76.4%. Open exact match is not asserted: on this seed
-    it falls (45.9% -> 23.0%; greedy answers "zero in the lower right" for "zero"), see docs/DEMO.md."""
+    it falls (45.9% -> 23.0%: the policy answers "zero in the lower right" for "zero"), see docs/DEMO.md."""
     import demo
 
     table = demo.main(["--output-dir", str(tmp_path)])
