@@ -24,12 +24,9 @@ from pathlib import Path
 
 import evaluate
 import train
-from src.eval.files import read_jsonl, write_atomic
-from src.eval.metrics import exact_match
-from src.eval.predictions import record_sample
+from src.eval.files import write_atomic
 from src.grpo.curves import plot_curves
 from src.grpo.run_log import read_metrics
-from src.rewards.answers import closed_correct
 
 # The settings of each stage, as the command-line flags they are. Chosen once (docs/DEMO.md tells how)
 # and not tuned per method: rarl and grpo get the same budget. RL's lr went from 2e-3 to 1e-3 after
@@ -61,20 +58,11 @@ def run_evaluate(model: Path, output_dir: Path) -> dict:
     show(argv, "evaluate.py")
     summary = evaluate.main(argv)
     metrics = summary["groups"][0]["metrics"]
-    return {"format_rate": metrics["format_rate"], "closed": metrics["closed"]["accuracy"],
-            "open": metrics["open"]["exact_match"], "by_kind": accuracy_by_kind(output_dir)}
-
-
-def accuracy_by_kind(eval_dir: Path) -> dict[str, float]:
-    """Accuracy per question kind (presence, side, ...): closed correct or open exact match."""
-    (predictions,) = (eval_dir / "predictions").glob("*.jsonl")
-    correct: dict[str, list[bool]] = {}
-    for record in read_jsonl(predictions):
-        right = (closed_correct(record["answer"], record_sample(record)) if record["answer_type"] == "closed"
-                 else exact_match(record["answer"], [record["reference"], *record["alternatives"]]))
-        correct.setdefault(record["task"], []).append(right)
-    return {kind: sum(values) / len(values) for kind, values in sorted(correct.items())}
-
+    closed, open_ = metrics["closed"], metrics["open"]
+    by_kind = {**{kind: m["accuracy"] for kind, m in closed["by_task"].items()},     # presence, side, ...
+               **{kind: m["exact_match"] for kind, m in open_["by_task"].items()}}   # count, location
+    return {"format_rate": metrics["format_rate"], "closed": closed["accuracy"], "open": open_["exact_match"],
+            "by_kind": dict(sorted(by_kind.items()))}
 
 def run_seed(seed: int, methods: list[str], out: Path, warm_steps: int, rl_steps: int) -> dict[str, dict]:
     """Warm start, then each RL method from it; test metrics of every model."""

@@ -46,7 +46,19 @@ def test_closed_accuracy_keeps_unmatched_predictions_in_the_denominator():
     records = [rec(0, "yes", "Yes, there is."), rec(1, "no", "maybe"), rec(2, "yes", "yes and no"),
                rec(3, "left", "The left."), rec(4, "no", "")]
     # right: 0 ("Yes, there is."), 3 ("The left." ~ "left"); wrong but counted: "maybe", "yes and no", "" -> 2/5
-    assert closed_metrics(records) == {"n": 5, "accuracy": pytest.approx(0.4)}
+    assert closed_metrics(records) == {"n": 5, "accuracy": pytest.approx(0.4), "by_task": {}}  # no task set
+
+
+def test_closed_and_open_metrics_per_task():
+    records = [rec(0, "yes", "yes", task="presence"), rec(1, "no", "yes", task="presence"),
+               rec(2, "yes", "yes", task="side"), rec(3, "two", "two", "open", task="count"),
+               rec(4, "two", "two lesions", "open", task="count"), rec(5, "upper left", "upper left", "open")]
+    assert closed_metrics(records[:3])["by_task"] == {"presence": {"n": 2, "accuracy": 0.5},
+                                                      "side": {"n": 1, "accuracy": 1.0}}
+    # exact match per task; the record without a task is left out of by_task, not out of the total
+    metrics = open_metrics(records[3:], FakeScorer())
+    assert metrics["by_task"] == {"count": {"n": 2, "exact_match": 0.5}}
+    assert metrics["exact_match"] == pytest.approx(2 / 3)
 
 
 def test_token_recall_and_exact_match_take_the_best_reference():

@@ -96,9 +96,9 @@ def test_judge_free_run_resumes_after_a_crash_without_regenerating(tmp_path, dat
     assert list(groups) == [("silvar-med", "reasoning"), ("silvar-med", "non-reasoning"),
                             ("vqa-rad", "reasoning"), ("vqa-rad", "non-reasoning")]
     silvar, vqa_rad = groups[("silvar-med", "reasoning")], groups[("vqa-rad", "reasoning")]
-    assert silvar["closed"] == {"n": 2, "accuracy": 0.5}            # "yes" right for r1 only
+    assert silvar["closed"] == {"n": 2, "accuracy": 0.5, "by_task": {}}         # "yes" right for r1 only
     assert silvar["reasoning"]["n"] == 2 and silvar["format_rate"] == 1.0
-    assert vqa_rad["closed"] == {"n": 2, "accuracy": 0.5}           # qid 1 right, qid 3 wrong
+    assert vqa_rad["closed"] == {"n": 2, "accuracy": 0.5, "by_task": {}}        # qid 1 right, qid 3 wrong
     assert vqa_rad["open"]["token_recall"] == 0.0 and vqa_rad["open"]["bertscore_f1"] == 0.25
     assert summary["judges"] == {} and summary["bertscore_model"] == "fake-bertscore"
     report = (out / "report.md").read_text()

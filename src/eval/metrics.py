@@ -8,9 +8,10 @@ open token recall  |reference tokens ∩ prediction tokens| / |reference tokens|
                    normalised words (normalize_text), best over the alternative references.
 open exact match   normalised prediction equals a normalised reference.
 open BERTScore F1  between the answer text and each reference, best over references.
-choice accuracy    the extracted option letter equals the reference letter (choice_correct); per task
-                   and in total over all questions pooled (how the paper's Table 2 total relates to its
-                   per-task columns on CV-Bench's 788/650/600/600 questions).
+choice accuracy    the extracted option letter equals the reference letter (choice_correct); in total
+                   over all questions pooled (how the paper's Table 2 total relates to its per-task
+                   columns on CV-Bench's 788/650/600/600 questions).
+by task            closed accuracy, open exact match and choice accuracy also per `task` (question kind).
 reasoning BERTScore F1 between the <think> text and the reference reasoning, where one exists; a
                    missing or empty think scores 0.
 format rate        fraction of completions in exactly the <think>...</think><answer>...</answer> form
@@ -68,35 +69,36 @@ def best_bertscore(scorer: Scorer, candidates: list[str], references: list[Seque
     return best
 
 
+def by_task(records: list[dict], values: Sequence[float], name: str) -> dict:
+    """{task: {"n": questions, name: mean of their values}} over the records that carry a task."""
+    grouped: dict[str, list[float]] = defaultdict(list)
+    for record, value in zip(records, values):
+        if record["task"]:
+            grouped[record["task"]].append(value)
+    return {task: {"n": len(group), name: mean(group)} for task, group in sorted(grouped.items())}
+
+
 def closed_metrics(records: list[dict]) -> dict:
     correct = [closed_correct(r["answer"], record_sample(r)) for r in records]
-    return {"n": len(records), "accuracy": mean(correct)}
+    return {"n": len(records), "accuracy": mean(correct), "by_task": by_task(records, correct, "accuracy")}
 
 
 def open_metrics(records: list[dict], scorer: Scorer) -> dict:
     references = [[r["reference"], *r["alternatives"]] for r in records]
     answers = [r["answer"] for r in records]
+    exact = [exact_match(a, refs) for a, refs in zip(answers, references)]
     return {
         "n": len(records),
         "token_recall": mean([token_recall(a, refs) for a, refs in zip(answers, references)]),
-        "exact_match": mean([exact_match(a, refs) for a, refs in zip(answers, references)]),
+        "exact_match": mean(exact),
         "bertscore_f1": mean(best_bertscore(scorer, answers, references)),
+        "by_task": by_task(records, exact, "exact_match"),
     }
 
 
 def choice_metrics(records: list[dict]) -> dict:
-    by_task: dict[str, list[bool]] = defaultdict(list)
-    correct = []
-    for record in records:
-        hit = choice_correct(record["answer"], record_sample(record))
-        correct.append(hit)
-        if record["task"]:
-            by_task[record["task"]].append(hit)
-    return {
-        "n": len(records),
-        "accuracy": mean(correct),
-        "by_task": {task: {"n": len(hits), "accuracy": mean(hits)} for task, hits in sorted(by_task.items())},
-    }
+    correct = [choice_correct(r["answer"], record_sample(r)) for r in records]
+    return {"n": len(records), "accuracy": mean(correct), "by_task": by_task(records, correct, "accuracy")}
 
 
 def reasoning_metrics(records: list[dict], scorer: Scorer) -> dict:
