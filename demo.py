@@ -64,6 +64,7 @@ def run_evaluate(model: Path, output_dir: Path) -> dict:
     return {"format_rate": metrics["format_rate"], "closed": closed["accuracy"], "open": open_["exact_match"],
             "by_kind": dict(sorted(by_kind.items()))}
 
+
 def run_seed(seed: int, methods: list[str], out: Path, warm_steps: int, rl_steps: int) -> dict[str, dict]:
     """Warm start, then each RL method from it; test metrics of every model."""
     seed_dir = out / f"seed-{seed}"

@@ -81,6 +81,18 @@ def test_answers_and_reasoning_agree_with_the_pixels(tmp_path):
             assert sample.reasoning.startswith("The organ is homogeneous, with no focal lesion.")
 
 
+def test_largest_margin_sets_how_much_larger_the_largest_lesion_is(tmp_path):
+    config = SyntheticConfig(n_train=60, n_test=0, lesion_radius=(6, 14), largest_margin=6)
+    samples = load_dataset("synthetic", ensure_synthetic(seed=2, config=config, cache_dir=tmp_path), "train")
+    ratios = []
+    for sample in samples:
+        found = blobs(np.asarray(Image.open(sample.image)), PROFILES[sample.modality][1], config.lesion_contrast)
+        if len(found) >= 2:
+            ratios.append(found[0]["area"] / found[1]["area"])
+    # radii 6 px apart: at least 14 vs 8, areas (14/8)^2 = 3.1 apart (the default margin of 2 allows 14 vs 12: 1.4)
+    assert len(ratios) >= 20 and min(ratios) >= 2.5
+
+
 def test_split_sizes_reasoning_share_and_answer_types(tmp_path):
     root = ensure_synthetic(seed=0, config=SMALL, cache_dir=tmp_path)
     train, test = load_dataset("synthetic", root, "train"), load_dataset("synthetic", root, "test")
@@ -122,6 +134,8 @@ def test_config_rejects_what_cannot_be_generated():
         SyntheticConfig(question_kinds=("colour",))
     with pytest.raises(ValueError, match="a kind that applies to images without a lesion"):
         SyntheticConfig(question_kinds=("location",))
-    too_large = SyntheticConfig(lesion_radius=(40, 45))  # a 40 px lesion cannot fit a 38-49 px semi-axis organ
+    with pytest.raises(ValueError, match="radii largest_margin apart"):
+        SyntheticConfig(lesion_radius=(8, 12), largest_margin=6)
+    too_large = SyntheticConfig(lesion_radius=(40, 45), max_lesions=1)  # a 40 px lesion cannot fit a 38-49 px semi-axis organ
     with pytest.raises(ValueError, match="could not place 1 lesions"):
         synthetic.place_lesions(np.random.default_rng(0), too_large, np.array([45.0, 40.0]), count=1)

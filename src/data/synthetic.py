@@ -5,8 +5,8 @@ Each image is an organ (an ellipse centred in the frame) on a dark background, h
 noise. Two intensity profiles stand in for modalities: "synthetic-CT" (dark background, flat organ)
 and "synthetic-MRI" (brighter levels and a left-to-right intensity ramp across the organ, like a bias
 field). Lesions never touch each other or the organ's edge, the largest is larger than the others by at
-least 2 px of radius, and no lesion centre lies within `midline_margin` px of the image's midlines, so
-every answer below is unambiguous from the pixels.
+least `largest_margin` px of radius, and no lesion centre lies within `midline_margin` px of the image's
+midlines, so every answer below is unambiguous from the pixels.
 
 One question per image, its kind drawn among those that apply (with no lesion, only presence, side and
 count apply); `task` holds the kind, answers come from a small vocabulary:
@@ -62,6 +62,7 @@ class SyntheticConfig:
     """What is generated; the knobs that set how hard the task is come first."""
 
     lesion_radius: tuple[int, int] = (8, 14)  # smallest and largest lesion radius in px (inclusive)
+    largest_margin: int = 2  # px of radius by which the largest lesion exceeds every other one
     lesion_contrast: float = 90.0  # |lesion level - organ level|; 90 keeps lesions >7 noise sigmas clear
     noise_std: float = 6.0  # Gaussian pixel noise
     max_lesions: int = 3  # lesions per image, drawn uniformly from 0..max_lesions
@@ -80,6 +81,8 @@ class SyntheticConfig:
             raise ValueError(f"unknown question kinds or modalities: {sorted(unknown)}")
         if not 1 <= self.lesion_radius[0] <= self.lesion_radius[1] or not 0 <= self.max_lesions < len(NUMBER_WORDS):
             raise ValueError(f"need 1 <= min radius <= max radius and 0 <= max_lesions <= 9: {self}")
+        if self.max_lesions >= 2 and self.lesion_radius[1] - self.lesion_radius[0] < self.largest_margin:
+            raise ValueError(f"two lesions need radii largest_margin apart, beyond the lesion_radius range: {self}")
         if not any(kind not in NEEDS_LESION for kind in self.question_kinds):
             raise ValueError("question_kinds needs a kind that applies to images without a lesion")
 
@@ -174,7 +177,7 @@ def place_lesions(rng: np.random.Generator, config: SyntheticConfig, axes: np.nd
 
     for _ in range(attempts):
         radii = sorted(rng.integers(config.lesion_radius[0], config.lesion_radius[1] + 1, size=count), reverse=True)
-        if count >= 2 and radii[0] - radii[1] < 2:
+        if count >= 2 and radii[0] - radii[1] < config.largest_margin:
             continue  # the largest lesion must be unambiguous
         lesions = []
         for radius in radii:
