@@ -69,6 +69,24 @@ def test_unknown_hub_id_offline_says_how_to_use_a_local_copy():
         load_base("nonexistent-org/nonexistent-qwen2-vl")
 
 
+def test_an_adapter_on_a_local_base_loads_from_any_working_directory(tiny_path, tmp_path, monkeypatch):
+    from src.models.loading import base_model_name, load_policy
+    from src.models.peft_io import save_adapter
+
+    monkeypatch.chdir(tiny_path.parent)
+    base = base_model_name(tiny_path.name)  # given relative to the training run's working directory
+    assert base == str(tiny_path.resolve())
+    policy = load_base(tiny_path.name, device=torch.device("cpu"))
+    config = LoRAConfig(r=2, alpha=4.0, dropout=0.0, targets=("q_proj",))
+    inject_lora(policy.model, config)
+    save_adapter(policy.model, tmp_path / "adapter", config, base)
+    save_adapter(policy.model, tmp_path / "moved", config, "runs/gone/checkpoint-600")  # an older, relative record
+    monkeypatch.chdir(tmp_path)
+    assert sum(1 for _ in lora_layers(load_policy("adapter", device=torch.device("cpu")).model)) > 0
+    with pytest.raises(FileNotFoundError, match="adapter moved: its base model runs/gone/checkpoint-600"):
+        load_policy("moved", device=torch.device("cpu"))
+
+
 def test_batch_with_different_image_sizes_pairs_each_row_with_its_own_image(tiny_policy):
     tok, ip, model = tiny_policy.tokenizer, tiny_policy.image_processor, tiny_policy.model
     convs = [chat("Is there a lesion?"), chat("How many lesions are there in the organ?")]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,11 +91,20 @@ def load_base(name: str, device: torch.device | None = None, dtype: torch.dtype 
 
 
 def base_model_name(name: str) -> str:
-    """The base model behind `name`: itself, or the base recorded in an adapter directory's config."""
+    """The base model behind `name`, as a checkpoint records it: the base an adapter directory's config
+    names; a local directory as an absolute path (so that an adapter trained on it loads from any
+    working directory); a hub id or "tiny" unchanged."""
     adapter_config = Path(name) / "adapter_config.json"
     if adapter_config.is_file():
         return json.loads(adapter_config.read_text())["base_model_name_or_path"]
+    if name != "tiny" and Path(name).is_dir():
+        return str(Path(name).resolve())
     return name
+
+
+def is_hub_id(name: str) -> bool:
+    """'name' or 'owner/name', as the hub spells repositories; a path with more parts is local."""
+    return re.fullmatch(r"[\w-][\w.-]*(/[\w-][\w.-]*)?", name) is not None
 
 
 def load_policy(name: str, device: torch.device | None = None, dtype: torch.dtype | None = None) -> Policy:
@@ -104,7 +114,12 @@ def load_policy(name: str, device: torch.device | None = None, dtype: torch.dtyp
         return load_base(name, device, dtype)
     from src.models.peft_io import load_adapter
 
-    policy = load_base(base_model_name(name), device, dtype)
+    base = base_model_name(name)
+    if not Path(base).is_dir() and base != "tiny" and not is_hub_id(base):
+        raise FileNotFoundError(f"adapter {name}: its base model {base} (base_model_name_or_path in "
+                                f"adapter_config.json) is not a directory here (working directory {Path.cwd()}); "
+                                "put the base model there or edit that field")
+    policy = load_base(base, device, dtype)
     load_adapter(policy.model, name)
     policy.name = name
     return policy
