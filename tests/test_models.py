@@ -29,6 +29,19 @@ def test_tiny_build_is_deterministic_and_small(tiny_path, tmp_path):
     assert 2e5 < params < 5e6
 
 
+def test_building_the_tiny_model_leaves_the_global_random_stream_alone(tiny_path):
+    # else the first run that builds it samples differently from every later, identical run
+    from transformers import AutoTokenizer
+
+    from src.models.tiny import build_tiny_model
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    build_tiny_model(AutoTokenizer.from_pretrained(tiny_path), seed=0)
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_tiny_has_qwen2_vl_tokens_template_and_architecture(tiny_policy):
     tok, config = tiny_policy.tokenizer, tiny_policy.model.config
     ids = [tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS]

@@ -128,8 +128,9 @@ def build_tiny_model(tokenizer, seed: int):
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=True,
     )
-    torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(config)
+    with torch.random.fork_rng(devices=[]):  # seeded init that leaves the caller's random stream alone
+        torch.manual_seed(seed)
+        model = Qwen2VLForConditionalGeneration(config)
     model.generation_config = GenerationConfig(
         bos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"],
         eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
