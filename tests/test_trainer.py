@@ -209,6 +209,21 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch)
     assert all(torch.allclose(wa[k], wb[k], rtol=1e-6, atol=1e-8) for k in wa)
 
 
+def test_resume_refuses_other_settings_but_may_run_longer(tmp_path):
+    first = tiny_config(tmp_path, optim=dict(max_steps=2))
+    trainer.train(first)
+    resume = dataclasses.replace(first.run, resume=True)
+    other_lr = dataclasses.replace(first, run=resume, optim=dataclasses.replace(first.optim, learning_rate=1e-3))
+    with pytest.raises(ValueError, match=r"optim.learning_rate: 0.005 -> 0.001"):
+        trainer.train(other_lr)
+    other_method = dataclasses.replace(first, run=dataclasses.replace(resume, method="grpo"))
+    with pytest.raises(ValueError, match=r"run.method: 'rarl' -> 'grpo'"):
+        trainer.train(other_method)
+    longer = dataclasses.replace(first, run=resume, optim=dataclasses.replace(first.optim, max_steps=3))
+    trainer.train(longer)
+    assert [m["step"] for m in read_metrics(Path(first.run.output_dir) / "metrics.jsonl")] == [1, 2, 3]
+
+
 def test_sft_lowers_the_cross_entropy(tmp_path):
     cfg = tiny_config(tmp_path, run=dict(method="sft"), optim=dict(max_steps=6, learning_rate=2e-2))
     run = trainer.setup(cfg)

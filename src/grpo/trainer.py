@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -246,6 +247,27 @@ def grpo_step(run: Run, samples: list[Sample], prompt_names: list[str]) -> dict[
     }
 
 
+RESUMABLE_CHANGES = ("run.resume", "run.save_steps", "run.device", "optim.max_steps", "optim.epochs")
+"""Settings a resumed run may change: when to save, where to run, and how long to go on."""
+
+
+def check_same_settings(saved_path: Path, cfg: TrainConfig) -> None:
+    """Refuse to resume a run under other settings: its checkpoints and metrics belong to the saved ones.
+
+    Fields that a config.json written by an older version lacks are taken as unchanged.
+    """
+    if not saved_path.is_file():
+        return
+    saved, current = json.loads(saved_path.read_text()), json.loads(cfg.to_json())
+    changed = [f"{section}.{name}: {saved[section][name]!r} -> {value!r}"
+               for section, values in current.items() for name, value in values.items()
+               if f"{section}.{name}" not in RESUMABLE_CHANGES and name in saved.get(section, {})
+               and saved[section][name] != value]
+    if changed:
+        raise ValueError(f"--resume: {saved_path} was written with other settings ({'; '.join(changed)}); "
+                         "resume with the saved settings, or start the new run in another --output-dir")
+
+
 def train(cfg: TrainConfig) -> Path:
     """Run the configured method to the end; returns the final checkpoint directory.
 
@@ -255,14 +277,17 @@ def train(cfg: TrainConfig) -> Path:
     """
     from src.grpo.sft import sft_step
 
+    out = Path(cfg.run.output_dir)
+    checkpoint = latest_checkpoint(out) if cfg.run.resume else None
+    if checkpoint is not None:
+        check_same_settings(out / "config.json", cfg)
     run = setup(cfg)
-    out = run.output_dir
     if is_main():
         out.mkdir(parents=True, exist_ok=True)
         write_atomic(out / "config.json", cfg.to_json() + "\n")
         print(cfg.to_json())
     start_step = 0
-    if cfg.run.resume and (checkpoint := latest_checkpoint(out)) is not None:
+    if checkpoint is not None:
         start_step, rng_states = load_checkpoint(checkpoint, run.policy, cfg.uses_lora, run.optimizer, run.scheduler)
         if rank() < len(rng_states):  # a rank the checkpoint did not know keeps its fresh seeded stream
             set_rng_state(rng_states[rank()])
