@@ -149,7 +149,8 @@ def resumable_copy(source: Path, target: Path, step: int) -> None:
     """`source` as it was right after saving checkpoint-STEP (metrics of later steps are dropped on resume)."""
     target.mkdir()
     shutil.copytree(source / f"checkpoint-{step}", target / f"checkpoint-{step}")
-    shutil.copy(source / "metrics.jsonl", target / "metrics.jsonl")
+    for name in ("config.json", "metrics.jsonl", "completions.jsonl"):
+        shutil.copy(source / name, target / name)
 
 
 @pytest.mark.slow
@@ -169,9 +170,13 @@ def test_torchrun_training_keeps_replicas_identical_writes_once_and_resumes(tmp_
     assert all(torch.equal(saved[PEFT_PREFIX + k], v) for k, v in rank0["final"].items())
     # one writer: rank 0 saved each checkpoint, metrics hold one line per step
     assert (rank0["saves"], rank1["saves"]) == ([2, 3], [])
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-2", "checkpoint-3", "config.json", "metrics.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-2", "checkpoint-3", "completions.jsonl",
+                                                      "config.json", "metrics.jsonl"]
     straight = read_metrics(out / "metrics.jsonl")
     assert [m["step"] for m in straight] == [1, 2, 3]
+    completions = read_metrics(out / "completions.jsonl")  # both ranks' 2 prompts x G 4, rank 0's first
+    assert [c["step"] for c in completions] == [1] * 16 + [2] * 16 + [3] * 16
+    assert completions[0]["completion"].startswith(straight[0]["sample_completion"])
     assert len(torch.load(out / "checkpoint-2" / "trainer_state.pt", weights_only=False)["rng"]) == 2
 
     # resume on 2 ranks from checkpoint-2: every rank gets its own RNG state back, so step 3 repeats exactly
@@ -188,6 +193,7 @@ def test_torchrun_training_keeps_replicas_identical_writes_once_and_resumes(tmp_
                 assert x[key] == pytest.approx(y[key], rel=1e-6, abs=1e-9), (x["step"], key)
     assert all(torch.equal(saved[k], v) for k, v in load_file(again / "checkpoint-3" /
                                                                "adapter_model.safetensors").items())
+    assert read_metrics(again / "completions.jsonl") == completions
 
     # resume on 1 process: it takes rank 0's RNG state and the whole batch; the run completes
     alone = tmp_path / "alone"

@@ -117,7 +117,7 @@ def test_update_log_probs_are_the_ones_the_completions_were_sampled_with(tiny_po
 def test_first_step_has_zero_kl_unit_ratio_and_changes_only_lora(tmp_path):
     run = trainer.setup(tiny_config(tmp_path))
     before = {k: v.clone() for k, v in run.policy.model.state_dict().items()}
-    metrics = trainer.grpo_step(run, run.samples[:2], ["explanation", "explanation"])
+    metrics, _ = trainer.grpo_step(run, run.samples[:2], ["explanation", "explanation"])
     # policy == reference at step 1 (B = 0): the k3 KL is exactly 0 and the ratio exactly 1
     assert metrics["kl"] == 0.0
     assert metrics["ratio_mean"] == 1.0 and metrics["clip_ratio"] == 0.0
@@ -204,9 +204,33 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch)
                 assert x[key] == y[key], (x["step"], key)
             elif not key.startswith("time/") and key != "peak_memory_mb":
                 assert x[key] == pytest.approx(y[key], rel=1e-6, abs=1e-9), (x["step"], key)
+    completions = [read_metrics(Path(cfg.run.output_dir) / "completions.jsonl") for cfg in (straight, broken)]
+    assert completions[0] == completions[1]  # step 3's lines from before the crash were dropped, then redone
     wa = load_file(Path(straight.run.output_dir) / "checkpoint-4" / "adapter_model.safetensors")
     wb = load_file(Path(broken.run.output_dir) / "checkpoint-4" / "adapter_model.safetensors")
     assert all(torch.allclose(wa[k], wb[k], rtol=1e-6, atol=1e-8) for k in wa)
+
+
+def test_completions_log_holds_every_sample_with_its_rewards_and_advantage(tmp_path):
+    cfg = tiny_config(tmp_path, optim=dict(max_steps=2))
+    trainer.train(cfg)
+    lines = read_metrics(Path(cfg.run.output_dir) / "completions.jsonl")
+    metrics = read_metrics(Path(cfg.run.output_dir) / "metrics.jsonl")
+    group, prompts = cfg.rollout.group_size, cfg.optim.prompts_per_step
+    assert [line["step"] for line in lines] == [1] * (prompts * group) + [2] * (prompts * group)
+    for step, record in zip((1, 2), metrics):
+        step_lines = [line for line in lines if line["step"] == step]
+        assert sum(line["reward"] for line in step_lines) / len(step_lines) == pytest.approx(record["reward"])
+        assert step_lines[0]["completion"].startswith(record["sample_completion"])
+        for start in range(0, len(step_lines), group):  # one prompt's group: same question, eq. 2 advantages
+            rows = step_lines[start:start + group]
+            assert len({(row["id"], row["prompt"]) for row in rows}) == 1
+            rewards = torch.tensor([row["reward"] for row in rows])
+            expected = (rewards - rewards.mean()) / (rewards.std() + 1e-4)
+            assert [row["advantage"] for row in rows] == pytest.approx(expected.tolist(), abs=1e-5)
+    for line in lines:  # rarl's total: every component at weight 1, reasoning where the sample has one
+        parts = [line[f"reward/{name}"] for name in ("format", "length", "accuracy", "reasoning")]
+        assert line["reward"] == pytest.approx(sum(p for p in parts if p is not None), abs=1e-5)
 
 
 def test_resume_refuses_other_settings_but_may_run_longer(tmp_path):
@@ -242,7 +266,7 @@ def test_grpo_full_trains_the_language_model_against_a_frozen_copy(tmp_path):
     assert isinstance(run.reference, torch.nn.Module)
     visual_before = {k: v.clone() for k, v in run.policy.model.model.visual.state_dict().items()}
     reference_before = {k: v.clone() for k, v in run.reference.state_dict().items()}
-    metrics = trainer.grpo_step(run, run.samples[:2], ["explanation"] * 2)
+    metrics, _ = trainer.grpo_step(run, run.samples[:2], ["explanation"] * 2)
     assert metrics["kl"] == 0.0
     lm_after = run.policy.model.model.language_model.state_dict()
     assert any(not torch.equal(lm_after[k], reference_before["model.language_model." + k]) for k in lm_after)

@@ -31,6 +31,7 @@ class Rollout:
     texts: list[str]                # [N] decoded completions
     rewards: torch.Tensor           # [N] weighted total reward r_i
     reward_means: dict[str, float]  # 'reward/<component>' -> batch mean, for logging
+    reward_components: dict[str, list[float | None]]  # component -> [N] unweighted values (None: not computed)
     advantages: torch.Tensor        # [N] A_i of eq. 2 (not a reward: normalised within each group)
     frac_zero_std: float            # fraction of groups whose G rewards are all equal (A = 0 for all)
     seconds_generate: float
@@ -60,6 +61,7 @@ def collect_rollout(policy: Policy, samples: Sequence[Sample], prompt_names: Seq
     return Rollout(
         prompts=prompts, completion_ids=completions.ids, completion_mask=mask, truncated=completions.truncated,
         texts=completions.texts, rewards=rewards, reward_means=breakdown.means(),
+        reward_components=breakdown.components,
         advantages=advantages.to(policy.device), frac_zero_std=zero_std_fraction(rewards, group_size),
         seconds_generate=seconds_generate, seconds_score=time.perf_counter() - start,
     )

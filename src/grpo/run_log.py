@@ -1,4 +1,5 @@
-"""What a run writes besides checkpoints: the resolved config, and one JSON line of metrics per step."""
+"""What a run writes besides checkpoints: the resolved config, one JSON line of metrics per step
+(metrics.jsonl), and for RL one JSON line per sampled completion (completions.jsonl)."""
 from __future__ import annotations
 
 import json
@@ -21,7 +22,8 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 class MetricsLog:
-    """OUTPUT/metrics.jsonl, appended and flushed per step.
+    """A JSONL file of records that carry their "step" (metrics.jsonl, completions.jsonl), appended and
+    flushed per record.
 
     On resume from step S the lines of steps after S (written after the checkpoint, before the
     crash) are dropped, so the file reads as if the run had never stopped.

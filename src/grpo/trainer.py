@@ -209,7 +209,8 @@ def grpo_update(run: Run, rollout: Rollout, ref_logp: torch.Tensor | None,
     return totals
 
 
-def grpo_step(run: Run, samples: list[Sample], prompt_names: list[str]) -> dict[str, float]:
+def grpo_step(run: Run, samples: list[Sample], prompt_names: list[str]) -> tuple[dict[str, float], list[dict]]:
+    """One GRPO step; returns the step's metrics and one record per sampled completion (completions.jsonl)."""
     cfg = run.cfg
     rollout = collect_rollout(
         run.policy, samples, prompt_names, group_size=cfg.rollout.group_size,
@@ -230,7 +231,7 @@ def grpo_step(run: Run, samples: list[Sample], prompt_names: list[str]) -> dict[
     stats = grpo_update(run, rollout, ref_logp, old_logp)
     lengths = rollout.completion_mask.sum(1).float()
     rewards = gather_rows(rollout.rewards)                                       # [N] of the global batch
-    return {
+    metrics = {
         **stats,
         "clip_ratio": stats["clipfrac_low"] + stats["clipfrac_high"],
         "reward": rewards.mean().item(),
@@ -245,10 +246,25 @@ def grpo_step(run: Run, samples: list[Sample], prompt_names: list[str]) -> dict[
         "time/update": time.perf_counter() - start,
         "sample_completion": rollout.texts[0][:300],
     }
+    return metrics, completion_records(rollout, samples, prompt_names, cfg.rollout.group_size)
 
 
-RESUMABLE_CHANGES = ("run.resume", "run.save_steps", "run.device", "optim.max_steps", "optim.epochs")
-"""Settings a resumed run may change: when to save, where to run, and how long to go on."""
+def completion_records(rollout: Rollout, samples: list[Sample], prompt_names: list[str],
+                       group_size: int) -> list[dict]:
+    """What each sampled completion was and what it earned: the question it answers (sample id,
+    training prompt), its text, its total reward and each component, its advantage, and whether it
+    was cut off. Row b*G+g is completion g of prompt b."""
+    return [{"id": samples[i // group_size].id, "prompt": prompt_names[i // group_size], "completion": text,
+             "reward": rollout.rewards[i].item(),
+             **{f"reward/{name}": values[i] for name, values in rollout.reward_components.items()},
+             "advantage": rollout.advantages[i].item(), "truncated": bool(rollout.truncated[i])}
+            for i, text in enumerate(rollout.texts)]
+
+
+RESUMABLE_CHANGES = ("run.resume", "run.output_dir", "run.save_steps", "run.device", "optim.max_steps",
+                     "optim.epochs")
+"""Settings a resumed run may change: where the run directory now lies, when to save, where to run,
+and how long to go on."""
 
 
 def check_same_settings(saved_path: Path, cfg: TrainConfig) -> None:
@@ -294,6 +310,9 @@ def train(cfg: TrainConfig) -> Path:
         if is_main():
             print(f"resumed from {checkpoint} at step {start_step}")
     log = MetricsLog(out / "metrics.jsonl", resume_step=start_step) if is_main() else None
+    completions_log = None  # RL only: one line per sampled completion
+    if is_main() and not cfg.is_sft:
+        completions_log = MetricsLog(out / "completions.jsonl", resume_step=start_step)
     last = latest_checkpoint(out) if start_step == run.total_steps else None
     progress = tqdm(range(start_step, run.total_steps), desc=cfg.run.method, initial=start_step,
                     total=run.total_steps, dynamic_ncols=True, disable=not is_main())
@@ -304,14 +323,17 @@ def train(cfg: TrainConfig) -> Path:
         batch, prompt_names = [run.samples[i] for i in indices], [names[i] for i in indices]
         lr = run.scheduler.get_last_lr()[0]
         if cfg.is_sft:
-            metrics = sft_step(run, batch)
+            metrics, completions = sft_step(run, batch), []
         else:
-            metrics = grpo_step(run, batch, prompt_names)
+            metrics, completions = grpo_step(run, batch, prompt_names)
+            completions = [c for part in gather_objects(completions) for c in part]  # every rank's, in rank order
         progress_in_epoch = (step % run.steps_per_epoch + 1) / run.steps_per_epoch
         record = reduce_metrics({"step": step + 1, "epoch": epoch + progress_in_epoch, "lr": lr, **metrics,
                                  "peak_memory_mb": peak_memory_mb(run.policy.device)})
         if is_main():
             log.write(record)
+            for completion in completions:
+                completions_log.write({"step": step + 1, **completion})
         progress.set_postfix({k: f"{record[k]:.3g}" for k in ("loss", "reward") if k in record})
         if (step + 1) % cfg.run.save_steps == 0 or step + 1 == run.total_steps:
             rng_states = gather_objects(rng_state())  # every rank's, so a resume on as many ranks is exact
