@@ -115,7 +115,7 @@ def load_policy(name: str, device: torch.device | None = None, dtype: torch.dtyp
     from src.models.peft_io import load_adapter
 
     base = base_model_name(name)
-    if not Path(base).is_dir() and base != "tiny" and not is_hub_id(base):
+    if not Path(base).is_dir() and not is_hub_id(base):  # "tiny" reads as a hub id
         raise FileNotFoundError(f"adapter {name}: its base model {base} (base_model_name_or_path in "
                                 f"adapter_config.json) is not a directory here (working directory {Path.cwd()}); "
                                 "put the base model there or edit that field")
