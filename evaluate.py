@@ -32,6 +32,7 @@ from src.eval.metrics import no_judge_metrics
 from src.eval.predictions import GenerateFn, run_predictions
 from src.eval.report import render_report
 from src.eval.summary import Group, build_summary
+from src.models.generation import ENGINES
 from src.rewards.bertscore import load_bertscorer
 
 SYSTEM_PROMPTS = {**INFERENCE_PROMPTS, **TRAINING_PROMPTS}
@@ -54,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the default)")
     p.add_argument("--batch-size", type=int, default=8, help="questions per generation batch")
+    p.add_argument("--rollout-engine", choices=ENGINES, default="engine",
+                   help="sampler: 'engine' (static KV cache, src/models/engine.py) or 'hf' (transformers' generate, "
+                        "the reference; greedy outputs are the same token for token)")
     p.add_argument("--device", help="default: cuda when available, else cpu")
     p.add_argument("--bertscore-model", help="default: roberta-large if cached locally, else the embedded MiniLM")
     p.add_argument("--judge", default="none",
@@ -81,7 +85,8 @@ def make_generate_fn(args: argparse.Namespace) -> GenerateFn:
 
     def generate(samples, system_prompt):
         return generate_completions(policy, samples, system_prompt, max_new_tokens=args.max_new_tokens,
-                                    temperature=args.temperature, batch_size=args.batch_size)
+                                    temperature=args.temperature, batch_size=args.batch_size,
+                                    engine_name=args.rollout_engine)
 
     return generate
 
@@ -169,7 +174,8 @@ def main(argv: list[str] | None = None) -> dict:
     """Run the evaluation and return the summary it wrote."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    generation = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
+    generation = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
+                  "engine": args.rollout_engine}
     check_run_settings(args.output_dir, {"model": args.model, "generation": generation})
     groups = predict(args, lazy_generate_fn(args))
     records = [record for group in groups for record in group.records]

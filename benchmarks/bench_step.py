@@ -4,8 +4,10 @@
     python -m benchmarks.bench_step --model qwen2-vl-2b-random --device cuda       # the paper-scale step
 
 Our step runs the trainer's own functions in grpo_step's order (collect_rollout, reference_logprobs,
-grpo_update), with a device sync between phases so that each phase's time is its own. Every
-completion is forced to max_completion_length tokens (end tokens are banned until then), so each
+grpo_update), with a device sync between phases so that each phase's time is its own, twice: with the
+rollout engine (src/models/engine.py, the trainer's default; "ours") and with transformers' generate as
+the sampler (`--rollout-engine hf`; "ours_hf"). engine_over_hf compares the two in the same process.
+Every completion is forced to max_completion_length tokens (end tokens are banned until then), so each
 run decodes and trains on exactly B * G * L completion tokens.
 
 The baseline is the bare minimum of the same work on the same model, inputs and mini-batches:
@@ -32,6 +34,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import functools
 import io
 import json
 import os
@@ -50,7 +54,9 @@ from src.grpo import trainer
 from src.grpo.config import LossConfig, ModelConfig, OptimConfig, RolloutConfig, RunConfig, TrainConfig
 from src.grpo.optim import make_optimizer, make_scheduler
 from src.grpo.rollout import collect_rollout
-from src.models.generation import END_TOKENS, VISION_TOKENS, prompt_batch, token_ids
+from src.models import engine
+from src.models.completions import END_TOKENS, VISION_TOKENS, token_ids
+from src.models.generation import prompt_batch
 from src.models.inputs import PromptBatch, repeat_rows, select_rows, with_completions
 from src.models.loading import (
     Policy, attention_implementation, default_dtype, enable_gradient_checkpointing, load_policy,
@@ -62,6 +68,7 @@ MIB = 2**20
 H100_SXM_BANDWIDTH = 3.35e12  # bytes/s, HBM3 of the H100 SXM (H100 PCIe: 2.0e12, H200: 4.8e12)
 MODELS = ("tiny", "qwen2-vl-2b-random")
 PHASES = ("generate", "score", "reference", "policy", "optimizer")
+SIDES = ("ours", "ours_hf", "baseline")  # the trainer with the engine, the trainer with HF generate, bare minimum
 
 # Qwen2-VL-2B-Instruct's config.json (REFERENCE.md section 2).
 QWEN2_VL_2B_IDS = dict(endoftext=151643, im_end=151645, vision_start=151652, vision_end=151653,
@@ -136,12 +143,13 @@ def bench_samples(count: int, image_size: int) -> list[Sample]:
     return samples
 
 
-def bench_config(args: argparse.Namespace) -> TrainConfig:
+def bench_config(args: argparse.Namespace, rollout_engine: str = "engine") -> TrainConfig:
     """The paper's settings (LoRA r 8 / alpha 16 on q,k,v,o; beta 0.04; one update per rollout)."""
     return TrainConfig(
         run=RunConfig(method="grpo", output_dir=os.devnull, device=args.device),
         model=ModelConfig(model=args.model, gradient_checkpointing=args.gradient_checkpointing),
-        rollout=RolloutConfig(group_size=args.group_size, max_completion_length=args.length),
+        rollout=RolloutConfig(group_size=args.group_size, max_completion_length=args.length,
+                              rollout_engine=rollout_engine),
         loss=LossConfig(beta=0.04),
         optim=OptimConfig(prompts_per_step=args.prompts, mini_batch_size=args.mini_batch_size, learning_rate=1e-5,
                           warmup_ratio=0.0, schedule="constant"),
@@ -188,8 +196,20 @@ class Phases:
 
 
 @contextlib.contextmanager
+def forced_length():
+    """The engine decodes every row to max_new_tokens for the duration (end tokens banned, as HF's
+    min_new_tokens does for generate), without a benchmark-only switch in the trainer's code path."""
+    generate = engine.generate
+    engine.generate = functools.partial(generate, stop_at_end=False)  # the trainer calls engine.generate(...)
+    try:
+        yield
+    finally:
+        engine.generate = generate
+
+
+@contextlib.contextmanager
 def generation_settings(model, **settings):
-    """Set fields of model.generation_config for the duration (what `sample` does not pass itself)."""
+    """Set fields of model.generation_config for the duration (what `hf_generate` does not pass itself)."""
     config = model.generation_config
     saved = {name: getattr(config, name) for name in settings}
     for name, value in settings.items():
@@ -216,12 +236,13 @@ def our_step(run: trainer.Run, samples: list[Sample], prompt_names: list[str], a
         phases.close("optimizer")
 
     hooks = [run.optimizer.register_step_pre_hook(before_step), run.optimizer.register_step_post_hook(after_step)]
-    with phases.phase("generate"), generation_settings(model, **settings), \
+    with phases.phase("generate"), generation_settings(model, **settings), forced_length(), \
             (merged_adapters(model) if args.merge_lora else contextlib.nullcontext()):
         rollout = collect_rollout(
             run.policy, samples, prompt_names, group_size=cfg.rollout.group_size,
             max_completion_length=cfg.rollout.max_completion_length, temperature=cfg.rollout.temperature,
-            mask_truncated=False, scorer=None, weights=RewardWeights(), use_reasoning=False)
+            mask_truncated=False, scorer=None, weights=RewardWeights(), use_reasoning=False,
+            engine=cfg.rollout.rollout_engine)
     phases.seconds["generate"] -= rollout.seconds_score  # collect_rollout times the scoring itself
     phases.seconds["score"], phases.peak["score"] = rollout.seconds_score, phases.peak["generate"]
     with phases.phase("reference"):
@@ -303,18 +324,21 @@ def summarise(runs: list[Phases], tokens: dict[str, int | None]) -> dict:
 
 
 def print_table(result: dict) -> None:
-    print(f"{'phase':<10} {'ours s':>9} {'tok/s':>11} {'peak MiB':>9} {'| base s':>9} {'tok/s':>11} {'peak MiB':>9}")
+    print(f"{'phase':<10}" + " |".join(f" {side + ' s':>10} {'tok/s':>11} {'peak MiB':>9}" for side in SIDES))
     for name in PHASES:
         cells = []
-        for side in ("ours", "baseline"):
+        for side in SIDES:
             p = result[side]["phases"].get(name)
             if p is None:
-                cells.append(f"{'-':>9} {'-':>11} {'-':>9}")
+                cells.append(f" {'-':>10} {'-':>11} {'-':>9}")
                 continue
             rate = f"{p['tokens_per_s']:,.0f}" if p["tokens_per_s"] else "-"
-            cells.append(f"{p['seconds']:>9.3f} {rate:>11} {p['peak_mib']:>9,.0f}")
-        print(f"{name:<10} {cells[0]} | {cells[1]}")
-    print(f"{'step':<10} {result['ours']['step_seconds']:>9.3f} {'':>21} | {result['baseline']['step_seconds']:>9.3f}")
+            cells.append(f" {p['seconds']:>10.3f} {rate:>11} {p['peak_mib']:>9,.0f}")
+        print(f"{name:<10}" + " |".join(cells))
+    print(f"{'step':<10}" + " |".join(f" {result[side]['step_seconds']:>10.3f} {'':>21}" for side in SIDES))
+    ratio = result["engine_over_hf"]
+    print(f"engine / hf generate: generate phase {ratio['generate']:.3f} (speed-up {1 / ratio['generate']:.2f}x), "
+          f"step {ratio['step']:.3f} (speed-up {1 / ratio['step']:.2f}x)")
     print(f"overhead (ours / baseline): {result['overhead_ratio']:.3f}")
     b = result["decode_bound"]
     print(f"decode bound: ({b['weight_bytes'] / 1e9:.3f} GB weights + {b['kv_bytes_per_step'] / 1e9:.3f} GB KV) / "
@@ -360,10 +384,12 @@ def main(argv=None) -> dict:
     run = make_run(policy, bench_config(args), samples)
     prompts = repeat_rows(prompt_batch(policy, samples, [TRAINING_PROMPTS[n] for n in prompt_names]),
                           args.group_size).to(device)                                    # N rows
+    hf_run = dataclasses.replace(run, cfg=bench_config(args, rollout_engine="hf"))
     baseline_optimizer = torch.optim.AdamW(run.params, lr=1e-5)
-    ours, baseline = [], []
-    for repeat in range(args.repeats + 1):  # run 0 is the warm-up of each
+    ours, ours_hf, baseline = [], [], []
+    for repeat in range(args.repeats + 1):  # run 0 is the warm-up of each; the three alternate
         ours.append(our_step(run, samples, prompt_names, args))
+        ours_hf.append(our_step(hf_run, samples, prompt_names, args))
         baseline.append(baseline_step(run, prompts, baseline_optimizer))
     rows, prompt_len, length = prompts.input_ids.shape[0], prompts.input_ids.shape[1], args.length
     model_tokens = rows * (prompt_len + length)
@@ -373,9 +399,13 @@ def main(argv=None) -> dict:
         settings={**vars(args), "rows": rows, "prompt_tokens": prompt_len, "dtype": str(dtype)},
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
         torch=torch.__version__,
-        ours=summarise(ours[1:], tokens), baseline=summarise(baseline[1:], tokens),
+        ours=summarise(ours[1:], tokens), ours_hf=summarise(ours_hf[1:], tokens),
+        baseline=summarise(baseline[1:], tokens),
     )
     result["overhead_ratio"] = result["ours"]["step_seconds"] / result["baseline"]["step_seconds"]
+    result["engine_over_hf"] = {
+        "generate": result["ours"]["phases"]["generate"]["seconds"] / result["ours_hf"]["phases"]["generate"]["seconds"],
+        "step": result["ours"]["step_seconds"] / result["ours_hf"]["step_seconds"]}
     bound = decode_bound(policy.model, rows, prompt_len, length, args.bandwidth)
     bound["measured_seconds_per_step"] = result["ours"]["phases"]["generate"]["seconds"] / length
     bound["measured_over_bound"] = bound["measured_seconds_per_step"] / bound["bound_seconds_per_step"]

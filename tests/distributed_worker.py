@@ -19,7 +19,6 @@ sys.path.insert(0, str(REPO))
 
 from src.grpo import distributed, trainer  # noqa: E402
 from src.grpo.config import config_from_dict  # noqa: E402
-from src.models.inputs import select_rows  # noqa: E402
 from src.models.lora import lora_state_dict  # noqa: E402
 
 
@@ -27,7 +26,7 @@ def rank_rollout(rollout, rows: list[int]):
     """Rows `rows` of a rollout, padded only to their own longest completion, as this rank's rollout would be."""
     width = int(rollout.completion_mask[rows].sum(1).max())                              # L of this share
     return dataclasses.replace(
-        rollout, prompts=select_rows(rollout.prompts, rows), completion_ids=rollout.completion_ids[rows, :width],
+        rollout, prompt_index=[rollout.prompt_index[r] for r in rows], completion_ids=rollout.completion_ids[rows, :width],
         completion_mask=rollout.completion_mask[rows, :width], truncated=rollout.truncated[rows],
         rewards=rollout.rewards[rows], advantages=rollout.advantages[rows])
 

@@ -111,8 +111,8 @@ def test_two_ranks_accumulate_the_gradient_of_one_process_on_the_whole_batch(tmp
     rollout.advantages = torch.linspace(-1.5, 1.5, 16)  # nonzero even if all rewards tie
     ref_logp = trainer.reference_logprobs(run, rollout)                                      # [16, L]
     # an old policy 0.3 nats off per token, so that ratios leave the clip range on both sides
-    logp = logprobs_no_grad(run.policy.model, rollout.prompts, rollout.completion_ids, rollout.completion_mask,
-                            1.0, 16)
+    logp = logprobs_no_grad(run.policy.model, rollout.prompts, rollout.prompt_index, rollout.completion_ids,
+                            rollout.completion_mask, 1.0, 16)
     old_logp = logp + 0.3 * torch.randn(logp.shape, generator=torch.Generator().manual_seed(2))  # [16, L]
     job = tmp_path / "job"
     job.mkdir()

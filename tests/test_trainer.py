@@ -18,7 +18,9 @@ from src.grpo.config import DataConfig, LossConfig, ModelConfig, OptimConfig, Ro
 from src.grpo.policy_logprobs import completion_logprobs
 from src.grpo.rollout import collect_rollout
 from src.grpo.run_log import read_metrics
-from src.models.generation import END_TOKENS, VISION_TOKENS, completion_mask, prompt_batch, sample, token_ids
+from src.models.completions import END_TOKENS, VISION_TOKENS, completion_mask, token_ids
+from src.models.encoded_prompts import encode_prompts
+from src.models.generation import prompt_batch, sample_groups
 from src.models.inputs import repeat_rows
 from src.models.lora import lora_layers
 from src.rewards.total import RewardWeights
@@ -49,7 +51,8 @@ def test_completion_mask_keeps_the_first_end_token_and_nothing_after():
     assert truncated.tolist() == [False, True, False]
 
 
-def test_sampling_never_emits_vision_tokens(tiny_policy):
+@pytest.mark.parametrize("engine", ["engine", "hf"])
+def test_sampling_never_emits_vision_tokens(tiny_policy, engine):
     model, tok = tiny_policy.model, tiny_policy.tokenizer
     image_pad = tok.convert_tokens_to_ids("<|image_pad|>")
     # make <|image_pad|> by far the likeliest next token everywhere
@@ -57,7 +60,9 @@ def test_sampling_never_emits_vision_tokens(tiny_policy):
     batch = prompt_batch(tiny_policy, [_sample(0)], ["You are a Medical Assistant."])
     plain = model.generate(**batch.model_kwargs, max_new_tokens=6, do_sample=False)
     assert (plain[:, batch.input_ids.shape[1]:] == image_pad).all()  # without the guard it would emit them
-    completions = sample(model, tok, batch, max_new_tokens=6, temperature=1.0)
+    completions = sample_groups(tiny_policy, batch, encode_prompts(model, batch), group_size=2, max_new_tokens=6,
+                                temperature=1.0, engine_name=engine)
+    assert completions.ids.shape == (2, 6)
     assert not torch.isin(completions.ids, torch.tensor(token_ids(tok, VISION_TOKENS))).any()
 
 
@@ -76,14 +81,16 @@ def test_rollout_pairs_every_completion_with_its_own_prompt_and_image(tiny_polic
     rollout = collect_rollout(tiny_policy, samples, ["explanation", "short"], group_size=3, max_completion_length=8,
                               temperature=1.0, mask_truncated=False, scorer=None, weights=RewardWeights(),
                               use_reasoning=False)
-    assert rollout.prompts.image_grid_thw.tolist() == [[1, 8, 8]] * 3 + [[1, 4, 12]] * 3
+    # 8 x 8 patches merge into 16 image tokens, 4 x 12 into 12: rows 0-2 hold image 1, rows 3-5 image 2
+    assert [len(rollout.prompts.image_features[b]) for b in rollout.prompt_index] == [16] * 3 + [12] * 3
     with torch.no_grad():
-        together = completion_logprobs(tiny_policy.model, rollout.prompts, rollout.completion_ids,
-                                       rollout.completion_mask)                                      # [6, L]
+        together = completion_logprobs(tiny_policy.model, rollout.prompts, rollout.prompt_index,
+                                       rollout.completion_ids, rollout.completion_mask)              # [6, L]
         for row in range(6):
             b = row // 3
-            alone_prompt = prompt_batch(tiny_policy, [samples[b]], [TRAINING_PROMPTS[["explanation", "short"][b]]])
-            alone = completion_logprobs(tiny_policy.model, alone_prompt, rollout.completion_ids[row:row + 1],
+            alone_prompt = encode_prompts(tiny_policy.model, prompt_batch(
+                tiny_policy, [samples[b]], [TRAINING_PROMPTS[["explanation", "short"][b]]]))
+            alone = completion_logprobs(tiny_policy.model, alone_prompt, [0], rollout.completion_ids[row:row + 1],
                                         rollout.completion_mask[row:row + 1])
             m = rollout.completion_mask[row]
             torch.testing.assert_close(together[row][m], alone[0][m], rtol=1e-4, atol=1e-4)
@@ -98,7 +105,8 @@ def test_update_log_probs_are_the_ones_the_completions_were_sampled_with(tiny_po
     (the same choice as TRL; a trained policy gives those tokens next to no mass)."""
     model, tok = tiny_policy.model, tiny_policy.tokenizer
     samples = [_sample(1, (112, 112)), _sample(2, (56, 168))]
-    prompts = repeat_rows(prompt_batch(tiny_policy, samples, [TRAINING_PROMPTS["explanation"]] * 2), 2)
+    batch = prompt_batch(tiny_policy, samples, [TRAINING_PROMPTS["explanation"]] * 2)
+    prompts = repeat_rows(batch, 2)
     end_ids = token_ids(tok, END_TOKENS)
     torch.manual_seed(0)
     with torch.no_grad():
@@ -110,7 +118,7 @@ def test_update_log_probs_are_the_ones_the_completions_were_sampled_with(tiny_po
         mask, _ = completion_mask(ids, end_ids)
         sampled = torch.stack(out.logits, 1).log_softmax(-1).gather(2, ids.unsqueeze(2)).squeeze(2)
         ids = ids.masked_fill(~mask, tok.pad_token_id)
-        trained = completion_logprobs(model, prompts, ids, mask)                               # [4, L]
+        trained = completion_logprobs(model, encode_prompts(model, batch), [0, 0, 1, 1], ids, mask)  # [4, L]
     torch.testing.assert_close(trained[mask], sampled[mask], rtol=0, atol=1e-4)
 
 

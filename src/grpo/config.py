@@ -12,6 +12,7 @@ import typing
 from dataclasses import dataclass, field
 
 from src.grpo.loss import AGGREGATIONS
+from src.models.generation import ENGINES
 
 METHODS = ("sft", "sft-full", "grpo", "rarl", "grpo-full")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -48,6 +49,9 @@ class RolloutConfig:
     temperature: float = flag(1.0, "sampling temperature for rollouts (log-probs use the same temperature)")
     max_completion_length: int = flag(512, "maximum tokens per completion")
     mask_truncated: bool = flag(False, "leave completions that hit the length limit out of the loss")
+    rollout_engine: str = flag("engine", "sampler: 'engine' (static KV cache, each prompt prefilled once, "
+                                         "src/models/engine.py) or 'hf' (transformers' generate, the reference)",
+                               choices=ENGINES)
 
 
 @dataclass(frozen=True)

@@ -11,19 +11,20 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from src.grpo.logprobs import linear_logprobs
-from src.models.inputs import PromptBatch, select_rows, with_completions
+from src.models.encoded_prompts import EncodedPrompts
 
 
-def completion_logprobs(model, prompts: PromptBatch, completion_ids: torch.Tensor,
+def completion_logprobs(model, prompts: EncodedPrompts, prompt_index: Sequence[int], completion_ids: torch.Tensor,
                         completion_mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """log pi(o_t | q, o_<t) for every completion token: [N, L] fp32 (padding positions hold junk; mask them).
 
-    Position P-1 (the assistant header's last token) predicts completion token 0, position P+L-2
-    predicts token L-1, so the hidden states are sliced [P-1, P+L-1).
+    Row i is prompt `prompt_index[i]` followed by completion i; the prompt's image features are the
+    ones computed once for the step. Position P-1 (the assistant header's last token) predicts
+    completion token 0, position P+L-2 predicts token L-1, so the hidden states are sliced [P-1, P+L-1).
     """
     prompt_len = prompts.input_ids.shape[1]                                     # P
-    kwargs = with_completions(prompts, completion_ids, completion_mask)
-    hidden = model.model(**kwargs, use_cache=False).last_hidden_state           # [N, P+L, H]
+    inputs = prompts.inputs(model, prompt_index, completion_ids, completion_mask)
+    hidden = model.model.language_model(**inputs, use_cache=False).last_hidden_state  # [N, P+L, H]
     hidden = hidden[:, prompt_len - 1 : -1]                                     # [N, L, H]
     return linear_logprobs(hidden, model.lm_head.weight, completion_ids, temperature=temperature)  # [N, L]
 
@@ -34,11 +35,11 @@ def minibatches(num_rows: int, size: int) -> Iterator[list[int]]:
 
 
 @torch.no_grad()
-def logprobs_no_grad(model, prompts: PromptBatch, completion_ids: torch.Tensor, completion_mask: torch.Tensor,
-                     temperature: float, mini_batch_size: int) -> torch.Tensor:
+def logprobs_no_grad(model, prompts: EncodedPrompts, prompt_index: Sequence[int], completion_ids: torch.Tensor,
+                     completion_mask: torch.Tensor, temperature: float, mini_batch_size: int) -> torch.Tensor:
     """Log-probs of all N rows in mini-batches, without building a graph (reference and old policy)."""
-    parts = [completion_logprobs(model, select_rows(prompts, rows), completion_ids[rows], completion_mask[rows],
-                                 temperature)
+    parts = [completion_logprobs(model, prompts, [prompt_index[r] for r in rows], completion_ids[rows],
+                                 completion_mask[rows], temperature)
              for rows in minibatches(completion_ids.shape[0], mini_batch_size)]
     return torch.cat(parts)                                                     # [N, L]
 

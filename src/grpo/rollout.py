@@ -2,6 +2,8 @@
 
 Shape legend (as in src/grpo/loss.py): B prompts per step, G completions per prompt, N = B * G rows
 (row b * G + g is completion g of prompt b), P prompt tokens (left-padded), L completion tokens.
+The prompts are encoded once (src/models/encoded_prompts.py): each distinct image goes through the
+vision tower once per step, and every later pass (reference, old policy, updates) reuses its features.
 """
 from __future__ import annotations
 
@@ -14,8 +16,8 @@ import torch
 from src.data.prompts import TRAINING_PROMPTS
 from src.data.sample import Sample
 from src.grpo.advantages import group_advantages, zero_std_fraction
-from src.models.generation import prompt_batch, sample
-from src.models.inputs import PromptBatch, repeat_rows
+from src.models.encoded_prompts import EncodedPrompts, encode_prompts
+from src.models.generation import prompt_batch, sample_groups
 from src.models.loading import Policy
 from src.rewards.total import RewardWeights, score_completions
 
@@ -24,7 +26,8 @@ from src.rewards.total import RewardWeights, score_completions
 class Rollout:
     """B prompts x G completions with everything the update needs; tensors on the policy's device."""
 
-    prompts: PromptBatch            # N rows: each prompt repeated G times, each copy with its own image
+    prompts: EncodedPrompts         # the B prompts, their image features computed once
+    prompt_index: list[int]         # [N] prompt of each row: row b*G+g -> b
     completion_ids: torch.Tensor    # [N, L]
     completion_mask: torch.Tensor   # [N, L] bool: completion tokens up to and including the end token
     truncated: torch.Tensor         # [N] bool: hit max_completion_length without an end token
@@ -40,13 +43,15 @@ class Rollout:
 
 def collect_rollout(policy: Policy, samples: Sequence[Sample], prompt_names: Sequence[str], *, group_size: int,
                     max_completion_length: int, temperature: float, mask_truncated: bool, scorer,
-                    weights: RewardWeights, use_reasoning: bool, scale_rewards: bool = True) -> Rollout:
+                    weights: RewardWeights, use_reasoning: bool, scale_rewards: bool = True,
+                    engine: str = "engine") -> Rollout:
     """Sample, score and normalise: everything of a GRPO step that needs no gradient."""
     start = time.perf_counter()
-    prompts = prompt_batch(policy, samples, [TRAINING_PROMPTS[name] for name in prompt_names])
-    prompts = repeat_rows(prompts, group_size).to(policy.device)                # N rows
-    policy.model.eval()  # no dropout while sampling; the KV cache is on
-    completions = sample(policy.model, policy.tokenizer, prompts, max_completion_length, temperature)
+    policy.model.eval()  # no dropout while sampling
+    batch = prompt_batch(policy, samples, [TRAINING_PROMPTS[name] for name in prompt_names])  # B prompts
+    prompts = encode_prompts(policy.model, batch)                               # vision tower once per image
+    completions = sample_groups(policy, batch, prompts, group_size=group_size, max_new_tokens=max_completion_length,
+                                temperature=temperature, engine_name=engine)   # N rows
     seconds_generate = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -59,7 +64,8 @@ def collect_rollout(policy: Policy, samples: Sequence[Sample], prompt_names: Seq
     if mask_truncated:  # a cut-off completion was never judged on a finished answer: leave it out
         mask = mask & ~completions.truncated.unsqueeze(1)                        # [N, L]
     return Rollout(
-        prompts=prompts, completion_ids=completions.ids, completion_mask=mask, truncated=completions.truncated,
+        prompts=prompts, prompt_index=[row // group_size for row in range(len(repeated))],
+        completion_ids=completions.ids, completion_mask=mask, truncated=completions.truncated,
         texts=completions.texts, rewards=rewards, reward_means=breakdown.means(),
         reward_components=breakdown.components,
         advantages=advantages.to(policy.device), frac_zero_std=zero_std_fraction(rewards, group_size),

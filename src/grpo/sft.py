@@ -14,8 +14,8 @@ from src.data.prompts import TRAINING_PROMPTS
 from src.data.sample import Sample
 from src.grpo.distributed import all_reduce_gradients, sum_over_ranks
 from src.grpo.policy_logprobs import completion_logprobs, minibatches
+from src.models.encoded_prompts import encode_prompts
 from src.models.generation import prompt_batch
-from src.models.inputs import select_rows
 
 
 def sft_target(sample: Sample) -> str:
@@ -40,14 +40,15 @@ def sft_step(run, samples: list[Sample]) -> dict[str, float]:
     """One optimizer step of mean token cross-entropy over the batch's targets (all ranks' when distributed)."""
     start = time.perf_counter()
     policy, cfg = run.policy, run.cfg
-    prompts = prompt_batch(policy, samples, [TRAINING_PROMPTS["explanation"]] * len(samples)).to(policy.device)
+    policy.model.eval()  # the frozen vision tower, once per image
+    prompts = encode_prompts(policy.model, prompt_batch(policy, samples, [TRAINING_PROMPTS["explanation"]] * len(samples)))
     ids, mask = target_batch(policy.tokenizer, [sft_target(s) for s in samples])
     ids, mask = ids.to(policy.device), mask.to(policy.device)
     policy.model.train()
     run.optimizer.zero_grad(set_to_none=True)
     total_tokens, loss_sum = sum_over_ranks({"tokens": mask.sum().item()})["tokens"], 0.0
     for rows in minibatches(len(samples), cfg.optim.mini_batch_size):
-        logp = completion_logprobs(policy.model, select_rows(prompts, rows), ids[rows], mask[rows])  # [b, L]
+        logp = completion_logprobs(policy.model, prompts, rows, ids[rows], mask[rows])  # [b, L]
         nll = -(logp * mask[rows]).sum()
         (nll / total_tokens).backward()  # the whole batch's token mean, accumulated over mini-batches
         loss_sum += nll.item()

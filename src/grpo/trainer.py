@@ -38,7 +38,6 @@ from src.grpo.policy_logprobs import completion_logprobs, logprobs_no_grad, mini
 from src.grpo.rollout import Rollout, collect_rollout
 from src.eval.files import write_atomic
 from src.grpo.run_log import MetricsLog, peak_memory_mb
-from src.models.inputs import select_rows
 from src.models.loading import Policy, base_model_name, enable_gradient_checkpointing, freeze_vision, load_policy
 from src.models.lora import (
     LoRAConfig, disabled_adapters, inject_lora, lora_layers, lora_state_dict, mark_only_lora_as_trainable,
@@ -116,7 +115,8 @@ def reference_logprobs(run: Run, rollout: Rollout) -> torch.Tensor:
     model = run.reference if isinstance(run.reference, torch.nn.Module) else run.policy.model
     model.eval()
     with reference_context(run):
-        return logprobs_no_grad(model, rollout.prompts, rollout.completion_ids, rollout.completion_mask, temp, mb)
+        return logprobs_no_grad(model, rollout.prompts, rollout.prompt_index, rollout.completion_ids,
+                                rollout.completion_mask, temp, mb)
 
 
 def setup(cfg: TrainConfig) -> Run:
@@ -188,8 +188,8 @@ def grpo_update(run: Run, rollout: Rollout, ref_logp: torch.Tensor | None,
         run.optimizer.zero_grad(set_to_none=True)
         totals = {"loss": 0.0, "kl": 0.0, "ratio_mean": 0.0, "clipfrac_low": 0.0, "clipfrac_high": 0.0}
         for rows in minibatches(n, cfg.optim.mini_batch_size):
-            logp = completion_logprobs(model, select_rows(rollout.prompts, rows), rollout.completion_ids[rows],
-                                       mask[rows], cfg.rollout.temperature)                       # [n, L]
+            logp = completion_logprobs(model, rollout.prompts, [rollout.prompt_index[r] for r in rows],
+                                       rollout.completion_ids[rows], mask[rows], cfg.rollout.temperature)  # [n, L]
             loss, stats = grpo_loss(logp, rows_of(old_logp, rows), rows_of(ref_logp, rows), rollout.advantages[rows],
                                     mask[rows], epsilon_low=cfg.loss.epsilon_low, epsilon_high=cfg.loss.epsilon_high,
                                     beta=cfg.loss.beta, aggregation=cfg.loss.aggregation)
@@ -218,13 +218,14 @@ def grpo_step(run: Run, samples: list[Sample], prompt_names: list[str]) -> tuple
         mask_truncated=cfg.rollout.mask_truncated, scorer=run.scorer,
         weights=RewardWeights(cfg.reward.format_weight, cfg.reward.length_weight, cfg.reward.accuracy_weight,
                               cfg.reward.reasoning_weight),
-        use_reasoning=cfg.uses_reasoning_reward, scale_rewards=cfg.loss.scale_rewards == "group")
+        use_reasoning=cfg.uses_reasoning_reward, scale_rewards=cfg.loss.scale_rewards == "group",
+        engine=cfg.rollout.rollout_engine)
     start = time.perf_counter()
     ref_logp = reference_logprobs(run, rollout) if cfg.loss.beta > 0 else None
     old_logp = None
     if cfg.loss.num_iterations > 1:
         run.policy.model.eval()
-        old_logp = logprobs_no_grad(run.policy.model, rollout.prompts, rollout.completion_ids,
+        old_logp = logprobs_no_grad(run.policy.model, rollout.prompts, rollout.prompt_index, rollout.completion_ids,
                                     rollout.completion_mask, cfg.rollout.temperature, cfg.optim.mini_batch_size)
     seconds_reference = time.perf_counter() - start
     start = time.perf_counter()
