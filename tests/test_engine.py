@@ -211,3 +211,21 @@ def test_without_stop_at_end_every_row_decodes_the_limit(lively):
     completions = engine.generate(lively.model, lively.tokenizer, encode_prompts(lively.model, batch), group_size=2,
                                   max_new_tokens=16, temperature=0, stop_at_end=False)
     assert completions.ids.shape == (6, 16) and completions.mask.all() and completions.truncated.all()
+
+
+def test_sampling_draws_each_token_with_its_probability_and_never_a_banned_one():
+    from src.models.sampling import next_tokens
+
+    p = torch.tensor([0.05, 0.10, 0.20, 0.30, 0.35, 0.0])
+    logits = p.clamp_min(1e-30).log()
+    logits[5] = 10.0                                       # the likeliest token by far, but banned
+    banned = torch.tensor([5])
+    torch.manual_seed(0)
+    draws = next_tokens(logits.expand(200_000, -1), 1.0, banned)                     # [200000]
+    frequency = torch.bincount(draws, minlength=6).float() / len(draws)
+    assert frequency[5] == 0
+    torch.testing.assert_close(frequency[:5], p[:5], rtol=0, atol=0.005)  # 4.7 sd at p = 0.35
+    hot = torch.softmax(p[:5].log() / 2.0, 0)                             # temperature 2 flattens p
+    frequency = torch.bincount(next_tokens(logits.expand(200_000, -1), 2.0, banned), minlength=6).float() / 2e5
+    torch.testing.assert_close(frequency[:5], hot, rtol=0, atol=0.005)
+    assert next_tokens(logits.expand(3, -1), 0.0, banned).tolist() == [4, 4, 4]    # greedy skips the ban too
