@@ -11,7 +11,8 @@ What it does, and what `model.generate` on B * G repeated rows does instead:
    wait on the host, so on CUDA one step is captured as a graph and replayed (src/models/cuda_graph.py);
    on CPU they run eagerly, attending only to the positions filled so far;
 4. end-of-sequence is checked on the host every `check_every` steps, and decoding stops when every row
-   has ended; a row that ended keeps producing padding, masked out afterwards.
+   has ended. Eager decoding then drops the rows that ended (they cost a decode step nothing from there
+   on); a captured graph has fixed shapes, so there an ended row keeps producing padding until the end.
 LoRA runs as the side path of each adapted projection, the same computation as in the training forward,
 so the sampling policy is the trained one up to float rounding (merging B A into bf16 weights would
 round small adapter updates away).
@@ -36,8 +37,9 @@ from src.models.sampling import next_tokens
 class DecodeStep:
     """One decode step over N rows, reading and writing only the tensors allocated here.
 
-    token [N]: the token fed next; step []: its index in the completion; done [N]: the row has ended;
-    out [N, L]: the completion tokens so far (padding after the end); cache: the static KV cache.
+    token [r]: the token fed next; step []: its index in the completion; done [r]: the row has ended;
+    rows [r]: which of the N completions each of the r rows still decoding is; out [N, L]: the
+    completion tokens so far (padding after the end); cache: the static KV cache.
     """
 
     def __init__(self, model, rows: int, prompt_length: int, max_new_tokens: int, temperature: float,
@@ -51,6 +53,7 @@ class DecodeStep:
         self.done = torch.zeros(rows, dtype=torch.bool, device=device)
         self.out = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
         self.first_position = torch.zeros(rows, dtype=torch.long, device=device)
+        self.rows = torch.arange(rows, device=device)
 
     def start(self, prompt_cache: StaticKVCache, prompt_mask: torch.Tensor, group_size: int,
               next_position: torch.Tensor, first: torch.Tensor) -> None:
@@ -78,9 +81,16 @@ class DecodeStep:
         token = next_tokens(self.model.lm_head(hidden[:, -1]), self.temperature, self.banned)  # [N]
         token = torch.where(self.done, self.pad_id, token)                            # padding after the end
         self.step += 1
-        self.out.index_copy_(1, self.step.view(1), token[:, None])
+        self.out.index_put_((self.rows, self.step.expand_as(self.rows)), token)  # out[rows, step] = token
         self.done |= self.ends(token)
         self.token.copy_(token)
+
+    def keep(self, live: torch.Tensor) -> None:
+        """Decode only the rows where `live` [r] is True from now on."""
+        index = live.nonzero().squeeze(1)                                             # [r']
+        self.cache.keep(index)
+        self.token, self.done, self.first_position, self.rows = (
+            t[index] for t in (self.token, self.done, self.first_position, self.rows))
 
 
 def captures(device: torch.device) -> bool:
@@ -125,8 +135,11 @@ def generate(model, tokenizer, prompts: EncodedPrompts, *, group_size: int, max_
         else:
             step(kv_length=width + decoded)  # the prompt and the decoded tokens so far, this one included
         decoded += 1
-        if decoded % check_every == 0 and bool(step.done.all()):  # the loop's only host synchronisation
-            break
+        if decoded % check_every == 0:  # the loop's only host synchronisation
+            if bool(step.done.all()):
+                break
+            if run_step is None and bool(step.done.any()):
+                step.keep(~step.done)
 
     ids = step.out[:, :decoded]                                                             # [N, <=L]
     mask, truncated = completion_mask(ids, end_list)

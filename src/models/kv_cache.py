@@ -46,3 +46,7 @@ class StaticKVCache:
         self.values[:, :, :, :width] = prompts.values.repeat_interleave(group_size, dim=1)
         self.visible.zero_()
         self.visible[:, :width] = prompt_visible.repeat_interleave(group_size, dim=0)
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Only rows `rows` [r] from now on (the others have finished decoding)."""
+        self.keys, self.values, self.visible = self.keys[:, rows], self.values[:, rows], self.visible[rows]
