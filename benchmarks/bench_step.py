@@ -3,8 +3,8 @@
     python -m benchmarks.bench_step --model tiny                                   # CPU
     python -m benchmarks.bench_step --model qwen2-vl-2b-random --device cuda       # the paper-scale step
 
-Our step runs the trainer's own functions in grpo_step's order (collect_rollout, reference_logprobs,
-grpo_update), with a device sync between phases so that each phase's time is its own, twice: with the
+Our step runs the trainer's own functions in grpo_step's order (sample_rollout, score_completions and
+group_advantages, the reference's logprobs, grpo_update), with a device sync between phases so that each phase's time is its own, twice: with the
 rollout engine (src/models/engine.py, the trainer's default; "ours") and with transformers' generate as
 the sampler (`--rollout-engine hf`; "ours_hf"). engine_over_hf compares the two in the same process.
 Every completion is forced to max_completion_length tokens (end tokens are banned until then), so each
@@ -51,9 +51,10 @@ from benchmarks.memory import peak_bytes, reset_peak, synchronize
 from src.data.prompts import TRAINING_PROMPTS
 from src.data.sample import Sample
 from src.grpo import trainer
+from src.grpo.advantages import group_advantages
 from src.grpo.config import LossConfig, ModelConfig, OptimConfig, RolloutConfig, RunConfig, TrainConfig
 from src.grpo.optim import make_optimizer, make_scheduler
-from src.grpo.rollout import collect_rollout
+from src.grpo.rollout import sample_rollout
 from src.models import engine
 from src.models.completions import END_TOKENS, VISION_TOKENS, token_ids
 from src.models.generation import prompt_batch
@@ -62,7 +63,7 @@ from src.models.loading import (
     Policy, attention_implementation, default_dtype, enable_gradient_checkpointing, load_policy,
 )
 from src.models.lora import disabled_adapters, merged_adapters
-from src.rewards.total import RewardWeights
+from src.rewards.total import score_completions
 
 MIB = 2**20
 H100_SXM_BANDWIDTH = 3.35e12  # bytes/s, HBM3 of the H100 SXM (H100 PCIe: 2.0e12, H200: 4.8e12)
@@ -166,8 +167,7 @@ def make_run(policy: Policy, cfg: TrainConfig, samples: list[Sample]) -> trainer
     optimizer = make_optimizer(params, cfg.learning_rate, cfg.optim.weight_decay)
     scheduler = make_scheduler(optimizer, 1_000_000, 0.0, "constant")
     return trainer.Run(cfg=cfg, policy=policy, lora=lora, reference=reference, samples=samples, optimizer=optimizer,
-                       scheduler=scheduler, params=params, steps_per_epoch=1, total_steps=1_000_000, scorer=None,
-                       output_dir=Path(os.devnull))
+                       scheduler=scheduler, params=params, steps_per_epoch=1, total_steps=1_000_000, scorer=None)
 
 
 class Phases:
@@ -238,17 +238,18 @@ def our_step(run: trainer.Run, samples: list[Sample], prompt_names: list[str], a
     hooks = [run.optimizer.register_step_pre_hook(before_step), run.optimizer.register_step_post_hook(after_step)]
     with phases.phase("generate"), generation_settings(model, **settings), forced_length(), \
             (merged_adapters(model) if args.merge_lora else contextlib.nullcontext()):
-        rollout = collect_rollout(
-            run.policy, samples, prompt_names, group_size=cfg.rollout.group_size,
-            max_completion_length=cfg.rollout.max_completion_length, temperature=cfg.rollout.temperature,
-            mask_truncated=False, scorer=None, weights=RewardWeights(), use_reasoning=False,
-            engine=cfg.rollout.rollout_engine)
-    phases.seconds["generate"] -= rollout.seconds_score  # collect_rollout times the scoring itself
-    phases.seconds["score"], phases.peak["score"] = rollout.seconds_score, phases.peak["generate"]
+        rollout = sample_rollout(run.policy, samples, prompt_names, group_size=cfg.rollout.group_size,
+                                 max_completion_length=cfg.rollout.max_completion_length,
+                                 temperature=cfg.rollout.temperature, engine=cfg.rollout.rollout_engine)
+    with phases.phase("score"):
+        repeated = [s for s in samples for _ in range(cfg.rollout.group_size)]
+        rewards = score_completions(rollout.texts, repeated, rollout.completion_mask.sum(1).tolist(), None,
+                                    cfg.reward.weights, False).total
+        advantages = group_advantages(torch.tensor(rewards), cfg.rollout.group_size).to(model.device)
     with phases.phase("reference"):
-        ref_logp = trainer.reference_logprobs(run, rollout)
+        ref_logp = run.reference.logprobs(rollout, cfg.rollout.temperature, cfg.optim.mini_batch_size)
     phases.open("policy")  # closed by the optimizer's pre-step hook, which opens "optimizer"
-    trainer.grpo_update(run, rollout, ref_logp, None)
+    trainer.grpo_update(run, rollout, advantages, ref_logp, None)
     for hook in hooks:
         hook.remove()
     if not bool(rollout.truncated.all()):

@@ -6,7 +6,7 @@
 
 Both sides: B prompts x G completions, every completion forced to L tokens (end tokens banned until
 then), mini-batches of --mini-batch-size completions with gradient accumulation to one optimizer step
-per B x G batch, LoRA r 8 / alpha 16 / dropout 0.05 on the language model's q, k, v, o (ours
+per B x G batch, LoRA r 8 / alpha 16 / no dropout (as our RL runs) on the language model's q, k, v, o (ours
 hand-written, TRL's through PEFT), beta 0.04 with the reference as the adapter-disabled model,
 one update per generation, sequence-mean aggregation (TRL loss_type "grpo"), AdamW lr 1e-5, constant
 schedule, gradient clipping at 1.0, temperature 1.0 without top-k / top-p, the same gradient
@@ -107,7 +107,7 @@ def trl_steps(args: argparse.Namespace, device: torch.device) -> tuple[list[floa
         generation_kwargs=dict(min_new_tokens=args.length, suppress_tokens=token_ids(tokenizer, VISION_TOKENS),
                                eos_token_id=token_ids(tokenizer, END_TOKENS)),
     )
-    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
     seconds: list[float] = []
     logged: list[dict] = []
 

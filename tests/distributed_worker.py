@@ -28,7 +28,7 @@ def rank_rollout(rollout, rows: list[int]):
     return dataclasses.replace(
         rollout, prompt_index=[rollout.prompt_index[r] for r in rows], completion_ids=rollout.completion_ids[rows, :width],
         completion_mask=rollout.completion_mask[rows, :width], truncated=rollout.truncated[rows],
-        rewards=rollout.rewards[rows], advantages=rollout.advantages[rows])
+        texts=[rollout.texts[r] for r in rows])
 
 
 def update(directory: Path) -> dict:
@@ -48,7 +48,8 @@ def update(directory: Path) -> dict:
         run.cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, aggregation=aggregation))
         run.optimizer = torch.optim.SGD(run.params, lr=0.0)  # lr 0: gradients computed, weights untouched
         run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, lambda _: 1.0)
-        stats = trainer.grpo_update(run, share, job["ref_logp"][rows, :width], job["old_logp"][rows, :width])
+        stats = trainer.grpo_update(run, share, job["advantages"][rows], job["ref_logp"][rows, :width],
+                                    job["old_logp"][rows, :width])
         results[aggregation] = {"stats": stats, "grads": [p.grad.clone() for p in run.params]}
     return results
 

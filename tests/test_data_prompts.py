@@ -47,14 +47,20 @@ def test_prompts_are_the_papers_instructions_without_the_dialogue_scaffolding():
 
 
 def test_rarl_draws_all_three_prompts_deterministically():
-    names = assign_training_prompts(300, "rarl", seed=1)
-    assert names == assign_training_prompts(300, "rarl", seed=1)
-    assert names != assign_training_prompts(300, "rarl", seed=2)
+    names = assign_training_prompts(300, method_config("rarl").prompt_diversity, seed=1)
+    assert names == assign_training_prompts(300, True, seed=1)
+    assert names != assign_training_prompts(300, True, seed=2)
     counts = Counter(names)
     assert set(counts) == set(TRAINING_PROMPTS)
     assert all(70 <= count <= 130 for count in counts.values())  # 100 expected each; sd ~8.2, so > 3.6 sd slack
 
 
 def test_other_methods_always_use_the_explanation_prompt():
-    for method in ("sft", "rl", "rl-lora"):
-        assert assign_training_prompts(5, method, seed=1) == ["explanation"] * 5
+    for method in ("sft", "sft-full", "grpo", "grpo-full"):
+        assert assign_training_prompts(5, method_config(method).prompt_diversity, seed=1) == ["explanation"] * 5
+
+
+def method_config(method: str):
+    from src.grpo.config import RunConfig, TrainConfig
+
+    return TrainConfig(run=RunConfig(method=method))

@@ -17,12 +17,11 @@ from safetensors.torch import load_file
 
 from src.data.synthetic import ensure_synthetic
 from src.grpo import distributed, trainer
-from src.grpo.policy_logprobs import logprobs_no_grad
-from src.grpo.rollout import collect_rollout
+from src.grpo.forward import rollout_logprobs
+from src.grpo.rollout import sample_rollout
 from src.grpo.run_log import read_metrics
 from src.models.lora import lora_layers, lora_state_dict
 from src.models.peft_io import PEFT_PREFIX
-from src.rewards.total import RewardWeights
 from tests.test_trainer import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,26 +104,25 @@ def test_two_ranks_accumulate_the_gradient_of_one_process_on_the_whole_batch(tmp
     torch.manual_seed(1)
     for layer in lora_layers(run.policy.model):  # B != 0 so that every factor gets a gradient
         torch.nn.init.normal_(layer.lora_B.weight, std=0.05)
-    rollout = collect_rollout(run.policy, run.samples[:4], ["explanation", "short"] * 2, group_size=4,
-                              max_completion_length=12, temperature=1.0, mask_truncated=False, scorer=run.scorer,
-                              weights=RewardWeights(), use_reasoning=True)
-    rollout.advantages = torch.linspace(-1.5, 1.5, 16)  # nonzero even if all rewards tie
-    ref_logp = trainer.reference_logprobs(run, rollout)                                      # [16, L]
+    rollout = sample_rollout(run.policy, run.samples[:4], ["explanation", "short"] * 2, group_size=4,
+                             max_completion_length=12, temperature=1.0)
+    advantages = torch.linspace(-1.5, 1.5, 16)  # nonzero even if all rewards tie
+    ref_logp = run.reference.logprobs(rollout, 1.0, 4)                                       # [16, L]
     # an old policy 0.3 nats off per token, so that ratios leave the clip range on both sides
-    logp = logprobs_no_grad(run.policy.model, rollout.prompts, rollout.prompt_index, rollout.completion_ids,
-                            rollout.completion_mask, 1.0, 16)
+    logp = rollout_logprobs(run.policy.model, rollout, 1.0, 16)
     old_logp = logp + 0.3 * torch.randn(logp.shape, generator=torch.Generator().manual_seed(2))  # [16, L]
     job = tmp_path / "job"
     job.mkdir()
     torch.save({"config": cfg.to_dict(), "lora": lora_state_dict(run.policy.model), "rollout": rollout,
-                "ref_logp": ref_logp, "old_logp": old_logp, "aggregations": AGGREGATIONS}, job / "job.pt")
+                "advantages": advantages, "ref_logp": ref_logp, "old_logp": old_logp, "aggregations": AGGREGATIONS},
+               job / "job.pt")
 
     single = {}
     for aggregation in AGGREGATIONS:
         run.cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, aggregation=aggregation))
         run.optimizer = torch.optim.SGD(run.params, lr=0.0)
         run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, lambda _: 1.0)
-        stats = trainer.grpo_update(run, rollout, ref_logp, old_logp)
+        stats = trainer.grpo_update(run, rollout, advantages, ref_logp, old_logp)
         single[aggregation] = {"stats": stats, "grads": [p.grad.clone() for p in run.params]}
     assert single["token"]["stats"]["clipfrac_low"] > 0 and single["token"]["stats"]["clipfrac_high"] > 0
 

@@ -13,7 +13,7 @@ import torch
 
 from src.data.prompts import TRAINING_PROMPTS
 from src.data.sample import Sample
-from src.grpo.policy_logprobs import completion_logprobs
+from src.grpo.forward import completion_logprobs
 from src.models import engine
 from src.models.completions import END_TOKENS, token_ids
 from src.models.encoded_prompts import encode_prompts

@@ -6,7 +6,7 @@ import torch
 
 from src.grpo.advantages import group_advantages, zero_std_fraction
 from src.grpo.kl import k3_kl
-from src.grpo.loss import AGGREGATIONS, LossStats, clipped_surrogate, grpo_loss
+from src.grpo.loss import AGGREGATIONS, LossStats, clipped_surrogate, grpo_loss, token_weights
 
 LN = math.log
 
@@ -163,7 +163,33 @@ RAGGED = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]])  # lengths 3
     ],
 )
 def test_aggregations_on_a_ragged_mask(name, expected):
-    assert AGGREGATIONS[name](PER_TOKEN, RAGGED).item() == pytest.approx(expected, abs=1e-7)
+    assert (PER_TOKEN * token_weights(RAGGED, name)).sum().item() == pytest.approx(expected, abs=1e-7)
+
+
+def test_token_weights_over_a_global_batch_on_two_ranks():
+    # rank 0 holds completions of 3 and 1 tokens, rank 1 of 2 and 4 (padded to L = 4 on each rank);
+    # the global batch: 4 completions, 10 tokens; generation budget 6.
+    rank0 = torch.tensor([[1.0, 1, 1, 0], [1, 0, 0, 0]])
+    rank1 = torch.tensor([[1.0, 1, 0, 0], [1, 1, 1, 1]])
+    weights = {name: [token_weights(mask, name, completions=4, tokens=10, max_length=6) for mask in (rank0, rank1)]
+               for name in AGGREGATIONS}
+    # sequence: 1 / (4 completions x own length): 1/12, 1/4 on rank 0; 1/8, 1/16 on rank 1
+    expected = [[[1 / 12] * 3 + [0], [1 / 4, 0, 0, 0]], [[1 / 8] * 2 + [0, 0], [1 / 16] * 4]]
+    for got, want in zip(weights["sequence"], expected):
+        torch.testing.assert_close(got, torch.tensor(want), rtol=0, atol=1e-8)
+    # token: 1/10 on each of the 10 tokens; dr_grpo: 1 / (4 x 6) = 1/24 each
+    for got, mask in zip(weights["token"], (rank0, rank1)):
+        torch.testing.assert_close(got, mask / 10, rtol=0, atol=1e-8)
+    for got, mask in zip(weights["dr_grpo"], (rank0, rank1)):
+        torch.testing.assert_close(got, mask / 24, rtol=0, atol=1e-8)
+    # over both ranks: each completion 1/4 (sequence), all tokens 1 (token), 10/24 (dr_grpo)
+    total = {name: sum(w.sum().item() for w in pair) for name, pair in weights.items()}
+    assert total == pytest.approx({"sequence": 1.0, "token": 1.0, "dr_grpo": 10 / 24}, abs=1e-7)
+
+
+def test_token_weights_reject_an_unknown_aggregation():
+    with pytest.raises(ValueError, match="unknown aggregation"):
+        token_weights(torch.ones(2, 3), "mean")
 
 
 # --- grpo_loss -----------------------------------------------------------------------------------
@@ -180,14 +206,15 @@ def test_aggregations_on_a_ragged_mask(name, expected):
 )
 def test_grpo_loss_first_update_per_aggregation(aggregation, expected):
     logp = torch.randn(2, 4)
-    loss, _ = grpo_loss(logp, None, None, torch.tensor([1.0, 2.0]), RAGGED, beta=0.0, aggregation=aggregation)
+    loss, _ = grpo_loss(logp, None, None, torch.tensor([1.0, 2.0]), token_weights(RAGGED, aggregation), beta=0.0)
     assert loss.item() == pytest.approx(expected, abs=1e-6)
 
 
 def test_first_step_policy_equals_reference_kl_zero_ratio_one():
     torch.manual_seed(0)
     logp = torch.randn(4, 6, requires_grad=True)
-    loss, stats = grpo_loss(logp, None, logp.detach(), torch.tensor([1.0, -3.0, 0.5, 1.5]), torch.ones(4, 6))
+    loss, stats = grpo_loss(logp, None, logp.detach(), torch.tensor([1.0, -3.0, 0.5, 1.5]),
+                            token_weights(torch.ones(4, 6), "sequence"))
     assert stats.kl.item() == 0.0
     assert stats.ratio_mean.item() == 1.0
     assert stats.clipfrac_low.item() == 0.0 and stats.clipfrac_high.item() == 0.0
@@ -200,7 +227,8 @@ def test_sequence_loss_gradient_is_the_policy_gradient():
     # ref == policy adds nothing: d k3 / d logp = 1 - e^0 = 0.
     logp = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -4.0, -4.0]], requires_grad=True)
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
-    loss, _ = grpo_loss(logp, None, logp.detach(), torch.tensor([1.0, -2.0]), mask, beta=0.04)
+    loss, _ = grpo_loss(logp, None, logp.detach(), torch.tensor([1.0, -2.0]), token_weights(mask, "sequence"),
+                        beta=0.04)
     loss.backward()
     # Row 0: -1 / (3 * 2) = -1/6 on each token. Row 1: -(-2) / (1 * 2) = 1 on its one token.
     expected = torch.tensor([[-1 / 6, -1 / 6, -1 / 6], [1.0, 0.0, 0.0]])
@@ -217,7 +245,8 @@ def test_clip_fractions_count_only_active_clips():
     ratios = torch.tensor([[1.5, 0.5, 1.0, 1.1], [1.5, 0.5, 0.5, 0.5]])
     logp = torch.log(ratios).requires_grad_()
     mask = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 0.0]])
-    loss, stats = grpo_loss(logp, torch.zeros(2, 4), None, torch.tensor([1.0, -1.0]), mask, beta=0.0)
+    loss, stats = grpo_loss(logp, torch.zeros(2, 4), None, torch.tensor([1.0, -1.0]), token_weights(mask, "sequence"),
+                            beta=0.0)
     assert stats.clipfrac_high.item() == pytest.approx(1 / 7, abs=1e-7)
     assert stats.clipfrac_low.item() == pytest.approx(2 / 7, abs=1e-7)
     assert stats.ratio_mean.item() == pytest.approx(6.6 / 7, abs=1e-6)
@@ -233,15 +262,15 @@ def test_kl_term_enters_the_loss_with_weight_beta():
     logp = torch.zeros(2, 3)
     ref_logp = torch.full((2, 3), LN(2.0))
     for aggregation in AGGREGATIONS:
-        loss, stats = grpo_loss(
-            logp, None, ref_logp, torch.zeros(2), torch.ones(2, 3), beta=0.5, aggregation=aggregation
-        )
+        loss, stats = grpo_loss(logp, None, ref_logp, torch.zeros(2), token_weights(torch.ones(2, 3), aggregation),
+                                beta=0.5)
         assert loss.item() == pytest.approx(0.5 * (1 - LN(2.0)), abs=1e-6)
         assert stats.kl.item() == pytest.approx(1 - LN(2.0), abs=1e-6)
 
 
 def test_beta_zero_without_reference():
-    loss, stats = grpo_loss(torch.zeros(2, 3), None, None, torch.ones(2), torch.ones(2, 3), beta=0.0)
+    loss, stats = grpo_loss(torch.zeros(2, 3), None, None, torch.ones(2), token_weights(torch.ones(2, 3), "sequence"),
+                            beta=0.0)
     assert loss.item() == pytest.approx(-1.0)
     assert stats.kl is None
     assert set(stats.as_floats()) == {"ratio_mean", "clipfrac_low", "clipfrac_high"}
@@ -250,7 +279,7 @@ def test_beta_zero_without_reference():
 def test_loss_math_is_fp32_for_bf16_inputs_and_stats_are_detached_tensors():
     logp = torch.log(torch.tensor([[0.5, 0.25]], dtype=torch.bfloat16)).requires_grad_()
     mask = torch.ones(1, 2, dtype=torch.bool)
-    loss, stats = grpo_loss(logp, None, logp.detach(), torch.tensor([1.0]), mask)
+    loss, stats = grpo_loss(logp, None, logp.detach(), torch.tensor([1.0]), token_weights(mask, "sequence"))
     assert loss.dtype == torch.float32
     assert isinstance(stats, LossStats)
     assert all(v.dim() == 0 and not v.requires_grad for v in (stats.kl, stats.ratio_mean, stats.clipfrac_low))
@@ -261,11 +290,10 @@ def test_loss_math_is_fp32_for_bf16_inputs_and_stats_are_detached_tensors():
     "kwargs, match",
     [
         (dict(beta=0.04), "needs ref_logp"),
-        (dict(beta=0.0, aggregation="mean"), "unknown aggregation"),
         (dict(beta=0.0, advantages=torch.ones(3)), r"advantages \[N\]"),
     ],
 )
 def test_grpo_loss_rejects_bad_arguments(kwargs, match):
     advantages = kwargs.pop("advantages", torch.ones(2))
     with pytest.raises(ValueError, match=match):
-        grpo_loss(torch.zeros(2, 3), None, None, advantages, torch.ones(2, 3), **kwargs)
+        grpo_loss(torch.zeros(2, 3), None, None, advantages, token_weights(torch.ones(2, 3), "sequence"), **kwargs)

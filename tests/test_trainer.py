@@ -15,15 +15,16 @@ from src.data.prompts import TRAINING_PROMPTS
 from src.data.sample import Sample
 from src.grpo import trainer
 from src.grpo.config import DataConfig, LossConfig, ModelConfig, OptimConfig, RolloutConfig, RunConfig, TrainConfig
-from src.grpo.policy_logprobs import completion_logprobs
-from src.grpo.rollout import collect_rollout
+from src.grpo.advantages import group_advantages
+from src.grpo.forward import completion_logprobs, rollout_logprobs
+from src.grpo.rollout import sample_rollout
 from src.grpo.run_log import read_metrics
 from src.models.completions import END_TOKENS, VISION_TOKENS, completion_mask, token_ids
 from src.models.encoded_prompts import encode_prompts
 from src.models.generation import prompt_batch, sample_groups
 from src.models.inputs import repeat_rows
-from src.models.lora import lora_layers
-from src.rewards.total import RewardWeights
+from src.models.lora import disabled_adapters, lora_layers
+from src.rewards.total import RewardWeights, score_completions
 from tests.conftest import random_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,9 +79,8 @@ def _sample(i: int, size=(112, 112), tmp: Path | None = None) -> Sample:
 def test_rollout_pairs_every_completion_with_its_own_prompt_and_image(tiny_policy):
     """B=2 prompts with different image sizes, G=3: row b*G+g must be prompt b with image b."""
     samples = [_sample(1, (112, 112)), _sample(2, (56, 168))]
-    rollout = collect_rollout(tiny_policy, samples, ["explanation", "short"], group_size=3, max_completion_length=8,
-                              temperature=1.0, mask_truncated=False, scorer=None, weights=RewardWeights(),
-                              use_reasoning=False)
+    rollout = sample_rollout(tiny_policy, samples, ["explanation", "short"], group_size=3, max_completion_length=8,
+                             temperature=1.0)
     # 8 x 8 patches merge into 16 image tokens, 4 x 12 into 12: rows 0-2 hold image 1, rows 3-5 image 2
     assert [len(rollout.prompts.image_features[b]) for b in rollout.prompt_index] == [16] * 3 + [12] * 3
     with torch.no_grad():
@@ -95,7 +95,9 @@ def test_rollout_pairs_every_completion_with_its_own_prompt_and_image(tiny_polic
             m = rollout.completion_mask[row]
             torch.testing.assert_close(together[row][m], alone[0][m], rtol=1e-4, atol=1e-4)
     # rewards: group-normalised per prompt, so each group's advantages sum to zero
-    assert rollout.advantages.view(2, 3).sum(1).abs().max() < 1e-5
+    rewards = score_completions(rollout.texts, [s for s in samples for _ in range(3)],
+                                rollout.completion_mask.sum(1).tolist(), None, RewardWeights(), False).total
+    assert group_advantages(torch.tensor(rewards), 3).view(2, 3).sum(1).abs().max() < 1e-5
 
 
 def test_update_log_probs_are_the_ones_the_completions_were_sampled_with(tiny_policy):
@@ -142,16 +144,15 @@ def test_mini_batch_accumulation_equals_one_big_batch(tmp_path, aggregation):
     run = trainer.setup(cfg)
     for layer in lora_layers(run.policy.model):  # B != 0 so that every factor gets a gradient
         torch.nn.init.normal_(layer.lora_B.weight, std=0.05)
-    rollout = collect_rollout(run.policy, run.samples[:2], ["explanation"] * 2, group_size=4, max_completion_length=12,
-                              temperature=1.0, mask_truncated=False, scorer=run.scorer, weights=RewardWeights(),
-                              use_reasoning=True)
-    rollout.advantages = torch.linspace(-1.5, 1.5, 8)  # nonzero even if all rewards tie
+    rollout = sample_rollout(run.policy, run.samples[:2], ["explanation"] * 2, group_size=4, max_completion_length=12,
+                             temperature=1.0)
+    advantages = torch.linspace(-1.5, 1.5, 8)  # nonzero even if all rewards tie
     grads = []
     for mini_batch in (8, 2):
         object.__setattr__(run, "cfg", dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, mini_batch_size=mini_batch)))
         run.optimizer = torch.optim.SGD(run.params, lr=0.0)  # lr 0: grads computed, weights untouched
         run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, lambda _: 1.0)
-        trainer.grpo_update(run, rollout, None, None)
+        trainer.grpo_update(run, rollout, advantages, None, None)
         grads.append([p.grad.clone() for p in run.params])
     for big, small in zip(*grads):
         torch.testing.assert_close(small, big, rtol=1e-4, atol=1e-7)
@@ -271,12 +272,117 @@ def test_sft_lowers_the_cross_entropy(tmp_path):
 def test_grpo_full_trains_the_language_model_against_a_frozen_copy(tmp_path):
     run = trainer.setup(tiny_config(tmp_path, run=dict(method="grpo-full"), optim=dict(learning_rate=1e-3)))
     assert not list(lora_layers(run.policy.model))
-    assert isinstance(run.reference, torch.nn.Module)
+    assert run.reference.kind == "frozen copy" and run.reference.model is not run.policy.model
     visual_before = {k: v.clone() for k, v in run.policy.model.model.visual.state_dict().items()}
-    reference_before = {k: v.clone() for k, v in run.reference.state_dict().items()}
+    reference_before = {k: v.clone() for k, v in run.reference.model.state_dict().items()}
     metrics, _ = trainer.grpo_step(run, run.samples[:2], ["explanation"] * 2)
     assert metrics["kl"] == 0.0
     lm_after = run.policy.model.model.language_model.state_dict()
     assert any(not torch.equal(lm_after[k], reference_before["model.language_model." + k]) for k in lm_after)
     assert all(torch.equal(v, visual_before[k]) for k, v in run.policy.model.model.visual.state_dict().items())
-    assert all(torch.equal(v, reference_before[k]) for k, v in run.reference.state_dict().items())
+    assert all(torch.equal(v, reference_before[k]) for k, v in run.reference.model.state_dict().items())
+
+
+# --- what the redesigned step guarantees --------------------------------------------------------
+
+
+def test_rl_refuses_dropout_and_sft_keeps_its_default():
+    with pytest.raises(ValueError, match="RL runs without dropout"):
+        TrainConfig(run=RunConfig(method="rarl"), model=ModelConfig(lora_dropout=0.05))
+    assert TrainConfig(run=RunConfig(method="grpo")).lora.dropout == 0.0
+    assert TrainConfig(run=RunConfig(method="sft")).lora.dropout == 0.05
+    assert TrainConfig(run=RunConfig(method="sft"), model=ModelConfig(lora_dropout=0.1)).lora.dropout == 0.1
+
+
+def test_with_two_iterations_the_first_update_has_ratio_exactly_one(tmp_path, monkeypatch):
+    """num_iterations 2 end to end: pi_old is computed in its own pass, and with no dropout anywhere in
+    RL the first update sees exactly that policy (ratio 1, nothing clipped); the second update, after
+    an AdamW step, sees a moved policy."""
+    cfg = tiny_config(tmp_path, model=dict(lora_dropout=None), loss=dict(num_iterations=2),
+                      optim=dict(mini_batch_size=2, learning_rate=0.05))
+    run = trainer.setup(cfg)
+    for layer in lora_layers(run.policy.model):  # B != 0: the step moves every output
+        torch.nn.init.normal_(layer.lora_B.weight, std=0.05)
+    seen = []
+    loss_fn = trainer.grpo_loss
+
+    def recording(*args, **kwargs):
+        loss, stats = loss_fn(*args, **kwargs)
+        seen.append(stats.as_floats())
+        return loss, stats
+
+    monkeypatch.setattr(trainer, "grpo_loss", recording)
+    trainer.grpo_step(run, run.samples[:2], ["explanation"] * 2)
+    assert len(seen) == 8                                        # 2 iterations x 8 rows / mini-batch 2
+    assert all(s["ratio_mean"] == 1.0 and s["clipfrac_low"] == s["clipfrac_high"] == 0.0 for s in seen[:4])
+    assert all(abs(s["ratio_mean"] - 1.0) > 1e-4 for s in seen[4:])
+
+
+def test_dr_grpo_divides_by_the_generation_budget_not_the_longest_completion(tmp_path):
+    """First update, beta 0: r = 1, so the loss is -sum_i A_i |o_i| / (N * max_completion_length),
+    whatever the batch's longest completion is."""
+    cfg = tiny_config(tmp_path, loss=dict(aggregation="dr_grpo", beta=0.0), rollout=dict(max_completion_length=40))
+    run = trainer.setup(cfg)
+    run.optimizer = torch.optim.SGD(run.params, lr=0.0)
+    run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, lambda _: 1.0)
+    rollout = sample_rollout(run.policy, run.samples[:2], ["explanation"] * 2, group_size=4, max_completion_length=40,
+                             temperature=1.0)
+    rollout.completion_mask[:, 10:] = False        # completions of at most 10 tokens, well under the budget of 40
+    advantages = torch.linspace(-1.5, 2.0, 8)
+    lengths = rollout.completion_mask.sum(1).float()
+    stats = trainer.grpo_update(run, rollout, advantages, None, None)
+    assert stats["loss"] == pytest.approx(-(advantages * lengths).sum().item() / (8 * 40), abs=1e-6)
+
+
+def test_continuing_an_adapter_takes_its_starting_weights_as_the_reference(tmp_path):
+    """--model ADAPTER_DIR: pi_ref is that adapter as loaded, neither the base model nor the adapter
+    after the run's updates."""
+    from src.models.peft_io import save_adapter
+
+    donor = trainer.setup(tiny_config(tmp_path / "donor"))
+    for layer in lora_layers(donor.policy.model):
+        torch.nn.init.normal_(layer.lora_B.weight, std=0.1)
+    save_adapter(donor.policy.model, tmp_path / "adapter", donor.lora, str(donor.cfg.model.model))
+    run = trainer.setup(tiny_config(tmp_path, model=dict(model=str(tmp_path / "adapter")),
+                                    optim=dict(learning_rate=0.05)))
+    assert run.reference.kind == "starting adapter"
+    rollout = sample_rollout(run.policy, run.samples[:2], ["explanation"] * 2, group_size=4, max_completion_length=12,
+                             temperature=1.0)
+    before = run.reference.logprobs(rollout, 1.0, 8)
+    policy = rollout_logprobs(run.policy.model, rollout, 1.0, 8)
+    mask = rollout.completion_mask
+    assert torch.equal(before[mask], policy[mask])               # at the start, pi_ref is the policy itself
+    trainer.grpo_update(run, rollout, torch.linspace(-1.0, 1.0, 8), before, None)
+    after = run.reference.logprobs(rollout, 1.0, 8)
+    assert torch.equal(after[mask], before[mask])                # the updates did not move pi_ref
+    moved = rollout_logprobs(run.policy.model, rollout, 1.0, 8)
+    assert (moved[mask] - before[mask]).abs().max() > 1e-3       # while the policy moved
+    with disabled_adapters(run.policy.model):
+        base = rollout_logprobs(run.policy.model, rollout, 1.0, 8)
+    assert (base[mask] - before[mask]).abs().max() > 1e-3        # and pi_ref is not the base model
+
+
+def test_mask_truncated_takes_cut_off_completions_out_of_the_gradient(tmp_path):
+    """With --mask-truncated a cut-off completion adds nothing: the gradient equals that of the same
+    batch with those completions' advantages set to 0 (sequence aggregation, beta 0, same N)."""
+    def gradients(mask_truncated: bool, advantages: torch.Tensor) -> list[torch.Tensor]:
+        cfg = tiny_config(tmp_path, loss=dict(beta=0.0), rollout=dict(mask_truncated=mask_truncated))
+        run = trainer.setup(cfg)
+        for layer in lora_layers(run.policy.model):
+            torch.nn.init.normal_(layer.lora_B.weight, std=0.05, generator=torch.Generator().manual_seed(3))
+        run.optimizer = torch.optim.SGD(run.params, lr=0.0)
+        run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, lambda _: 1.0)
+        trainer.grpo_update(run, rollout, advantages, None, None)
+        return [p.grad.clone() for p in run.params]
+
+    run = trainer.setup(tiny_config(tmp_path))
+    torch.manual_seed(0)
+    rollout = sample_rollout(run.policy, run.samples[:2], ["explanation"] * 2, group_size=4, max_completion_length=12,
+                             temperature=1.0)
+    rollout.truncated = torch.tensor([True, False, True, False, False, True, False, False])
+    advantages = torch.linspace(-1.5, 2.0, 8)
+    masked = gradients(True, advantages)
+    zeroed = gradients(False, advantages.masked_fill(rollout.truncated, 0.0))
+    for got, want in zip(masked, zeroed):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-8)
+    assert any(g.abs().max() > 0 for g in masked)

@@ -57,13 +57,13 @@ def build_messages(question: str, system_prompt: str) -> list[dict]:
     ]
 
 
-def assign_training_prompts(n: int, method: str, seed: int) -> list[str]:
+def assign_training_prompts(n: int, diverse: bool, seed: int) -> list[str]:
     """The training prompt name for each of n examples.
 
-    Prompting diversity is part of RARL only: with method "rarl" each example draws one of the three
-    prompts uniformly (seeded, so a run is reproducible); every other method trains on "explanation".
+    With prompting diversity (RARL's, TrainConfig.prompt_diversity) each example draws one of the three
+    prompts uniformly (seeded, so a run is reproducible); without it every example trains on "explanation".
     """
-    if method != "rarl":
+    if not diverse:
         return ["explanation"] * n
     rng = random.Random(seed)
     names = list(TRAINING_PROMPTS)

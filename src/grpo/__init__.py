@@ -1,14 +1,18 @@
 """GRPO: the RL loop and its math.
 
-The pure-tensor core (no model, file or network code; unit-tested on CPU with hand-computed numbers)
-maps onto the paper (RARL, sec. 2.2.1, which follows DeepSeekMath's GRPO) one function per equation:
+The pure core (advantages, kl, loss, logprobs: they import only torch; unit-tested on CPU with
+hand-computed numbers) maps onto the paper (RARL, sec. 2.2.1, which follows DeepSeekMath's GRPO) one
+function per equation:
 
     eq. 2  A_i = (r_i - mean(r)) / std(r) over a group ...... advantages.group_advantages
     eq. 3  D_KL = pi_ref/pi - log(pi_ref/pi) - 1 (k3) ....... kl.k3_kl
     eq. 1  min(r A, clip(r, 1-eps, 1+eps) A) ................ loss.clipped_surrogate
-    eq. 1  1/G sum_i (...) - beta D_KL, as a loss ........... loss.grpo_loss (aggregation: loss.AGGREGATIONS)
-           log pi(token) without [T, V] fp32 logits ......... logprobs.selective_log_softmax,
-                                                              logprobs.linear_logprobs
+    eq. 1  1/G sum_i (...) - beta D_KL, as a loss ........... loss.grpo_loss, weighted by loss.token_weights
+           log pi(token) without [T, V] fp32 logits ......... logprobs.linear_logprobs
+
+The loop around it may import the rest of the project: trainer.grpo_step (one step, in the paper's
+order), rollout (sampling), reference (pi_ref), forward (the policy's log-probs), sft, optim,
+distributed, checkpoint, run_log, config.
 
 Shape legend, used in every shape comment of this package:
     B  prompts in a batch            G  completions sampled per prompt (group size)

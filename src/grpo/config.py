@@ -12,6 +12,9 @@ import typing
 from dataclasses import dataclass, field
 
 from src.grpo.loss import AGGREGATIONS
+from src.models.loading import DEFAULT_MODEL
+from src.models.lora import LoRAConfig
+from src.rewards.total import RewardWeights
 from src.models.generation import ENGINES
 
 METHODS = ("sft", "sft-full", "grpo", "rarl", "grpo-full")
@@ -24,12 +27,12 @@ def flag(default, help: str, **kwargs):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    model: str = flag("Qwen/Qwen2-VL-2B-Instruct", "hub id, local model directory, or 'tiny' (the embedded test model)")
-    lora_r: int = flag(8, "LoRA rank r (paper: 8)")
-    lora_alpha: float = flag(16.0, "LoRA alpha; the update is scaled by alpha / r (paper: 16)")
-    lora_dropout: float = flag(0.05, "dropout on the LoRA input path")
-    lora_targets: tuple[str, ...] = flag(("q_proj", "k_proj", "v_proj", "o_proj"),
-                                         "language-model linear layers that get an adapter")
+    model: str = flag(DEFAULT_MODEL, "hub id, local model directory, or 'tiny' (the embedded test model)")
+    lora_r: int = flag(LoRAConfig.r, "LoRA rank r (paper: 8)")
+    lora_alpha: float = flag(LoRAConfig.alpha, "LoRA alpha; the update is scaled by alpha / r (paper: 16)")
+    lora_dropout: float | None = flag(None, "dropout on the LoRA input path (default: 0.05 for sft; the RL "
+                                            "methods refuse dropout, so that every RL pass sees the same policy)")
+    lora_targets: tuple[str, ...] = flag(LoRAConfig.targets, "language-model linear layers that get an adapter")
     gradient_checkpointing: bool = flag(True, "recompute activations in backward (less memory, ~30% slower)")
 
 
@@ -64,8 +67,8 @@ class LossConfig:
                                         "completion, then over completions), token (DAPO), dr_grpo",
                             choices=tuple(AGGREGATIONS))
     num_iterations: int = flag(1, "policy updates per batch of rollouts (mu); > 1 caches old log-probs")
-    scale_rewards: str = flag("group", "advantages: group (paper eq. 2: divide by the group's reward std) or "
-                                       "none (Dr. GRPO: reward minus the group mean)", choices=("group", "none"))
+    advantage_scale: str = flag("group", "advantages: group (paper eq. 2: divide by the group's reward std) or "
+                                         "none (Dr. GRPO: reward minus the group mean)", choices=("group", "none"))
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,10 @@ class RewardConfig:
     bertscore_model: str | None = flag(None, "BERTScore model (default: roberta-large when available offline, "
                                              "else the embedded all-MiniLM-L6-v2)")
 
+    @property
+    def weights(self) -> RewardWeights:
+        return RewardWeights(self.format_weight, self.length_weight, self.accuracy_weight, self.reasoning_weight)
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -115,6 +122,12 @@ class TrainConfig:
     optim: OptimConfig = OptimConfig()
     reward: RewardConfig = RewardConfig()
 
+    def __post_init__(self):
+        if not self.is_sft and self.model.lora_dropout:
+            raise ValueError(f"--lora-dropout {self.model.lora_dropout} with --method {self.run.method}: RL runs "
+                             "without dropout, so that sampling, the reference, the old policy and the update all "
+                             "see the same policy (the first ratio of an update is then exactly 1)")
+
     # ---- derived values, all in one place -------------------------------------------------------
     @property
     def uses_lora(self) -> bool:
@@ -131,6 +144,13 @@ class TrainConfig:
     @property
     def prompt_diversity(self) -> bool:
         return self.run.method == "rarl"
+
+    @property
+    def lora(self) -> LoRAConfig:
+        """The adapter's shape; dropout LoRAConfig's default for SFT unless set, none in RL (__post_init__)."""
+        dropout = self.model.lora_dropout if self.model.lora_dropout is not None else \
+            LoRAConfig.dropout if self.is_sft else 0.0
+        return LoRAConfig(self.model.lora_r, self.model.lora_alpha, dropout, self.model.lora_targets)
 
     @property
     def learning_rate(self) -> float:

@@ -6,16 +6,16 @@ Each of the W ranks holds a full replica of the policy and takes a contiguous sh
 step's B prompts (a group of G completions never spans ranks, so eq. 2 needs no communication). A
 step on W ranks computes what a single process computes on the whole batch:
 
-- gradients: every rank weights its mini-batch losses against the GLOBAL normaliser (all ranks'
-  completions, or all ranks' completion tokens: trainer.micro_weight), so the sum of the ranks'
-  accumulated gradients is the whole batch's gradient. `all_reduce_gradients` forms that sum after
+- gradients: every rank weights its tokens' losses against the GLOBAL batch (all ranks' completions
+  and completion tokens: loss.token_weights), so the sum of the ranks' accumulated gradients is the
+  whole batch's gradient. `all_reduce_gradients` forms that sum after
   accumulation; gradient clipping and AdamW then see identical gradients on every rank, and the
   replicas stay identical without ever exchanging weights.
 - statistics: the loss statistics are summed the same way; the remaining metrics are combined by
   `combine_metrics` (means over equal shares, max for times and memory).
 
 Why an explicit all-reduce rather than wrapping the model in DistributedDataParallel: the loop calls
-`model.generate`, `model.model(...)` and the chunked lm_head directly, switches adapters off for the
+the rollout engine, the language model and the chunked lm_head directly, switches adapters off for the
 reference pass and accumulates over mini-batches; DDP only reduces gradients inside `forward` of its
 wrapper (and needs `no_sync` for accumulation and care with gradient checkpointing). One all-reduce
 after accumulation is the same arithmetic as DDP's (a sum of per-rank gradients), works unchanged

@@ -4,14 +4,13 @@ Eq. 1 writes the objective per completion v_i with one ratio r_i. As in DeepSeek
 ref. [28]) and every GRPO trainer, it is applied per token t of completion i,
     r_it = pi(o_it) / pi_old(o_it),
     J_it = min(r_it A_i, clip(r_it, 1 - eps_low, 1 + eps_high) A_i) - beta k3_it,
-and the loss we minimise is -J averaged over tokens by one of the AGGREGATIONS. eps_low = eps_high
+and the loss we minimise is -J summed over tokens with the weights of one of the AGGREGATIONS
+(token_weights). eps_low = eps_high
 is eq. 1's symmetric clip; DAPO raises eps_high ("clip-higher") to let rare tokens grow.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Callable
-
 import torch
 from torch import Tensor
 
@@ -36,37 +35,38 @@ def clipped_surrogate(
     return torch.minimum(unclipped, clipped)  # [N, L]
 
 
-# --- Aggregations: per-token loss [N, L] and mask [N, L] (1 on completion tokens) -> scalar. -----
+# --- Aggregation: how much each token's loss weighs in the step's global batch -----------------
 # The choice weighs long and short completions differently (the "length bias" of Dr. GRPO, 2025).
+# Weights are decided once per step, over the global batch (every mini-batch and every rank), so a
+# mini-batch's loss is a plain weighted sum and gradient accumulation and data parallelism add up to
+# the whole batch's loss by construction.
+
+AGGREGATIONS = ("sequence", "token", "dr_grpo")
 
 
-def sequence_mean(per_token: Tensor, mask: Tensor) -> Tensor:
-    """Eq. 1 (DeepSeekMath): 1/G sum_i 1/|o_i| sum_t. Mean over each completion's tokens, then over
-    completions: a token of a short completion weighs more than one of a long completion."""
-    lengths = mask.sum(dim=1).clamp(min=1)  # [N]; an all-zero row (no EOS even) contributes 0
-    per_completion = (per_token * mask).sum(dim=1) / lengths  # [N]
-    return per_completion.mean()
+def token_weights(mask: Tensor, aggregation: str, completions: int | None = None, tokens: int | None = None,
+                  max_length: int | None = None) -> Tensor:
+    """[N, L] weight of each completion token in the loss, 0 on padding.
 
-
-def token_mean(per_token: Tensor, mask: Tensor) -> Tensor:
-    """DAPO (TRL's default): sum over all completion tokens / their count. Every token weighs the
-    same within a batch."""
-    return (per_token * mask).sum() / mask.sum().clamp(min=1)
-
-
-def dr_grpo(per_token: Tensor, mask: Tensor) -> Tensor:
-    """Dr. GRPO: sum over all completion tokens / (N * L). The normaliser does not depend on the
-    completions' lengths. Dr. GRPO means L to be the generation budget (max completion length):
-    this holds when the rollout pads completions to that budget; padded to the batch's longest
-    completion instead, the normaliser changes from batch to batch with it."""
-    return (per_token * mask).sum() / mask.numel()
-
-
-AGGREGATIONS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
-    "sequence": sequence_mean,
-    "token": token_mean,
-    "dr_grpo": dr_grpo,
-}
+    mask: [N, L] completion tokens of this rank's rows. completions, tokens: how many completions and
+    completion tokens the global batch holds (all ranks; default: this mask's). max_length: the
+    generation budget (default: this mask's width L).
+    - "sequence" (eq. 1, DeepSeekMath): 1 / (completions * |o_i|): each completion's tokens sum to
+      1 / completions, so a token of a short completion weighs more than one of a long completion;
+    - "token" (DAPO, TRL's default): 1 / tokens: every token of the batch weighs the same;
+    - "dr_grpo" (Dr. GRPO): 1 / (completions * max_length): the normaliser does not depend on the
+      completions' lengths, and max_length is the generation budget, not the batch's longest one.
+    """
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation {aggregation!r}; choose one of {AGGREGATIONS}")
+    mask = mask.float()                                                            # [N, L]
+    completions = mask.shape[0] if completions is None else completions
+    if aggregation == "sequence":
+        lengths = mask.sum(dim=1, keepdim=True).clamp(min=1)  # [N, 1]; a row with no token weighs 0
+        return mask / (lengths * completions)                                      # [N, L]
+    if aggregation == "token":
+        return mask / max(int(mask.sum()) if tokens is None else tokens, 1)       # [N, L]
+    return mask / (completions * (mask.shape[1] if max_length is None else max_length))  # [N, L]
 
 
 @dataclass(frozen=True)
@@ -93,14 +93,13 @@ def grpo_loss(
     old_logp: Tensor | None,
     ref_logp: Tensor | None,
     advantages: Tensor,
-    mask: Tensor,
+    weights: Tensor,
     *,
     epsilon_low: float = 0.2,
     epsilon_high: float = 0.2,
     beta: float = 0.04,
-    aggregation: str = "sequence",
 ) -> tuple[Tensor, LossStats]:
-    """The GRPO loss -(surrogate - beta * KL) (eq. 1 with eq. 3), aggregated over completion tokens.
+    """The GRPO loss -(surrogate - beta * KL) (eq. 1 with eq. 3), summed over tokens with `weights`.
 
     logp:       [N, L] log pi(token) under the policy being trained (carries the gradient).
     old_logp:   [N, L] log pi_old(token) under the policy that sampled the completions, or None on
@@ -111,33 +110,30 @@ def grpo_loss(
     ref_logp:   [N, L] log pi_ref(token) under the frozen reference, or None. Required when beta > 0;
                 when given with beta == 0 the KL is measured for the stats only.
     advantages: [N] one per completion (eq. 2, advantages.group_advantages).
-    mask:       [N, L] 1 on completion tokens up to and including EOS, 0 on padding after it.
+    weights:    [N, L] each token's weight in the batch (token_weights: the aggregation), 0 on padding.
     epsilon_low, epsilon_high: the clip range [1 - epsilon_low, 1 + epsilon_high] of the ratio.
     beta:       KL weight; 0.04 is DeepSeekMath's (and R1-V's) value.
-    aggregation: a key of AGGREGATIONS; "sequence" is eq. 1.
-    Returns the scalar fp32 loss to minimise and its LossStats. All math is in fp32 whatever the
-    inputs' dtype.
+    Returns the scalar fp32 loss to minimise and its LossStats (token means over the tokens with a
+    weight). All math is in fp32 whatever the inputs' dtype.
     """
-    if aggregation not in AGGREGATIONS:
-        raise ValueError(f"unknown aggregation {aggregation!r}; choose one of {sorted(AGGREGATIONS)}")
     if beta > 0 and ref_logp is None:
         raise ValueError(f"beta = {beta} > 0 needs ref_logp (the reference policy's log-probs)")
-    if mask.shape != logp.shape or advantages.shape != logp.shape[:1]:
+    if weights.shape != logp.shape or advantages.shape != logp.shape[:1]:
         raise ValueError(
-            f"expected logp and mask [N, L] and advantages [N], got logp {tuple(logp.shape)}, "
-            f"mask {tuple(mask.shape)}, advantages {tuple(advantages.shape)}"
+            f"expected logp and weights [N, L] and advantages [N], got logp {tuple(logp.shape)}, "
+            f"weights {tuple(weights.shape)}, advantages {tuple(advantages.shape)}"
         )
     logp = logp.float()  # [N, L]
     old_logp = logp.detach() if old_logp is None else old_logp.float()  # [N, L]
-    mask = mask.float()  # [N, L]
 
     objective = clipped_surrogate(logp, old_logp, advantages, epsilon_low, epsilon_high)  # [N, L]
     kl = None if ref_logp is None else k3_kl(logp, ref_logp)  # [N, L]
     if beta > 0:
         objective = objective - beta * kl  # [N, L]
-    loss = AGGREGATIONS[aggregation](-objective, mask)
+    loss = -(objective * weights).sum()  # weights already hold the aggregation's normaliser
 
     with torch.no_grad():
+        mask = (weights > 0).float()  # [N, L]
         ratio = torch.exp(logp - old_logp)  # [N, L]
         adv = advantages.float().unsqueeze(1)  # [N, 1]
         stats = LossStats(
@@ -147,3 +143,8 @@ def grpo_loss(
             clipfrac_high=token_mean(((ratio > 1.0 + epsilon_high) & (adv > 0)).float(), mask),
         )
     return loss, stats
+
+
+def token_mean(per_token: Tensor, mask: Tensor) -> Tensor:
+    """Mean over the tokens where mask is 1: the statistics' average."""
+    return (per_token * mask).sum() / mask.sum().clamp(min=1)

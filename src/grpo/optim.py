@@ -1,9 +1,12 @@
-"""AdamW over the trainable parameters and the warm-up + decay learning-rate schedule."""
+"""AdamW over the trainable parameters, the warm-up + decay learning-rate schedule, and the step that
+closes each update of every method."""
 from __future__ import annotations
 
 import math
 
 import torch
+
+from src.grpo.distributed import all_reduce_gradients
 
 
 def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
@@ -32,3 +35,15 @@ def make_scheduler(optimizer, total_updates: int, warmup_ratio: float, schedule:
     warmup = int(round(warmup_ratio * total_updates))
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda update: lr_multiplier(update, total_updates, warmup, schedule))
+
+
+def optimizer_step(params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, scheduler,
+                   max_grad_norm: float) -> float:
+    """After this rank accumulated its share of the batch's gradient: sum the ranks' shares (each was
+    weighted against the global batch), clip the norm, one AdamW step and one schedule step.
+    Returns the gradient norm before clipping."""
+    all_reduce_gradients(params)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm).item()
+    optimizer.step()
+    scheduler.step()
+    return grad_norm

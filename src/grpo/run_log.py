@@ -2,10 +2,12 @@
 (metrics.jsonl), and for RL one JSON line per sampled completion (completions.jsonl)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import resource
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -50,3 +52,34 @@ class MetricsLog:
 
 def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+class PhaseTimer:
+    """Wall-clock seconds of a step's named phases, as metrics.jsonl's time/<phase> fields."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        yield
+        self.seconds[f"time/{phase}"] = time.perf_counter() - start
+
+
+def grpo_metrics(update: dict[str, float], rewards: torch.Tensor, reward_means: dict[str, float], rollout,
+                 frac_zero_std: float, seconds: dict[str, float]) -> dict:
+    """One GRPO step's metrics.jsonl fields: the update's statistics, rewards over the global batch
+    ([N] of all ranks), completion lengths and truncation, seconds per phase, one sample completion."""
+    return {
+        **update,
+        "clip_ratio": update["clipfrac_low"] + update["clipfrac_high"],
+        "reward": rewards.mean().item(),
+        "reward_std": rewards.std().item() if len(rewards) > 1 else 0.0,
+        **reward_means,
+        "completion_length": rollout.completion_mask.sum(1).float().mean().item(),
+        "frac_truncated": rollout.truncated.float().mean().item(),
+        "frac_zero_std": frac_zero_std,
+        **seconds,
+        "sample_completion": rollout.texts[0][:300],
+    }

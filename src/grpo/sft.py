@@ -12,8 +12,9 @@ import torch
 
 from src.data.prompts import TRAINING_PROMPTS
 from src.data.sample import Sample
-from src.grpo.distributed import all_reduce_gradients, sum_over_ranks
-from src.grpo.policy_logprobs import completion_logprobs, minibatches
+from src.grpo.distributed import sum_over_ranks
+from src.grpo.forward import completion_logprobs, minibatches
+from src.grpo.optim import optimizer_step
 from src.models.encoded_prompts import encode_prompts
 from src.models.generation import prompt_batch
 
@@ -52,10 +53,8 @@ def sft_step(run, samples: list[Sample]) -> dict[str, float]:
         nll = -(logp * mask[rows]).sum()
         (nll / total_tokens).backward()  # the whole batch's token mean, accumulated over mini-batches
         loss_sum += nll.item()
-    all_reduce_gradients(run.params)  # each rank divided by the global token count: the sum is the batch's
+    # each rank divided by the global token count: the ranks' sum is the batch's gradient
+    grad_norm = optimizer_step(run.params, run.optimizer, run.scheduler, cfg.optim.max_grad_norm)
     loss_sum = sum_over_ranks({"nll": loss_sum})["nll"]
-    grad_norm = torch.nn.utils.clip_grad_norm_(run.params, cfg.optim.max_grad_norm).item()
-    run.optimizer.step()
-    run.scheduler.step()
     return {"loss": loss_sum / total_tokens, "grad_norm": grad_norm, "target_length": mask.sum(1).float().mean().item(),
             "time/update": time.perf_counter() - start}

@@ -1,21 +1,19 @@
-"""The training loop. One step = one batch of B prompts:
+"""The training loop. One GRPO step on B prompts (grpo_step, in the paper's order):
 
-    rollout   sample G completions per prompt, score them, group-normalise the rewards (eq. 2)
-    reference log pi_ref of every completion token, only when beta > 0 (eq. 3)
-    old       log pi_old, only when num_iterations > 1 (with one update the ratio is exactly 1)
-    update    num_iterations times: accumulate the GRPO loss (eq. 1) over mini-batches, clip the
-              gradient norm, one AdamW step, one schedule step
+    sample     G completions per prompt from the current policy (pi_old)
+    rewards    r_i of each completion; advantages A_i normalised within its group (eq. 2)
+    reference  log pi_ref of every completion token, only when beta > 0 (eq. 3)
+    old        log pi_old, only when num_iterations > 1 (with one update the ratio is exactly 1)
+    update     num_iterations times: the loss of eq. 1 accumulated over mini-batches, weighted over the
+               global batch (loss.token_weights), then one clipped AdamW step
 
-`--method sft` / `sft-full` replace rollout-to-update by cross-entropy on the reference answer (src/grpo/sft.py).
+`--method sft` / `sft-full` replace sampling-to-update by cross-entropy on the reference answer (src/grpo/sft.py).
 Shape legend: B prompts, G group size, N = B*G completions, P prompt tokens, L completion tokens.
 """
 from __future__ import annotations
 
-import contextlib
-import copy
 import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,24 +24,23 @@ from src.data.loaders import load_dataset
 from src.data.prompts import assign_training_prompts
 from src.data.sample import Sample
 from src.data.subset import take_subset
+from src.grpo.advantages import group_advantages, zero_std_fraction
 from src.grpo.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from src.grpo.config import TrainConfig
 from src.grpo.distributed import (
-    all_reduce_gradients, barrier, check_batch_split, gather_objects, gather_rows, init_distributed, is_main, rank,
+    barrier, check_batch_split, gather_objects, gather_rows, init_distributed, is_main, rank,
     rank_share, reduce_metrics, sampling_seed, sum_over_ranks,
 )
-from src.grpo.loss import grpo_loss
-from src.grpo.optim import make_optimizer, make_scheduler
-from src.grpo.policy_logprobs import completion_logprobs, logprobs_no_grad, minibatches, rows_of
-from src.grpo.rollout import Rollout, collect_rollout
+from src.grpo.forward import completion_logprobs, minibatches, rollout_logprobs
+from src.grpo.loss import grpo_loss, token_weights
+from src.grpo.optim import make_optimizer, make_scheduler, optimizer_step
+from src.grpo.reference import Reference, make_reference
+from src.grpo.rollout import Rollout, sample_rollout
 from src.eval.files import write_atomic
-from src.grpo.run_log import MetricsLog, peak_memory_mb
+from src.grpo.run_log import MetricsLog, PhaseTimer, grpo_metrics, peak_memory_mb
 from src.models.loading import Policy, base_model_name, enable_gradient_checkpointing, freeze_vision, load_policy
-from src.models.lora import (
-    LoRAConfig, disabled_adapters, inject_lora, lora_layers, lora_state_dict, mark_only_lora_as_trainable,
-    merge_and_unload, swapped_adapters,
-)
-from src.rewards.total import RewardWeights
+from src.models.lora import LoRAConfig, inject_lora, lora_layers, mark_only_lora_as_trainable, merge_and_unload
+from src.rewards.total import score_completions
 
 
 @dataclass
@@ -52,8 +49,8 @@ class Run:
 
     cfg: TrainConfig
     policy: Policy
-    lora: LoRAConfig | None          # None for grpo-full
-    reference: object                # how to evaluate pi_ref: see `reference_context`
+    lora: LoRAConfig | None          # None for the -full methods
+    reference: Reference | None      # pi_ref of eq. 3; None when beta = 0 (and for SFT)
     samples: list[Sample]
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -61,7 +58,6 @@ class Run:
     steps_per_epoch: int
     total_steps: int
     scorer: object                   # BERTScore scorer (None for sft)
-    output_dir: Path
 
 
 def training_samples(cfg: TrainConfig) -> list[Sample]:
@@ -73,50 +69,28 @@ def training_samples(cfg: TrainConfig) -> list[Sample]:
     return samples
 
 
-def prepare_weights(policy: Policy, cfg: TrainConfig) -> tuple[LoRAConfig | None, object]:
-    """Make the right parameters trainable and decide what the reference policy is.
+def prepare_weights(policy: Policy, cfg: TrainConfig) -> tuple[LoRAConfig | None, Reference | None]:
+    """Make the right parameters trainable and build the reference policy (src/grpo/reference.py).
 
-    The reference is the policy the run starts from (the pretrained model in the paper):
-    - LoRA from a base model: the same model with adapters disabled (no second copy);
-    - LoRA continuing an existing adapter (--model ADAPTER_DIR): that adapter's starting weights,
-      swapped in for the reference pass (only the adapter is kept twice);
-    - grpo-full: a frozen copy of the starting model, or nothing when beta = 0 (sft-full: none).
+    LoRA from a base model injects a fresh adapter; from an adapter directory it trains that adapter
+    on. The -full methods fold any adapter into the weights and train the whole language model. The
+    vision tower and its merger stay frozen in every method.
     """
     model = policy.model
     freeze_vision(model)
     continuing = any(True for _ in lora_layers(model))
     if cfg.uses_lora:
-        lora = LoRAConfig(cfg.model.lora_r, cfg.model.lora_alpha, cfg.model.lora_dropout, cfg.model.lora_targets)
         if not continuing:
-            inject_lora(model, lora)
+            inject_lora(model, cfg.lora)
         mark_only_lora_as_trainable(model)
-        reference = {k: v.detach().clone() for k, v in lora_state_dict(model).items()} if continuing else "disabled"
-        return lora, reference
-    merge_and_unload(model)
-    model.requires_grad_(True)
-    freeze_vision(model)
+    else:
+        merge_and_unload(model)
+        model.requires_grad_(True)
+        freeze_vision(model)
     reference = None
     if cfg.loss.beta > 0 and not cfg.is_sft:
-        reference = copy.deepcopy(model).eval().requires_grad_(False)
-    return None, reference
-
-
-def reference_context(run: Run):
-    """A context in which `run.policy.model` computes pi_ref (or a separate frozen model for grpo-full)."""
-    if run.reference == "disabled":
-        return disabled_adapters(run.policy.model)
-    if isinstance(run.reference, dict):
-        return swapped_adapters(run.policy.model, run.reference)
-    return contextlib.nullcontext()
-
-
-def reference_logprobs(run: Run, rollout: Rollout) -> torch.Tensor:
-    mb, temp = run.cfg.optim.mini_batch_size, run.cfg.rollout.temperature
-    model = run.reference if isinstance(run.reference, torch.nn.Module) else run.policy.model
-    model.eval()
-    with reference_context(run):
-        return logprobs_no_grad(model, rollout.prompts, rollout.prompt_index, rollout.completion_ids,
-                                rollout.completion_mask, temp, mb)
+        reference = make_reference(model, cfg.uses_lora, continuing)
+    return (cfg.lora if cfg.uses_lora else None), reference
 
 
 def setup(cfg: TrainConfig) -> Run:
@@ -144,7 +118,7 @@ def setup(cfg: TrainConfig) -> Run:
         scorer = load_bertscorer(cfg.reward.bertscore_model, device=policy.device)
     return Run(cfg=cfg, policy=policy, lora=lora, reference=reference, samples=samples, optimizer=optimizer,
                scheduler=scheduler, params=params, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
-               scorer=scorer, output_dir=Path(cfg.run.output_dir))
+               scorer=scorer)
 
 
 def batch_for_step(step: int, num_samples: int, batch_size: int, seed: int) -> tuple[int, list[int]]:
@@ -158,107 +132,78 @@ def batch_for_step(step: int, num_samples: int, batch_size: int, seed: int) -> t
     return epoch, order[offset * batch_size:(offset + 1) * batch_size]
 
 
-def micro_weight(aggregation: str, rows: list[int], mask: torch.Tensor, max_length: int,
-                 batch_rows: float, batch_tokens: float) -> float:
-    """Scale of one mini-batch's loss so that the accumulated gradient equals the whole batch's.
+def grpo_step(run: Run, samples: list[Sample], prompt_names: list[str]) -> tuple[dict[str, float], list[dict]]:
+    """One GRPO step (eq. 1-3) on B prompts; returns the step's metrics and one record per completion."""
+    cfg, model, G, timer = run.cfg, run.policy.model, run.cfg.rollout.group_size, PhaseTimer()
+    with timer("generate"):  # G completions per prompt from the current policy, pi_old
+        rollout = sample_rollout(run.policy, samples, prompt_names, group_size=G,
+                                 max_completion_length=cfg.rollout.max_completion_length,
+                                 temperature=cfg.rollout.temperature,
+                                 engine=cfg.rollout.rollout_engine)                   # ids, mask [N, L]
+    with timer("score"):  # eq. 2: rewards r_i, advantages A_i = (r_i - mean) / std within each group
+        scores = score_completions(rollout.texts, [s for s in samples for _ in range(G)],
+                                   rollout.completion_mask.sum(1).tolist(), run.scorer, cfg.reward.weights,
+                                   cfg.uses_reasoning_reward)
+        rewards = torch.tensor(scores.total)                                                   # [N]
+        advantages = group_advantages(rewards, G, scale=cfg.loss.advantage_scale == "group")   # [N]
+    with timer("reference"):  # eq. 3's pi_ref; pi_old only if the policy moves between updates
+        temperature, mini_batch = cfg.rollout.temperature, cfg.optim.mini_batch_size
+        ref_logp = run.reference.logprobs(rollout, temperature, mini_batch) if run.reference else None  # [N, L]
+        old_logp = rollout_logprobs(model, rollout, temperature, mini_batch) \
+            if cfg.loss.num_iterations > 1 else None                                          # [N, L]
+    with timer("update"):
+        stats = grpo_update(run, rollout, advantages.to(run.policy.device), ref_logp, old_logp)
+    metrics = grpo_metrics(stats, gather_rows(rewards), scores.means(), rollout, zero_std_fraction(rewards, G),
+                           timer.seconds)
+    return metrics, completion_records(rollout, samples, prompt_names, G, rewards, advantages, scores.components)
 
-    grpo_loss normalises by what it sees: its completions ("sequence"), its tokens ("token"), or its
-    completions x padded length ("dr_grpo"). Re-weighting by this mini-batch's share of the batch
-    (batch_rows completions, batch_tokens completion tokens: over all ranks when distributed) gives
-    the whole-batch normaliser; for dr_grpo the length is the generation budget, as Dr. GRPO
-    intends, rather than the batch's longest completion.
-    """
-    if aggregation == "token":
-        return mask[rows].sum().item() / max(1, batch_tokens)
-    share = len(rows) / batch_rows
-    if aggregation == "dr_grpo":
-        return share * mask.shape[1] / max_length
-    return share
 
-
-def grpo_update(run: Run, rollout: Rollout, ref_logp: torch.Tensor | None,
+def grpo_update(run: Run, rollout: Rollout, advantages: torch.Tensor, ref_logp: torch.Tensor | None,
                 old_logp: torch.Tensor | None) -> dict[str, float]:
-    """num_iterations optimizer updates on one rollout; returns the last update's statistics."""
+    """num_iterations optimizer updates on one rollout (eq. 1); returns the last update's statistics.
+
+    Every token's weight in the loss is fixed up front over the global batch (all mini-batches, all
+    ranks), so each mini-batch's loss is its weighted sum and the accumulated gradient is the batch's.
+    """
     cfg, model = run.cfg, run.policy.model
-    n = rollout.completion_ids.shape[0]
-    mask = rollout.completion_mask
-    batch = sum_over_ranks({"rows": n, "tokens": mask.sum().item()})  # the global batch, over all ranks
-    model.train()
+    mask = rollout.completion_mask                                                         # [N, L] in the loss
+    if cfg.rollout.mask_truncated:  # a cut-off completion was never judged on a finished answer
+        mask = mask & ~rollout.truncated.unsqueeze(1)                                       # [N, L]
+    batch = sum_over_ranks({"completions": mask.shape[0], "tokens": mask.sum().item()})   # the global batch
+    weights = token_weights(mask, cfg.loss.aggregation, batch["completions"], batch["tokens"],
+                            cfg.rollout.max_completion_length)                              # [N, L]
+    model.train()  # for gradient checkpointing; RL has no dropout (TrainConfig), so every pass sees one policy
     for _ in range(cfg.loss.num_iterations):
         run.optimizer.zero_grad(set_to_none=True)
         totals = {"loss": 0.0, "kl": 0.0, "ratio_mean": 0.0, "clipfrac_low": 0.0, "clipfrac_high": 0.0}
-        for rows in minibatches(n, cfg.optim.mini_batch_size):
-            logp = completion_logprobs(model, rollout.prompts, [rollout.prompt_index[r] for r in rows],
-                                       rollout.completion_ids[rows], mask[rows], cfg.rollout.temperature)  # [n, L]
-            loss, stats = grpo_loss(logp, rows_of(old_logp, rows), rows_of(ref_logp, rows), rollout.advantages[rows],
-                                    mask[rows], epsilon_low=cfg.loss.epsilon_low, epsilon_high=cfg.loss.epsilon_high,
-                                    beta=cfg.loss.beta, aggregation=cfg.loss.aggregation)
-            weight = micro_weight(cfg.loss.aggregation, rows, mask, cfg.rollout.max_completion_length,
-                                  batch["rows"], batch["tokens"])
-            (loss * weight).backward()
+        for rows in minibatches(mask.shape[0], cfg.optim.mini_batch_size):
+            logp = completion_logprobs(model, rollout.prompts, *rollout.rows(rows), cfg.rollout.temperature)  # [n, L]
+            # eq. 1 with eq. 3: ratio = exp(logp - old_logp), min(ratio A, clip(ratio) A) - beta k3(logp, ref_logp)
+            loss, stats = grpo_loss(logp, None if old_logp is None else old_logp[rows],
+                                    None if ref_logp is None else ref_logp[rows], advantages[rows], weights[rows],
+                                    epsilon_low=cfg.loss.epsilon_low, epsilon_high=cfg.loss.epsilon_high,
+                                    beta=cfg.loss.beta)
+            loss.backward()
             token_share = mask[rows].sum().item() / max(1, batch["tokens"])  # stats are token means
-            totals["loss"] += loss.item() * weight
+            totals["loss"] += loss.item()
             for name, value in stats.as_floats().items():
                 totals[name] += value * token_share
-        all_reduce_gradients(run.params)  # each rank's share was weighted against the global batch: sum them
-        grad_norm = torch.nn.utils.clip_grad_norm_(run.params, cfg.optim.max_grad_norm).item()
-        run.optimizer.step()
-        run.scheduler.step()
+        grad_norm = optimizer_step(run.params, run.optimizer, run.scheduler, cfg.optim.max_grad_norm)
     totals = sum_over_ranks(totals)
     totals["grad_norm"] = grad_norm
     return totals
 
 
-def grpo_step(run: Run, samples: list[Sample], prompt_names: list[str]) -> tuple[dict[str, float], list[dict]]:
-    """One GRPO step; returns the step's metrics and one record per sampled completion (completions.jsonl)."""
-    cfg = run.cfg
-    rollout = collect_rollout(
-        run.policy, samples, prompt_names, group_size=cfg.rollout.group_size,
-        max_completion_length=cfg.rollout.max_completion_length, temperature=cfg.rollout.temperature,
-        mask_truncated=cfg.rollout.mask_truncated, scorer=run.scorer,
-        weights=RewardWeights(cfg.reward.format_weight, cfg.reward.length_weight, cfg.reward.accuracy_weight,
-                              cfg.reward.reasoning_weight),
-        use_reasoning=cfg.uses_reasoning_reward, scale_rewards=cfg.loss.scale_rewards == "group",
-        engine=cfg.rollout.rollout_engine)
-    start = time.perf_counter()
-    ref_logp = reference_logprobs(run, rollout) if cfg.loss.beta > 0 else None
-    old_logp = None
-    if cfg.loss.num_iterations > 1:
-        run.policy.model.eval()
-        old_logp = logprobs_no_grad(run.policy.model, rollout.prompts, rollout.prompt_index, rollout.completion_ids,
-                                    rollout.completion_mask, cfg.rollout.temperature, cfg.optim.mini_batch_size)
-    seconds_reference = time.perf_counter() - start
-    start = time.perf_counter()
-    stats = grpo_update(run, rollout, ref_logp, old_logp)
-    lengths = rollout.completion_mask.sum(1).float()
-    rewards = gather_rows(rollout.rewards)                                       # [N] of the global batch
-    metrics = {
-        **stats,
-        "clip_ratio": stats["clipfrac_low"] + stats["clipfrac_high"],
-        "reward": rewards.mean().item(),
-        "reward_std": rewards.std().item() if len(rewards) > 1 else 0.0,
-        **rollout.reward_means,
-        "completion_length": lengths.mean().item(),
-        "frac_truncated": rollout.truncated.float().mean().item(),
-        "frac_zero_std": rollout.frac_zero_std,
-        "time/generate": rollout.seconds_generate,
-        "time/score": rollout.seconds_score,
-        "time/reference": seconds_reference,
-        "time/update": time.perf_counter() - start,
-        "sample_completion": rollout.texts[0][:300],
-    }
-    return metrics, completion_records(rollout, samples, prompt_names, cfg.rollout.group_size)
-
-
-def completion_records(rollout: Rollout, samples: list[Sample], prompt_names: list[str],
-                       group_size: int) -> list[dict]:
+def completion_records(rollout: Rollout, samples: list[Sample], prompt_names: list[str], group_size: int,
+                       rewards: torch.Tensor, advantages: torch.Tensor,
+                       components: dict[str, list[float | None]]) -> list[dict]:
     """What each sampled completion was and what it earned: the question it answers (sample id,
     training prompt), its text, its total reward and each component, its advantage, and whether it
     was cut off. Row b*G+g is completion g of prompt b."""
     return [{"id": samples[i // group_size].id, "prompt": prompt_names[i // group_size], "completion": text,
-             "reward": rollout.rewards[i].item(),
-             **{f"reward/{name}": values[i] for name, values in rollout.reward_components.items()},
-             "advantage": rollout.advantages[i].item(), "truncated": bool(rollout.truncated[i])}
+             "reward": rewards[i].item(),
+             **{f"reward/{name}": values[i] for name, values in components.items()},
+             "advantage": advantages[i].item(), "truncated": bool(rollout.truncated[i])}
             for i, text in enumerate(rollout.texts)]
 
 
@@ -319,7 +264,7 @@ def train(cfg: TrainConfig) -> Path:
                     total=run.total_steps, dynamic_ncols=True, disable=not is_main())
     for step in progress:
         epoch, indices = batch_for_step(step, len(run.samples), cfg.optim.prompts_per_step, cfg.run.seed)
-        names = assign_training_prompts(len(run.samples), cfg.run.method, seed=cfg.run.seed * 1_000 + epoch)
+        names = assign_training_prompts(len(run.samples), cfg.prompt_diversity, seed=cfg.run.seed * 1_000 + epoch)
         indices = rank_share(indices)  # this rank's contiguous share of the step's prompts (all of them on one)
         batch, prompt_names = [run.samples[i] for i in indices], [names[i] for i in indices]
         lr = run.scheduler.get_last_lr()[0]

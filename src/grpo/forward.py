@@ -1,4 +1,4 @@
-"""Per-token log-probabilities of completions under the policy (or, adapters disabled, the reference).
+"""The policy's forward pass over prompts + completions: log pi of every completion token.
 
 The language model's last hidden states at the positions that predict completion tokens go through
 `linear_logprobs`, which applies the lm_head in chunks: the [N, L, V] logits of the whole batch
@@ -35,14 +35,9 @@ def minibatches(num_rows: int, size: int) -> Iterator[list[int]]:
 
 
 @torch.no_grad()
-def logprobs_no_grad(model, prompts: EncodedPrompts, prompt_index: Sequence[int], completion_ids: torch.Tensor,
-                     completion_mask: torch.Tensor, temperature: float, mini_batch_size: int) -> torch.Tensor:
-    """Log-probs of all N rows in mini-batches, without building a graph (reference and old policy)."""
-    parts = [completion_logprobs(model, prompts, [prompt_index[r] for r in rows], completion_ids[rows],
-                                 completion_mask[rows], temperature)
-             for rows in minibatches(completion_ids.shape[0], mini_batch_size)]
+def rollout_logprobs(model, rollout, temperature: float, mini_batch_size: int) -> torch.Tensor:
+    """log pi of every completion token of a rollout (a src.grpo.rollout.Rollout), mini-batch by
+    mini-batch, without building a graph: the reference and old-policy passes. [N, L] fp32."""
+    parts = [completion_logprobs(model, rollout.prompts, *rollout.rows(rows), temperature)
+             for rows in minibatches(rollout.completion_ids.shape[0], mini_batch_size)]
     return torch.cat(parts)                                                     # [N, L]
-
-
-def rows_of(tensor: torch.Tensor | None, rows: Sequence[int]) -> torch.Tensor | None:
-    return None if tensor is None else tensor[list(rows)]
