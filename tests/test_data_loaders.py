@@ -507,3 +507,9 @@ def test_text_file_line_with_non_utf8_bytes_is_a_bad_row(tmp_path):
         load_dataset("vqa-med-2019", tmp_path, "val")
     with pytest.warns(UserWarning):
         assert len(load_dataset("vqa-med-2019", tmp_path, "val", skip_bad_rows=True)) == 1
+
+
+def test_silvar_med_without_either_layout_names_both(tmp_path):
+    with pytest.raises(DatasetError, match=r"silvar-med test: found neither .*test.jsonl \(or .json\), the paper's set "
+                                           r"in our schema, nor the authors' release .*test/imgs_test_abnormal/"):
+        load_dataset("silvar-med", tmp_path, "test")

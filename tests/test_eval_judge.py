@@ -494,3 +494,12 @@ def test_error_bodies_of_each_shape_are_read():
                                                        "retryDelay": "2.5s"}]}}))
     assert (gemini.code, gemini.retry_delay) == ("RESOURCE_EXHAUSTED", 2.5)
     assert read_error(502, "<html>Bad Gateway</html>").message == "<html>Bad Gateway</html>"
+
+
+def test_a_local_server_that_wants_a_key_says_which_variable(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with JudgeServer(KEY) as server:        # started with a key, like `vllm serve --api-key`
+        backend = make_backend("Qwen/Qwen2.5-7B-Instruct", base_url=f"{server.url}/v1")
+        with pytest.raises(JudgeFatalError, match="The server wants an API key and none was sent: set it in "
+                                                  "OPENAI_API_KEY"):
+            judge_records([record("q")], backend, JudgeCache(tmp_path / "c.jsonl"), RetryPolicy(), 1, 1)

@@ -46,9 +46,13 @@ def upstream_folder(root: Path, split: str) -> Path | None:
 
 
 def load_silvar_med(root: Path, split: str, bad: BadRows) -> list[Sample]:
-    folder = None if is_reasoning_set(root, split) else upstream_folder(root, split)
-    if folder is None:
+    if is_reasoning_set(root, split):
         return load_reasoning_set("silvar-med", root, split, bad)
+    folder = upstream_folder(root, split)
+    if folder is None:
+        raise DatasetError(f"silvar-med {split}: found neither {root / f'{split}.jsonl'} (or .json), the paper's set "
+                           f"in our schema, nor the authors' release {root / split / f'imgs_{split}_abnormal'}/ "
+                           "with its .json file (see docs/DATA.md)")
     return load_upstream_release(folder, split, bad)
 
 

@@ -68,8 +68,10 @@ def fatal_advice(error: ProviderError, model: str, key_name: str | None, base_ur
     """How to fix an answer that every request would get, or None for an answer about one request."""
     status, text = error.status, error.message.lower()
     if status == 401 or error.reason == "API_KEY_INVALID" or "api key not valid" in text:
-        where = key_name or "the key variable"
-        return f"The API key in {where} was refused: set a current key for this provider in {where}."
+        if key_name is None:
+            wanted = "GEMINI_API_KEY" if provider(model) == "gemini" else "OPENAI_API_KEY"
+            return f"The server wants an API key and none was sent: set it in {wanted}."
+        return f"The API key in {key_name} was refused: set a current key for this provider in {key_name}."
     if status == 403:
         return ("The key has no access to this model or API (its project, billing or region): enable the API "
                 "and billing for the key's project, or use a key that has access.")

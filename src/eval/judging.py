@@ -43,9 +43,9 @@ class Verdict:
 
 @dataclass(frozen=True)
 class JudgeRun:
-    """Verdicts in record order; tokens of every reply they rest on (None-free sums: replies without
-    usage are counted in `replies_without_usage` instead); replies received this run (0 when
-    everything came from the cache); and every reply behind the verdicts, with how many were unparseable."""
+    """Verdicts in record order and what they rest on: the tokens of every reply that came with usage
+    (those without are counted in `replies_without_usage`), the replies received this run (0 when
+    everything came from the cache), and all replies behind the verdicts with how many were unparseable."""
 
     model: str
     verdicts: list[Verdict]
