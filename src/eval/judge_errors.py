@@ -51,11 +51,11 @@ def read_error(status: int, text: str) -> ProviderError:
     delay = next((DURATION.fullmatch(str(d.get("retryDelay", ""))) for d in details if "retryDelay" in d), None)
     message = str(error.get("message") or text[:300]).strip()
     unknown_field = GEMINI_UNKNOWN_FIELD.search(message)
+    code = error.get("code")  # OpenAI: a string such as "invalid_api_key"; Gemini and vLLM: the HTTP status
     return ProviderError(
         status=status,
         message=message,
-        code=str(error.get("code") if isinstance(error.get("code"), str) else error.get("status") or
-                 error.get("type") or ""),
+        code=code if isinstance(code, str) else str(error.get("status") or error.get("type") or ""),
         reason=next((str(d["reason"]) for d in details if "reason" in d), ""),
         param=error.get("param") or (unknown_field.group(1) if unknown_field else None),
         retry_delay=float(delay.group(1)) if delay else None,
