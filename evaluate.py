@@ -26,7 +26,7 @@ from src.data.prompts import INFERENCE_PROMPTS, TRAINING_PROMPTS
 from src.eval.files import write_atomic
 from src.eval.human_sheet import export_human_sheet, read_human_sheet
 from src.eval.judge_cache import JudgeCache
-from src.eval.judge_client import RetryPolicy, make_backend
+from src.eval.judge_client import JudgeFatalError, RetryPolicy, make_backend
 from src.eval.judging import JudgeRun, judge_records
 from src.eval.metrics import no_judge_metrics
 from src.eval.predictions import GenerateFn, run_predictions
@@ -71,6 +71,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--judge-retry-delay", type=float, default=1.0, help="first backoff delay in seconds (doubles)")
     p.add_argument("--judge-timeout", type=float, default=60.0, help="seconds per judge request")
     p.add_argument("--judge-parse-attempts", type=int, default=3, help="asks per prompt while the reply is unparseable")
+    p.add_argument("--judge-json", action="store_true",
+                   help="ask for JSON output (response_format json_object / responseMimeType application/json); "
+                        "off by default, as in the paper")
+    p.add_argument("--judge-max-tokens", type=int,
+                   help="cap on each judge reply, thinking included (default: the provider's own limit)")
     p.add_argument("--export-human-sheet", action="store_true", help="write OUTPUT/human_sheet.csv for clinicians")
     p.add_argument("--import-human-sheet", type=Path, help="a filled sheet: adds the Human Evaluation column")
     return p.parse_args(argv)
@@ -137,12 +142,14 @@ def judge_base_url(values: list[str], model: str) -> str | None:
 def predict(args: argparse.Namespace, generate: GenerateFn) -> list[Group]:
     """Prediction records for every requested dataset and prompt, generating only what is missing."""
     prompts = ["reasoning", "non-reasoning"] if args.prompt == "both" else [args.prompt]
-    groups = []
-    for spec in args.datasets.split(","):
+    datasets = []
+    for spec in args.datasets.split(","):  # every dataset is read (and its bad rows found) before any generation
         name, _, split = spec.strip().partition(":")
         split = split or "test"
         samples = load_dataset(name, data_root(args.data_root, name), split, args.skip_bad_rows)
-        samples = samples[: args.limit] if args.limit else samples
+        datasets.append((name, split, samples[: args.limit] if args.limit else samples))
+    groups = []
+    for name, split, samples in datasets:
         for prompt in prompts:
             path = args.output_dir / "predictions" / f"{name}-{split}-{prompt}.jsonl"
             records = run_predictions(samples, generate, SYSTEM_PROMPTS[prompt], prompt, split, path,
@@ -159,10 +166,13 @@ def judge(args: argparse.Namespace, groups: list[Group]) -> list[JudgeRun]:
     retry = RetryPolicy(args.judge_max_attempts, args.judge_retry_delay, timeout=args.judge_timeout)
     runs = []
     for model in (m.strip() for m in args.judge.split(",")):
-        backend = make_backend(model, judge_base_url(args.judge_base_url, model))
+        backend = make_backend(model, judge_base_url(args.judge_base_url, model), args.judge_json, args.judge_max_tokens)
         file_name = model.replace("/", "__") + ".jsonl"
         cache = JudgeCache(args.output_dir / "judge_cache" / file_name)
-        run = judge_records(records, backend, cache, retry, args.judge_concurrency, args.judge_parse_attempts)
+        try:
+            run = judge_records(records, backend, cache, retry, args.judge_concurrency, args.judge_parse_attempts)
+        except JudgeFatalError as error:
+            raise SystemExit(str(error)) from None
         lines = [json.dumps({key: r[key] for key in ("dataset", "split", "prompt", "id")} | asdict(verdict))
                  for r, verdict in zip(records, run.verdicts)]
         write_atomic(args.output_dir / "judgments" / file_name, "".join(line + "\n" for line in lines))

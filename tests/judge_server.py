@@ -1,16 +1,30 @@
-"""A real HTTP judge on 127.0.0.1 for tests: speaks OpenAI chat completions and Gemini generateContent.
+"""A real HTTP judge on 127.0.0.1 for tests: speaks OpenAI chat completions and Gemini generateContent,
+with each provider's own reply and error shapes.
 
 Its behaviour for a prompt is chosen by a tag in the question text:
-  [429]     first request: 429 with Retry-After: 1 (seconds); then a normal reply
-  [500]     first request: 500; then a normal reply
-  [slow]    first request: sleeps `slow_s` (beyond the client timeout); then a normal reply
-  [fence]   the JSON inside a ```json fence, with prose around it
-  [garbled] first reply is not JSON at all; then a normal reply
-  [never]   every reply is prose without scores (unparseable)
-  [down]    every request: 503 whose body echoes the credentials it received (tests scrubbing)
+  [429]      first request: 429 with Retry-After: 1 (seconds); then a normal reply
+  [retryinfo] first request: 429 whose body carries Gemini's google.rpc.RetryInfo retryDelay "1s"
+             (no Retry-After header); then a normal reply
+  [500]      first request: 500; then a normal reply
+  [slow]     first request: sleeps `slow_s` (beyond the client timeout); then a normal reply
+  [fence]    the JSON inside a ```json fence, with prose around it
+  [garbled]  first reply is not JSON at all; then a normal reply
+  [never]    every reply is prose without scores (unparseable)
+  [down]     every request: 503 whose body echoes the credentials it received (tests scrubbing)
+  [leak]     every request: 503 whose body echoes the credential URL-encoded, masked the way
+             providers print keys, and in part (tests scrubbing)
+  [refuse]   OpenAI: content null with a `refusal`; Gemini: a candidate stopped for SAFETY, no content
+  [filter]   OpenAI: finish_reason content_filter; Gemini: the prompt blocked (promptFeedback.blockReason)
+  [maxtok]   the reply cut by the token limit (finish_reason length / finishReason MAX_TOKENS)
+  [think]    Gemini: a `thought: true` part before the answer, thoughtsTokenCount 50; OpenAI: 50 reasoning
+             tokens inside completion_tokens (70)
+  [nousage]  a normal reply without usage
 Otherwise a plain JSON reply. prediction_score is 1 when the prediction's answer line equals the
 ground truth's answer line, reasoning_score always 1. Requests are counted per (api, prompt), api
-being "openai" or "gemini".
+being "openai" or "gemini", and every request body is kept in `bodies`.
+
+Server-wide: after `fail_after` successful replies, every request gets the `failure` answer, one of
+FAILURES, in the provider's own error format (None: no failure).
 """
 from __future__ import annotations
 
@@ -20,6 +34,9 @@ import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import quote, quote_plus
+
+FAILURES = ("badkey", "forbidden", "gone", "quota", "daily", "param", "location")
 
 
 class JudgeServer:
@@ -27,7 +44,11 @@ class JudgeServer:
         self.key = key
         self.slow_s = slow_s
         self.requests: Counter[tuple[str, str]] = Counter()
+        self.bodies: list[tuple[str, str, dict]] = []   # (api, path, JSON body) of every authorised request
         self.rejected = 0            # requests refused with 401 (wrong or missing key)
+        self.failure: str | None = None
+        self.fail_after = 0
+        self.succeeded = 0
         self.lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.httpd.daemon_threads = True
@@ -53,16 +74,98 @@ class JudgeServer:
             return self.requests[api, prompt]
 
 
-def judge_text(prompt: str, tag: str, nth: int) -> str | None:
-    """The reply text the fake judge gives, or None for an HTTP error decided by the caller."""
+def judge_text(prompt: str, tag: str, nth: int) -> str:
+    """The reply text the fake judge gives."""
     gold = re.search(r"Ground truth:.*?Answer: (.*?)\n", prompt, re.DOTALL).group(1)
-    said = re.search(r"Prediction:.*?Answer: (.*)$", prompt, re.DOTALL).group(1)
+    said = re.search(r"Prediction:.*?Answer: (.*?)(\n\n|$)", prompt, re.DOTALL).group(1)
     verdict = {"evaluation": "compared", "reasoning_score": 1, "prediction_score": int(gold == said)}
     if tag == "[never]" or (tag == "[garbled]" and nth == 1):
         return "I think the prediction is fine."
     if tag == "[fence]":
         return f"Here is my evaluation:\n```json\n{json.dumps(verdict)}\n```\nHope this helps."
+    if tag == "[maxtok]":
+        return json.dumps(verdict)[:20]
     return json.dumps(verdict)
+
+
+def openai_reply(text: str, tag: str) -> dict:
+    message: dict = {"role": "assistant", "content": text, "refusal": None}
+    finish = "stop"
+    if tag == "[refuse]":
+        message.update(content=None, refusal="I'm sorry, I can't help with that.")
+    elif tag == "[filter]":
+        message["content"], finish = None, "content_filter"
+    elif tag == "[maxtok]":
+        finish = "length"
+    usage = {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}
+    if tag == "[think]":
+        usage.update(completion_tokens=70, total_tokens=170, completion_tokens_details={"reasoning_tokens": 50})
+    reply = {"id": "chatcmpl-1", "object": "chat.completion", "model": "m",
+             "choices": [{"index": 0, "message": message, "finish_reason": finish}], "usage": usage}
+    if tag == "[nousage]":
+        del reply["usage"]
+    return reply
+
+
+def gemini_reply(text: str, tag: str) -> dict:
+    usage = {"promptTokenCount": 100, "candidatesTokenCount": 20, "totalTokenCount": 120}
+    candidate: dict = {"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP", "index": 0}
+    if tag == "[refuse]":
+        candidate = {"finishReason": "SAFETY", "index": 0, "safetyRatings": [
+            {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH", "blocked": True},
+            {"category": "HARM_CATEGORY_HARASSMENT", "probability": "NEGLIGIBLE"}]}
+        usage = {"promptTokenCount": 100, "totalTokenCount": 100}
+    elif tag == "[filter]":
+        return {"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"},
+                "usageMetadata": {"promptTokenCount": 100, "totalTokenCount": 100}}
+    elif tag == "[maxtok]":
+        candidate["finishReason"] = "MAX_TOKENS"
+    elif tag == "[think]":
+        candidate["content"]["parts"] = [{"text": "The prediction_score is 0, surely.", "thought": True},
+                                         {"text": text}]
+        usage.update(thoughtsTokenCount=50, totalTokenCount=170)
+    reply = {"candidates": [candidate], "usageMetadata": usage, "modelVersion": "m"}
+    if tag == "[nousage]":
+        del reply["usageMetadata"]
+    return reply
+
+
+def openai_failure(kind: str, model: str) -> tuple[int, dict]:
+    errors = {
+        "badkey": (401, "Incorrect API key provided: sk-test-****T123. You can find your API key at "
+                        "https://platform.openai.com/account/api-keys.", "invalid_request_error", None, "invalid_api_key"),
+        "forbidden": (403, "You are not allowed to sample from this model", "invalid_request_error", None, None),
+        "gone": (404, f"The model `{model}` does not exist or you do not have access to it.", "invalid_request_error",
+                 None, "model_not_found"),
+        "quota": (429, "You exceeded your current quota, please check your plan and billing details.",
+                  "insufficient_quota", None, "insufficient_quota"),
+        "param": (400, "Unsupported value: 'temperature' does not support 0 with this model. Only the default (1) "
+                       "value is supported.", "invalid_request_error", "temperature", "unsupported_value"),
+    }
+    status, message, type_, param, code = errors[kind]
+    return status, {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def gemini_failure(kind: str, model: str) -> tuple[int, dict]:
+    info = "type.googleapis.com/google.rpc.ErrorInfo"
+    errors = {
+        "badkey": (400, "API key not valid. Please pass a valid API key.", "INVALID_ARGUMENT",
+                   [{"@type": info, "reason": "API_KEY_INVALID", "domain": "googleapis.com"}]),
+        "forbidden": (403, "Method doesn't allow unregistered callers.", "PERMISSION_DENIED", []),
+        "gone": (404, f"models/{model} is not found for API version v1beta, or is not supported for "
+                      "generateContent. Call ListModels to see the list of available models.", "NOT_FOUND", []),
+        "daily": (429, "You exceeded your current quota, please check your plan and billing details.",
+                  "RESOURCE_EXHAUSTED",
+                  [{"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [
+                      {"quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                       "quotaId": "GenerateRequestsPerDayPerProjectPerModel-FreeTier"}]},
+                   {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "13s"}]),
+        "param": (400, 'Invalid JSON payload received. Unknown name "thinkingConfig" at \'generation_config\': '
+                       "Cannot find field.", "INVALID_ARGUMENT", []),
+        "location": (400, "User location is not supported for the API use.", "FAILED_PRECONDITION", []),
+    }
+    status, message, state, details = errors[kind]
+    return status, {"error": {"code": status, "message": message, "status": state, "details": details}}
 
 
 def _handler(server: JudgeServer):
@@ -72,13 +175,14 @@ def _handler(server: JudgeServer):
 
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            gemini_path = re.fullmatch(r"/v1beta/models/([\w.-]+):generateContent", self.path)
             if self.path == "/v1/chat/completions":
-                api = "openai"
+                api, model = "openai", body["model"]
                 credential = self.headers.get("Authorization", "")
                 authorised = credential == f"Bearer {server.key}"
                 prompt = body["messages"][0]["content"]
-            elif re.fullmatch(r"/v1beta/models/[\w.-]+:generateContent", self.path):
-                api = "gemini"
+            elif gemini_path:
+                api, model = "gemini", gemini_path.group(1)
                 credential = self.headers.get("x-goog-api-key", "")
                 authorised = credential == server.key
                 prompt = body["contents"][0]["parts"][0]["text"]
@@ -87,24 +191,35 @@ def _handler(server: JudgeServer):
             if not authorised:
                 server.rejected += 1
                 return self._send(401, {"error": "bad key"})
+            with server.lock:
+                server.bodies.append((api, self.path, body))
+                failing = server.failure is not None and server.succeeded >= server.fail_after
+            if failing:
+                status, payload = (openai_failure if api == "openai" else gemini_failure)(server.failure, model)
+                return self._send(status, payload)
             tag = re.search(r"Question: (\[\w+\])?", prompt).group(1) or ""
             nth = server.count(api, prompt)
             if tag == "[down]":
                 return self._send(503, {"error": f"overloaded, you sent {credential}"})
+            if tag == "[leak]":
+                secret = credential.removeprefix("Bearer ")
+                return self._send(503, {"error": {"message": f"bad {quote(secret, safe='')} or {quote_plus(secret)}, "
+                                                             f"key {secret[:3]}****{secret[-4:]}, part {secret[2:14]}"}})
             if tag == "[429]" and nth == 1:
                 return self._send(429, {"error": "slow down"}, {"Retry-After": "1"})
+            if tag == "[retryinfo]" and nth == 1:
+                return self._send(429, {"error": {"code": 429, "message": "Resource has been exhausted.",
+                                                  "status": "RESOURCE_EXHAUSTED", "details": [
+                                                      {"@type": "type.googleapis.com/google.rpc.RetryInfo",
+                                                       "retryDelay": "1s"}]}})
             if tag == "[500]" and nth == 1:
                 return self._send(500, {"error": "oops"})
             if tag == "[slow]" and nth == 1:
                 time.sleep(server.slow_s)
             text = judge_text(prompt, tag, nth)
-            if api == "openai":
-                reply = {"choices": [{"message": {"role": "assistant", "content": text}}],
-                         "usage": {"prompt_tokens": 100, "completion_tokens": 20}}
-            else:
-                reply = {"candidates": [{"content": {"parts": [{"text": text}]}}],
-                         "usageMetadata": {"promptTokenCount": 100, "candidatesTokenCount": 20}}
-            self._send(200, reply)
+            with server.lock:
+                server.succeeded += 1
+            self._send(200, openai_reply(text, tag) if api == "openai" else gemini_reply(text, tag))
 
         def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
             data = json.dumps(payload).encode()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
 import time
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 
 from src.eval.files import read_jsonl, write_atomic
 from src.eval.judge_cache import JudgeCache, cache_key
-from src.eval.judge_client import GeminiGenerate, OpenAIChat, RetryPolicy, _retry_after, make_backend
+from src.eval.judge_client import GeminiGenerate, JudgeFatalError, OpenAIChat, RetryPolicy, _retry_after, make_backend
 from src.eval.judge_cost import judge_cost_usd
 from src.eval.judge_prompt import UnparseableReply, judge_prompt, parse_judgment
 from src.eval.judging import judge_records
@@ -188,15 +189,16 @@ def test_every_record_ends_judged_or_failed_and_nothing_is_asked_twice(tmp_path,
     assert "retry in" in caplog.text           # retries are logged, scrubbed
 
 
-def test_a_wrong_key_fails_without_retrying_or_leaking(tmp_path, monkeypatch, caplog):
+def test_a_wrong_key_stops_the_run_without_retrying_or_leaking(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-WRONG999")
     with JudgeServer(KEY) as server:
         backend = make_backend("gpt-4o-mini", base_url=f"{server.url}/v1")
-        run = judge_records([record("q")], backend, JudgeCache(tmp_path / "c.jsonl"),
-                            RetryPolicy(max_attempts=3, base_delay=0.01), 1, 2)
+        with pytest.raises(JudgeFatalError) as error:
+            judge_records([record("q")], backend, JudgeCache(tmp_path / "c.jsonl"),
+                          RetryPolicy(max_attempts=3, base_delay=0.01), 1, 2)
         assert server.rejected == 1 and not server.requests    # a 401 is not retried
-    assert run.verdicts[0].status == "failed" and "HTTP 401" in run.verdicts[0].error
-    assert "WRONG999" not in run.verdicts[0].error + caplog.text
+    assert "HTTP 401" in str(error.value) and "OPENAI_API_KEY was refused" in str(error.value)
+    assert "WRONG999" not in str(error.value) + caplog.text
 
 
 def test_backends_never_show_the_key_in_their_repr():
@@ -204,3 +206,300 @@ def test_backends_never_show_the_key_in_their_repr():
 
     for backend in (OpenAIChat("gpt-4o-mini", "sk-test-SECRET123"), GeminiGenerate("gemini-1.5-flash", "sk-test-SECRET123")):
         assert "SECRET123" not in repr(backend) and "SECRET123" not in str(backend)
+
+
+# ---------------------------------------------------------------- keys: stripped, checked, never shown
+
+SPECIAL_KEY = "sk-test/SECRET+123=xyzABCD"  # characters that URL-encoding changes
+
+
+def leaked(text: str, key: str) -> list[str]:
+    """Every form of `key` found in `text`: whole, stripped, URL-encoded, or 8+ consecutive characters."""
+    from urllib.parse import quote, quote_plus
+
+    forms = {key, key.strip(), quote(key.strip(), safe=""), quote_plus(key.strip())}
+    fragments = {key.strip()[i:i + 8] for i in range(len(key.strip()) - 7)}
+    return sorted(form for form in forms | fragments if form in text)
+
+
+@pytest.mark.parametrize("model, env", [("gpt-4o-mini", "OPENAI_API_KEY"), ("gemini-1.5-flash", "GEMINI_API_KEY")])
+def test_a_crlf_key_is_stripped_and_no_form_of_it_reaches_a_file_log_or_exception(tmp_path, monkeypatch, caplog,
+                                                                                    model, env):
+    import traceback
+
+    monkeypatch.setenv(env, SPECIAL_KEY + "\r\n")          # read from a CRLF .env file
+    caplog.set_level(logging.DEBUG)
+    retry = RetryPolicy(max_attempts=2, base_delay=0.01)
+    version = "v1beta" if model.startswith("gemini") else "v1"
+    with JudgeServer(SPECIAL_KEY.strip()) as server:
+        backend = make_backend(model, base_url=f"{server.url}/{version}")
+        assert backend.secret == SPECIAL_KEY and backend.key_name == env
+        run = judge_records([record("plain"), record("[down] q"), record("[leak] q")], backend,
+                            JudgeCache(tmp_path / "cache.jsonl"), retry, 2, 1)
+        server.failure = "badkey"                              # a provider that echoes a masked key
+        with pytest.raises(JudgeFatalError) as fatal:
+            judge_records([record("another")], backend, JudgeCache(tmp_path / "cache.jsonl"), retry, 1, 1)
+    assert server.rejected == 0 and run.verdicts[0].status == "ok"   # the stripped key was accepted
+    assert [v.status for v in run.verdicts[1:]] == ["failed", "failed"]
+    written = _all_text_under(tmp_path)
+    raised = "".join(traceback.format_exception(fatal.value)) + "".join(v.error for v in run.verdicts)
+    assert "***" in run.verdicts[2].error
+    assert ("Incorrect API key provided: ***" in str(fatal.value)) == (env == "OPENAI_API_KEY")
+    assert leaked(written, SPECIAL_KEY) == leaked(caplog.text, SPECIAL_KEY) == leaked(raised, SPECIAL_KEY) == []
+    assert "T123" not in raised and "xyzABCD" not in raised  # nor the masked echo's tail
+
+
+@pytest.mark.parametrize("value, what", [("sk-abc\ndef", "control character U+000A at position 7 of 10"),
+                                         ("sk-abc def", "SPACE at position 7 of 10"),
+                                         ("sk-abc\u200bdef", "ZERO WIDTH SPACE at position 7 of 10")])
+def test_a_key_a_header_cannot_carry_is_refused_before_any_request(monkeypatch, value, what):
+    from src.eval.judge_keys import JudgeKeyError
+
+    monkeypatch.setenv("OPENAI_API_KEY", value)
+    with pytest.raises(JudgeKeyError) as error:
+        make_backend("gpt-4o-mini")
+    assert str(error.value) == (f"OPENAI_API_KEY holds a character an HTTP header cannot carry ({what}): "
+                                "copy the key again")
+    monkeypatch.setenv("OPENAI_API_KEY", "  \r\n")             # blank: as if unset
+    with pytest.raises(ValueError, match="needs an API key in OPENAI_API_KEY"):
+        make_backend("gpt-4o-mini")
+
+
+def test_scrub_removes_every_form_of_a_key():
+    from src.eval.judge_keys import scrub
+
+    text = ("a sk-test%2FSECRET%2B123%3DxyzABCD b sk-test%2FSECRET%2B123%3DxyzABCD c sk-test/SECRET%2B123%3DxyzABCD "
+            "d sk-****ABCD e test/SECRET+1 f sk-test/SECRET+123=xyzABCD g")
+    assert scrub(text, SPECIAL_KEY) == "a *** b *** c *** d *** e *** f *** g"
+    assert scrub("nothing here: sk-other-key", SPECIAL_KEY) == "nothing here: sk-other-key"
+
+
+# ---------------------------------------------------------------- fatal answers stop the run
+
+FATAL = [
+    ("gpt-4o-mini", "badkey", "HTTP 401: Incorrect API key provided: ***", "The API key in OPENAI_API_KEY was refused"),
+    ("gemini-1.5-flash", "badkey", "HTTP 400: API key not valid", "The API key in GEMINI_API_KEY was refused"),
+    ("gpt-4o-mini", "forbidden", "HTTP 403: You are not allowed", "has no access to this model or API"),
+    ("gemini-1.5-flash", "forbidden", "HTTP 403: Method doesn't allow unregistered callers", "has no access"),
+    ("gpt-4o-mini", "gone", "HTTP 404: The model `gpt-4o-mini` does not exist",
+     "gpt-4o-mini: API shutdown announced by OpenAI for 2027-01-14. A current replacement is gpt-5-mini "
+     "(--judge gpt-5-mini)"),
+    ("gemini-1.5-flash", "gone", "HTTP 404: models/gemini-1.5-flash is not found for API version v1beta",
+     "gemini-1.5-flash: no longer served by Google. A current replacement is gemini-3-flash-preview"),
+    ("gpt-4o-mini", "quota", "HTTP 429: You exceeded your current quota", "quota is used up"),
+    ("gemini-1.5-flash", "daily", "HTTP 429: You exceeded your current quota", "quota is used up"),
+    ("gpt-4o-mini", "param", "HTTP 400: Unsupported value: 'temperature'",
+     "gpt-4o-mini does not accept the request parameter 'temperature'"),
+    ("gemini-1.5-flash", "param", 'HTTP 400: Invalid JSON payload received. Unknown name "thinkingConfig"',
+     "gemini-1.5-flash does not accept the request parameter 'thinkingConfig'"),
+    ("gemini-1.5-flash", "location", "HTTP 400: User location is not supported", "will not serve this request"),
+]
+
+
+@pytest.mark.parametrize("model, failure, said, fix", FATAL, ids=[f"{m[:6]}-{f}" for m, f, *_ in FATAL])
+def test_a_fatal_answer_stops_the_run_keeps_what_was_judged_and_resumes(tmp_path, monkeypatch, model, failure,
+                                                                       said, fix):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("GEMINI_API_KEY", KEY)
+    records = [record(f"question {i}") for i in range(6)]
+    retry = RetryPolicy(max_attempts=4, base_delay=0.01)
+    with JudgeServer(KEY) as server:
+        server.failure, server.fail_after = failure, 2
+        backend = make_backend(model, base_url=f"{server.url}/{'v1beta' if model.startswith('gemini') else 'v1'}")
+        with pytest.raises(JudgeFatalError) as error:
+            judge_records(records, backend, JudgeCache(tmp_path / "cache.jsonl"), retry, concurrency=1,
+                          parse_attempts=2)
+        assert len(server.bodies) == 3                 # two judged, one fatal answer, not retried; nothing after
+        message = str(error.value)
+        assert message.startswith(f"judge {model}: {said}")
+        assert fix in message
+        assert f"2 of 6 new judgments were made and are kept in {tmp_path / 'cache.jsonl'}; a re-run asks only " \
+               "the 4 left." in message
+        assert len(read_jsonl(tmp_path / "cache.jsonl")) == 2
+        server.failure = None
+        rerun = judge_records(records, backend, JudgeCache(tmp_path / "cache.jsonl"), retry, 1, 2)
+    assert len(server.bodies) == 7 and rerun.new_replies == 4
+    assert all(v.status == "ok" for v in rerun.verdicts)
+
+
+def test_evaluate_exits_with_the_fatal_message_and_keeps_the_cache(tmp_path, monkeypatch):
+    import evaluate
+
+    write_atomic(tmp_path / "data" / "silvar-med" / "test.jsonl", "".join(
+        json.dumps({"id": f"r{i}", "image": "a.png", "question": f"Q{i}?", "answer": "yes"}) + "\n" for i in range(3)))
+    write_atomic(tmp_path / "data" / "silvar-med" / "a.png", b"not decoded")
+
+    class Scorer:
+        model_name = "fake"
+
+        def score(self, candidates, references):
+            return [1.0] * len(candidates)
+
+    monkeypatch.setattr(evaluate, "make_generate_fn", lambda args: lambda samples, prompt: ["<answer>yes</answer>"] * len(samples))
+    monkeypatch.setattr(evaluate, "load_bertscorer", lambda name, device=None: Scorer())
+    monkeypatch.setenv("GEMINI_API_KEY", KEY)
+    with JudgeServer(KEY) as server:
+        server.failure, server.fail_after = "gone", 1
+        argv = ["--model", "fake", "--data-root", str(tmp_path / "data"), "--output-dir", str(tmp_path / "out"),
+                "--datasets", "silvar-med:test", "--prompt", "reasoning", "--judge", "gemini-1.5-flash",
+                "--judge-base-url", f"{server.url}/v1beta", "--judge-concurrency", "1", "--judge-json"]
+        with pytest.raises(SystemExit) as exit_:
+            evaluate.main(argv)
+        assert all(body["generationConfig"]["responseMimeType"] == "application/json" for _, _, body in server.bodies)
+    assert "gemini-1.5-flash: no longer served by Google" in str(exit_.value.code)
+    assert len(read_jsonl(tmp_path / "out" / "judge_cache" / "gemini-1.5-flash.jsonl")) == 1
+
+
+# ---------------------------------------------------------------- refusals, blocks, token limits, usage
+
+@pytest.mark.parametrize("model, env", [("gpt-4o-mini", "OPENAI_API_KEY"), ("gemini-1.5-flash", "GEMINI_API_KEY")])
+def test_refused_blocked_and_truncated_replies_are_asked_once_cached_and_counted(tmp_path, monkeypatch, model, env):
+    from src.eval.report import render_report
+    from src.eval.summary import Group, build_summary
+
+    monkeypatch.setenv(env, KEY)
+    gemini = model.startswith("gemini")
+    records = [record(q, dataset="toy", split="test", prompt="reasoning")
+               for q in ("[refuse] q", "[filter] q", "[maxtok] q", "[think] q", "plain", "[nousage] q")]
+    with JudgeServer(KEY) as server:
+        backend = make_backend(model, base_url=f"{server.url}/{'v1beta' if gemini else 'v1'}")
+        run = judge_records(records, backend, JudgeCache(tmp_path / "c.jsonl"), RetryPolicy(base_delay=0.01), 2, 3)
+        rerun = judge_records(records, backend, JudgeCache(tmp_path / "c.jsonl"), RetryPolicy(base_delay=0.01), 2, 3)
+        counts = _counts_by_question(server)
+    assert counts == {q["question"]: 1 for q in records}          # each asked once, the re-run from the cache
+    assert rerun.new_replies == 0 and rerun.verdicts == run.verdicts
+    got = [(v.status, v.prediction_score, v.error) for v in run.verdicts]
+    assert got == [
+        ("refused", None, "finishReason SAFETY (HARM_CATEGORY_DANGEROUS_CONTENT)" if gemini
+         else "refusal: I'm sorry, I can't help with that."),
+        ("refused", None, "prompt blocked: PROHIBITED_CONTENT" if gemini else "finish_reason content_filter"),
+        ("truncated", None, "finishReason MAX_TOKENS" if gemini else "finish_reason length (the token limit)"),
+        ("ok", 1, ""),     # Gemini's thought part (a JSON with prediction_score 0) is not the reply
+        ("ok", 1, ""), ("ok", 1, ""),
+    ]
+    # billed tokens: 100 prompt each; output 20, thinking 50 more; Gemini bills no output for a block
+    completion = (0 + 0 + 20 + 70 + 20) if gemini else (20 + 20 + 20 + 70 + 20)
+    assert (run.prompt_tokens, run.completion_tokens, run.replies_without_usage) == (500, completion, 1)
+    assert (run.replies, run.unparseable_replies) == (6, 0)
+    for entry in read_jsonl(tmp_path / "c.jsonl"):
+        assert entry["stop"] in ("complete", "refused", "truncated") and entry["replies"] == 1
+    summary = build_summary({"model": "m", "generation": {"max_new_tokens": 8, "temperature": 0.0},
+                             "bertscore_model": "f"}, [Group("toy", "test", "reasoning", records)],
+                            [{"n": 6, "format_rate": 1.0}], [run], None)
+    scores = summary["groups"][0]["judges"][model]
+    assert (scores["judged"], scores["refused"], scores["truncated"], scores["failed"]) == (3, 2, 1, 0)
+    assert summary["judges"][model]["cost_usd"] is None                 # one reply without usage: not $0.00
+    report = render_report(summary)
+    assert "| toy | reasoning | 3 | 0 | 0 | 2 | 1 | 0 |" in report
+    assert "cost unknown (replies without usage)" in report and "(and 1 reply whose provider reported no usage)" in report
+
+
+def test_gemini_retry_info_delay_is_honoured(tmp_path, monkeypatch):
+    monkeypatch.setenv("GEMINI_API_KEY", KEY)
+    with JudgeServer(KEY) as server:
+        backend = make_backend("gemini-3-flash-preview", base_url=f"{server.url}/v1beta")
+        started = time.monotonic()
+        run = judge_records([record("[retryinfo] q")], backend, JudgeCache(tmp_path / "c.jsonl"),
+                            RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=5.0), 1, 1)
+        elapsed = time.monotonic() - started
+    assert run.verdicts[0].status == "ok" and _counts_by_question(server) == {"[retryinfo] q": 2}
+    assert elapsed >= 1.0                       # the body's retryDelay "1s", not the 0.01 s backoff
+
+
+# ---------------------------------------------------------------- what is sent, JSON mode, unparseable rate
+
+def test_each_model_gets_the_parameters_it_accepts():
+    def body(model, base_url=None, **options):
+        from src.eval.judge_client import OPENAI_BASE_URL
+
+        backend = OpenAIChat(model, None, base_url or OPENAI_BASE_URL, **options)
+        return {k: v for k, v in backend.request("p")[2].items() if k not in ("model", "messages")}
+
+    assert body("gpt-4o-mini") == {"temperature": 0}                                   # the paper's setting
+    assert body("gpt-4o-mini", max_tokens=300) == {"temperature": 0, "max_completion_tokens": 300}
+    for reasoning in ("gpt-5-mini", "gpt-5-mini-2025-08-07", "o4-mini", "o3", "gpt-5.1"):
+        assert body(reasoning, max_tokens=300) == {"max_completion_tokens": 300}     # default temperature only
+    local = "http://localhost:8000/v1"
+    assert body("Qwen/Qwen2.5-7B-Instruct", local, max_tokens=300, json_mode=True) == {
+        "temperature": 0, "max_tokens": 300, "response_format": {"type": "json_object"}}
+    assert body("gpt-4o", local, max_tokens=300) == {"temperature": 0, "max_tokens": 300}
+    gemini = GeminiGenerate("gemini-3-flash-preview", None, json_mode=True, max_tokens=300)
+    assert gemini.request("p")[2]["generationConfig"] == {"temperature": 0, "maxOutputTokens": 300,
+                                                          "responseMimeType": "application/json"}
+    assert GeminiGenerate("gemini-1.5-flash", None).request("p")[2]["generationConfig"] == {"temperature": 0}
+
+
+@pytest.mark.parametrize("json_mode", [False, True])
+def test_json_mode_is_a_flag_and_the_unparseable_reply_rate_is_reported_either_way(tmp_path, monkeypatch, json_mode):
+    from src.eval.judge_client import JSON_MODE_INSTRUCTION
+    from src.eval.summary import Group, build_summary
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    records = [record(q, dataset="toy", split="test", prompt="reasoning") for q in ("plain", "[never] q", "[garbled] q")]
+    with JudgeServer(KEY) as server:
+        backend = make_backend("gpt-4o-mini", base_url=f"{server.url}/v1", json_mode=json_mode)
+        run = judge_records(records, backend, JudgeCache(tmp_path / "c.jsonl"), RetryPolicy(base_delay=0.01), 1, 2)
+        bodies = [body for _, _, body in server.bodies]
+    assert all(("response_format" in body) == json_mode for body in bodies)
+    assert all(body["messages"][0]["content"].endswith(JSON_MODE_INSTRUCTION) == json_mode for body in bodies)
+    # replies: plain 1, never 2 (both unparseable), garbled 2 (the first unparseable)
+    assert (run.replies, run.unparseable_replies, run.json_mode, run.local) == (5, 3, json_mode, True)
+    summary = build_summary({"model": "m", "generation": {"max_new_tokens": 8, "temperature": 0.0},
+                             "bertscore_model": "f"}, [Group("toy", "test", "reasoning", records)],
+                            [{"n": 3, "format_rate": 1.0}], [run], None)
+    totals = summary["judges"]["gpt-4o-mini"]
+    assert totals["unparseable_reply_rate"] == pytest.approx(3 / 5) and totals["json_mode"] is json_mode
+    assert totals["cost_usd"] == 0.0                        # served from 127.0.0.1: no per-token charge
+
+
+# ---------------------------------------------------------------- prices, retirements, error bodies
+
+def test_prices_match_exact_model_or_snapshot_names_only():
+    # gpt-4o-2024-05-13 was $5 / $15 per M, not gpt-4o's $2.50 / $10
+    assert judge_cost_usd("gpt-4o-2024-05-13", 1_000_000, 1_000_000) == pytest.approx(20.0)
+    assert judge_cost_usd("gpt-4o", 1_000_000, 1_000_000) == pytest.approx(12.5)
+    assert judge_cost_usd("gpt-4o-2099-01-01", 10, 10) is None and judge_cost_usd("gpt-4o-mini-latest", 10, 10) is None
+    # the current pair: gpt-5-mini $0.25 / $2.00, gemini-3-flash-preview $0.50 / $3.00 per M
+    assert judge_cost_usd("gpt-5-mini", 2_000_000, 1_000_000) == pytest.approx(2.5)
+    assert judge_cost_usd("gemini-3-flash-preview", 2_000_000, 1_000_000) == pytest.approx(4.0)
+
+
+def test_retired_judges_are_accepted_with_a_warning(monkeypatch, caplog):
+    from src.eval.judge_models import is_local, retirement
+
+    monkeypatch.setenv("GEMINI_API_KEY", KEY)
+    caplog.set_level(logging.WARNING)
+    assert make_backend("gemini-1.5-flash-002").model == "gemini-1.5-flash-002"
+    assert "gemini-1.5-flash: no longer served by Google" in caplog.text
+    assert retirement("gpt-4o-mini-2024-07-18") == "gpt-4o-mini: API shutdown announced by OpenAI for 2027-01-14"
+    assert retirement("gpt-4o-2024-05-13").startswith("gpt-4o:") and retirement("gpt-5-mini") is None
+    assert [is_local(u) for u in ("http://localhost:11434/v1", "http://127.0.0.1:8000/v1", "http://10.1.2.3/v1",
+                                  "https://api.openai.com/v1", "http://gpu.example.com/v1", None)] == [
+        True, True, True, False, False, False]
+
+
+def test_error_bodies_of_each_shape_are_read():
+    from src.eval.judge_errors import read_error
+
+    openai = read_error(400, json.dumps({"error": {"message": "Unsupported parameter: 'max_tokens' is not supported "
+                                                              "with this model.", "type": "invalid_request_error",
+                                                   "param": "max_tokens", "code": "unsupported_parameter"}}))
+    assert (openai.code, openai.param) == ("unsupported_parameter", "max_tokens")
+    vllm = read_error(404, json.dumps({"object": "error", "message": "The model `x` does not exist.",
+                                       "type": "NotFoundError", "param": None, "code": 404}))
+    assert (vllm.message, vllm.code) == ("The model `x` does not exist.", "NotFoundError")
+    gemini = read_error(429, json.dumps({"error": {"code": 429, "message": "Resource exhausted.", "status":
+                                                  "RESOURCE_EXHAUSTED", "details": [
+                                                      {"@type": "type.googleapis.com/google.rpc.RetryInfo",
+                                                       "retryDelay": "2.5s"}]}}))
+    assert (gemini.code, gemini.retry_delay) == ("RESOURCE_EXHAUSTED", 2.5)
+    assert read_error(502, "<html>Bad Gateway</html>").message == "<html>Bad Gateway</html>"
+
+
+def test_a_local_server_that_wants_a_key_says_which_variable(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with JudgeServer(KEY) as server:        # started with a key, like `vllm serve --api-key`
+        backend = make_backend("Qwen/Qwen2.5-7B-Instruct", base_url=f"{server.url}/v1")
+        with pytest.raises(JudgeFatalError, match="The server wants an API key and none was sent: set it in "
+                                                  "OPENAI_API_KEY"):
+            judge_records([record("q")], backend, JudgeCache(tmp_path / "c.jsonl"), RetryPolicy(), 1, 1)

@@ -6,7 +6,8 @@
     ROOT/ImageClef-2019-VQA-Med-Validation/All_QA_Pairs_val.txt, Val_images/, QAPairsByCategory/*_val.txt
     ROOT/VQAMed2019Test/VQAMed2019_Test_Questions_w_Ref_Answers.txt  synpicID|category|question|answer
                        /VQAMed2019_Test_Images/synpicID.jpg
-Each split's files may also sit directly in ROOT. In answers `#` separates alternative correct answers
+Each split's files may also sit directly in ROOT, and an image folder may hold a folder of its own name
+(VQAMed2019_Test_Images/VQAMed2019_Test_Images/, as unzip tools unpack the test images' inner archive). In answers `#` separates alternative correct answers
 (the first → `answer`, the rest → `alternatives`); yes/no answers are 'closed', the rest 'open'.
 The category (modality, plane, organ, abnormality) → `task`: the test file's column, and for
 train/val the QAPairsByCategory file a pair appears in (task None when that folder is absent).
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from src.data.rows import BadRowError, BadRows, find_file, image_file, read_text, yes_no_type
+from src.data.rows import BadRowError, BadRows, find_file, image_file, read_text, undecodable, yes_no_type
 from src.data.sample import Sample
 
 # split: (archive folder, question file, image folder, category-file suffix)
@@ -31,10 +32,15 @@ def load_vqa_med_2019(root: Path, split: str, bad: BadRows) -> list[Sample]:
     archive, questions_name, images_name, category_suffix = LAYOUT[split]
     path = find_file([root / archive / questions_name, root / questions_name], f"VQA-Med 2019 {split} questions")
     images = path.parent / images_name
+    if (images / images_name).is_dir():  # the image archive unpacked into a folder of its own name
+        images = images / images_name
     categories = read_categories(path.parent / "QAPairsByCategory", category_suffix) if category_suffix else {}
     fields = 3 if category_suffix else 4
 
     def parse(number: int, line: str) -> Sample:
+        problem = undecodable(line)
+        if problem:
+            raise BadRowError(f"{problem} (re-save the file as UTF-8)")
         parts = [part.strip() for part in line.split("|")]
         if len(parts) != fields:
             raise BadRowError(f"expected {fields} '|'-separated fields, found {len(parts)}")

@@ -1,10 +1,13 @@
 """On-disk cache of judge replies, so that no prompt is ever paid for twice.
 
 One append-only JSONL file; each line is {key, model, prompt, reply, prompt_tokens,
-completion_tokens, requests}, written (and fsync'ed) the moment the reply arrives. The key is
-sha256 of the judge model and the exact prompt. The raw reply is stored, not its parsed scores, so an
-improved reply parser applies to past judgments without asking again. Requests that failed are not
-cached: a re-run retries them. To re-ask one judgment, delete its line.
+completion_tokens, replies, stop, stop_reason}, written (and fsync'ed) the moment the reply arrives:
+token counts are summed over the `replies` asked for this prompt (null when the provider reported no
+usage), `stop` is how the last reply ended ("complete", "refused" or "truncated", with the
+provider's reason). The key is sha256 of the judge model and the exact prompt. The raw reply is
+stored, not its parsed scores, so an improved reply parser applies to past judgments without asking
+again. Refused and truncated replies are cached like any answer (the provider was asked and billed);
+requests that failed are not: a re-run retries them. To re-ask one judgment, delete its line.
 """
 from __future__ import annotations
 

@@ -1,17 +1,26 @@
-"""HTTP clients for LLM judges: OpenAI chat completions and Google Gemini generateContent.
+"""HTTP clients for LLM judges: OpenAI chat completions (or any OpenAI-compatible server such as vLLM
+or Ollama) and Google Gemini generateContent.
 
-Both send one user message at temperature 0 and return the reply text with its token usage.
-`ask` retries what is worth retrying (HTTP 429, 5xx, timeouts, connection errors) with exponential
-backoff and jitter, honouring Retry-After; anything else, or a request still failing after the last
-attempt, raises JudgeRequestError. API keys travel only in headers (Gemini's `x-goog-api-key`, not
-the `?key=` query string) and are scrubbed from every error message this module produces.
+Each sends one user message and returns a `JudgeReply`: the reply text, the tokens billed for it, and
+how the reply ended. A provider that declines (OpenAI `refusal`, finish_reason content_filter; a
+Gemini candidate stopped for SAFETY and the like, or a prompt blocked in promptFeedback) gives a
+"refused" reply, and one cut by the token limit (finish_reason length, Gemini MAX_TOKENS) a
+"truncated" one: both keep the provider's reason and the billed tokens. Gemini "thought" parts are
+not reply text, but their thoughtsTokenCount is billed output. A reply without usage has no token
+counts (None), which makes the cost unknown.
+
+`ask` retries what is worth retrying (HTTP 408, 429, 5xx, timeouts, connection errors) with
+exponential backoff and jitter, honouring Retry-After and Gemini's RetryInfo.retryDelay. An answer
+every request would get (a refused key, a retired model; src/eval/judge_errors.py) raises
+JudgeFatalError; any other failure, or one still failing after the last attempt, JudgeRequestError.
+Keys travel only in headers (Gemini's `x-goog-api-key`, never the `?key=` query string), are checked
+before the first request, and are scrubbed from every message this module produces (judge_keys.py).
 """
 from __future__ import annotations
 
 import asyncio
 import email.utils
 import logging
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -19,28 +28,46 @@ from typing import Protocol
 
 import httpx
 
+from src.eval.judge_errors import fatal_advice, read_error
+from src.eval.judge_keys import read_key, scrub
+from src.eval.judge_models import is_reasoning_model, provider, retirement
+
 log = logging.getLogger(__name__)
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 GEMINI_BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
+JSON_MODE_INSTRUCTION = "Reply with the JSON object only."  # OpenAI's JSON mode requires the word JSON in the prompt
+KEY_NAMES = {"openai": ("OPENAI_API_KEY",), "gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY")}
 
 
 @dataclass(frozen=True)
 class JudgeReply:
-    """The judge's text and the tokens the provider billed for it."""
+    """The judge's text, the tokens the provider billed for it, and how the reply ended."""
 
     text: str
-    prompt_tokens: int
-    completion_tokens: int
+    prompt_tokens: int | None          # None: the provider reported no usage
+    completion_tokens: int | None      # billed output, thinking tokens included
+    stop: str = "complete"             # "complete", "refused" or "truncated"
+    stop_reason: str = ""              # the provider's words for a stop other than "complete"
 
 
 class JudgeRequestError(Exception):
     """A judge request that did not produce a reply; the message never contains an API key."""
 
 
+class JudgeFatalError(Exception):
+    """An answer every further request would get (bad key, retired model, no quota): stop the run."""
+
+
+class JudgeStopped(Exception):
+    """The run stopped (a fatal answer elsewhere) before this request was sent."""
+
+
 class Backend(Protocol):
     model: str
     secret: str | None
+    key_name: str | None
+    base_url: str
 
     def request(self, prompt: str) -> tuple[str, dict, dict]:
         """(url, headers, JSON body) of the request that asks `prompt`."""
@@ -51,66 +78,118 @@ class Backend(Protocol):
 
 @dataclass(frozen=True)
 class OpenAIChat:
-    """POST {base_url}/chat/completions: OpenAI, or any OpenAI-compatible server (vLLM, Ollama)."""
+    """POST {base_url}/chat/completions: OpenAI, or any OpenAI-compatible server (vLLM, Ollama).
+
+    Temperature 0, except for OpenAI's reasoning models, which accept only their default and get
+    none. A token limit goes in max_completion_tokens for OpenAI itself and for reasoning models,
+    and in max_tokens, which every compatible server reads, elsewhere. JSON mode sends
+    response_format {"type": "json_object"}.
+    """
 
     model: str
     secret: str | None = field(repr=False)  # never in a repr, a log line or a traceback
     base_url: str = OPENAI_BASE_URL
+    key_name: str | None = None
+    json_mode: bool = False
+    max_tokens: int | None = None
 
     def request(self, prompt: str) -> tuple[str, dict, dict]:
         headers = {"Authorization": f"Bearer {self.secret}"} if self.secret else {}
-        body = {"model": self.model, "temperature": 0, "messages": [{"role": "user", "content": prompt}]}
+        body: dict = {"model": self.model, "messages": [{"role": "user", "content": prompt}]}
+        reasoning = is_reasoning_model(self.model)
+        if not reasoning:
+            body["temperature"] = 0
+        if self.max_tokens is not None:
+            official = self.base_url.rstrip("/") == OPENAI_BASE_URL
+            body["max_completion_tokens" if reasoning or official else "max_tokens"] = self.max_tokens
+        if self.json_mode:
+            body["response_format"] = {"type": "json_object"}
         return f"{self.base_url.rstrip('/')}/chat/completions", headers, body
 
     def reply(self, body: dict) -> JudgeReply:
-        usage = body.get("usage") or {}
-        return JudgeReply(
-            text=body["choices"][0]["message"]["content"] or "",
-            prompt_tokens=int(usage.get("prompt_tokens", 0)),
-            completion_tokens=int(usage.get("completion_tokens", 0)),
-        )
+        choice = body["choices"][0]
+        message = choice.get("message") or {}
+        usage = body.get("usage")
+        prompt_tokens, completion_tokens = (None, None) if not isinstance(usage, dict) else (
+            int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+        text, finish = message.get("content") or "", choice.get("finish_reason")
+        if message.get("refusal"):
+            stop, reason = "refused", f"refusal: {message['refusal']}"
+        elif finish == "content_filter":
+            stop, reason = "refused", "finish_reason content_filter"
+        elif finish == "length":
+            stop, reason = "truncated", "finish_reason length (the token limit)"
+        else:
+            stop, reason = "complete", ""
+        return JudgeReply(text, prompt_tokens, completion_tokens, stop, reason)
 
 
 @dataclass(frozen=True)
 class GeminiGenerate:
-    """POST {base_url}/models/{model}:generateContent with the key in the x-goog-api-key header."""
+    """POST {base_url}/models/{model}:generateContent with the key in the x-goog-api-key header.
+
+    generationConfig: temperature 0; maxOutputTokens for a token limit (thinking counts against it);
+    responseMimeType application/json in JSON mode.
+    """
 
     model: str
     secret: str | None = field(repr=False)  # never in a repr, a log line or a traceback
     base_url: str = GEMINI_BASE_URL
+    key_name: str | None = None
+    json_mode: bool = False
+    max_tokens: int | None = None
 
     def request(self, prompt: str) -> tuple[str, dict, dict]:
         headers = {"x-goog-api-key": self.secret} if self.secret else {}
-        body = {
-            "contents": [{"role": "user", "parts": [{"text": prompt}]}],
-            "generationConfig": {"temperature": 0},
-        }
+        config: dict = {"temperature": 0}
+        if self.max_tokens is not None:
+            config["maxOutputTokens"] = self.max_tokens
+        if self.json_mode:
+            config["responseMimeType"] = "application/json"
+        body = {"contents": [{"role": "user", "parts": [{"text": prompt}]}], "generationConfig": config}
         return f"{self.base_url.rstrip('/')}/models/{self.model}:generateContent", headers, body
 
     def reply(self, body: dict) -> JudgeReply:
-        usage = body.get("usageMetadata") or {}
-        parts = body["candidates"][0]["content"]["parts"]
-        return JudgeReply(
-            text="".join(part.get("text", "") for part in parts),
-            prompt_tokens=int(usage.get("promptTokenCount", 0)),
-            completion_tokens=int(usage.get("candidatesTokenCount", 0)),
-        )
+        usage = body.get("usageMetadata")
+        prompt_tokens, completion_tokens = (None, None) if not isinstance(usage, dict) else (
+            int(usage.get("promptTokenCount") or 0),
+            int(usage.get("candidatesTokenCount") or 0) + int(usage.get("thoughtsTokenCount") or 0))
+        blocked = (body.get("promptFeedback") or {}).get("blockReason")
+        if blocked:
+            return JudgeReply("", prompt_tokens, completion_tokens, "refused", f"prompt blocked: {blocked}")
+        candidate = body["candidates"][0]
+        parts = (candidate.get("content") or {}).get("parts") or []
+        text = "".join(part.get("text", "") for part in parts if not part.get("thought"))
+        finish = candidate.get("finishReason", "STOP")
+        if finish == "STOP":
+            return JudgeReply(text, prompt_tokens, completion_tokens)
+        if finish == "MAX_TOKENS":
+            return JudgeReply(text, prompt_tokens, completion_tokens, "truncated", "finishReason MAX_TOKENS")
+        flagged = [r.get("category", "") for r in candidate.get("safetyRatings") or [] if r.get("blocked")]
+        reason = f"finishReason {finish}" + (f" ({', '.join(flagged)})" if flagged else "")
+        return JudgeReply(text, prompt_tokens, completion_tokens, "refused", reason)
 
 
-def make_backend(model: str, base_url: str | None = None) -> Backend:
+def make_backend(model: str, base_url: str | None = None, json_mode: bool = False,
+                 max_tokens: int | None = None) -> Backend:
     """The backend a judge name implies: gemini-* → Gemini, anything else → OpenAI chat completions.
 
-    Keys come from the environment: OPENAI_API_KEY; GEMINI_API_KEY, else GOOGLE_API_KEY. A key is
-    required for the providers' own URLs and optional for a `base_url` (a local server needs none).
+    Keys come from the environment: OPENAI_API_KEY; GEMINI_API_KEY, else GOOGLE_API_KEY; stripped and
+    checked here (judge_keys.py). A key is required for the providers' own URLs and optional for a
+    `base_url` (a local server needs none). A model its provider has retired is still accepted, with
+    a warning: the provider's answer decides.
     """
-    if model.startswith("gemini"):
-        backend, names = GeminiGenerate, ("GEMINI_API_KEY", "GOOGLE_API_KEY")
-    else:
-        backend, names = OpenAIChat, ("OPENAI_API_KEY",)
-    secret = next((os.environ[name] for name in names if os.environ.get(name)), None)
-    if secret is None and base_url is None:
+    kind = provider(model)
+    names = KEY_NAMES[kind]
+    found = read_key(names)
+    if found is None and base_url is None:
         raise ValueError(f"judge {model!r} needs an API key in {' or '.join(names)}")
-    return backend(model, secret, base_url) if base_url else backend(model, secret)
+    key_name, secret = found if found else (None, None)
+    if retirement(model):
+        log.warning("judge %s: %s; the run stops if the provider no longer serves it", model, retirement(model))
+    backend = GeminiGenerate if kind == "gemini" else OpenAIChat
+    url = base_url or (GEMINI_BASE_URL if kind == "gemini" else OPENAI_BASE_URL)
+    return backend(model, secret, url, key_name, json_mode, max_tokens)
 
 
 @dataclass(frozen=True)
@@ -131,11 +210,17 @@ class RetryPolicy:
 RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
 
 
-async def ask(http: httpx.AsyncClient, backend: Backend, prompt: str, retry: RetryPolicy) -> JudgeReply:
-    """Send `prompt` to the judge, retrying transient failures; raise JudgeRequestError otherwise."""
+async def ask(http: httpx.AsyncClient, backend: Backend, prompt: str, retry: RetryPolicy,
+              stop: asyncio.Event | None = None) -> JudgeReply:
+    """Send `prompt` to the judge, retrying transient failures; see the module docstring.
+
+    `stop`, once set, ends the retries before the next attempt is sent (JudgeStopped).
+    """
     url, headers, body = backend.request(prompt)
     problem = ""
     for attempt in range(retry.max_attempts):
+        if stop is not None and stop.is_set():
+            raise JudgeStopped
         wait = retry.backoff(attempt)
         try:
             response = await http.post(url, headers=headers, json=body, timeout=retry.timeout)
@@ -143,22 +228,31 @@ async def ask(http: httpx.AsyncClient, backend: Backend, prompt: str, retry: Ret
             problem = f"{type(exc).__name__}: {exc}"
         else:
             if response.status_code == 200:
-                try:
-                    return backend.reply(response.json())
-                except (ValueError, KeyError, IndexError, TypeError) as exc:
-                    raise JudgeRequestError(_scrub(
-                        f"{backend.model}: unexpected response shape ({type(exc).__name__}: {exc}): "
-                        f"{response.text[:300]}", backend.secret)) from None
-            problem = f"HTTP {response.status_code}: {response.text[:300]}"
+                return _reply(backend, response)
+            error = read_error(response.status_code, response.text)
+            problem = f"HTTP {response.status_code}: {error.message}"
+            advice = fatal_advice(error, backend.model, backend.key_name,
+                                  None if backend.base_url in (OPENAI_BASE_URL, GEMINI_BASE_URL) else backend.base_url)
+            if advice:
+                raise JudgeFatalError(scrub(f"judge {backend.model}: {problem.rstrip('.')}. {advice}", backend.secret))
             if response.status_code not in RETRYABLE_STATUS:
-                raise JudgeRequestError(_scrub(f"{backend.model}: {problem}", backend.secret))
-            retry_after = _retry_after(response.headers.get("retry-after"), retry.max_delay)
-            wait = wait if retry_after is None else retry_after
+                raise JudgeRequestError(scrub(f"{backend.model}: {problem}", backend.secret))
+            delay = _retry_after(response.headers.get("retry-after"), retry.max_delay)
+            delay = delay if delay is not None or error.retry_delay is None else min(error.retry_delay, retry.max_delay)
+            wait = wait if delay is None else delay
         if attempt + 1 < retry.max_attempts:
-            log.warning("%s", _scrub(f"judge {backend.model}: {problem}; retry in {wait:.2f}s", backend.secret))
+            log.warning("%s", scrub(f"judge {backend.model}: {problem}; retry in {wait:.2f}s", backend.secret))
             await asyncio.sleep(wait)
-    raise JudgeRequestError(_scrub(
+    raise JudgeRequestError(scrub(
         f"{backend.model}: gave up after {retry.max_attempts} attempts; last error {problem}", backend.secret))
+
+
+def _reply(backend: Backend, response: httpx.Response) -> JudgeReply:
+    try:
+        return backend.reply(response.json())
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+        message = f"{backend.model}: unexpected response shape ({type(exc).__name__}: {exc}): {response.text[:300]}"
+    raise JudgeRequestError(scrub(message, backend.secret))
 
 
 def _retry_after(value: str | None, cap: float) -> float | None:
@@ -173,7 +267,3 @@ def _retry_after(value: str | None, cap: float) -> float | None:
         except (TypeError, ValueError):
             return None
     return min(max(seconds, 0.0), cap)
-
-
-def _scrub(text: str, secret: str | None) -> str:
-    return text.replace(secret, "***") if secret else text

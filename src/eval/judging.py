@@ -1,12 +1,19 @@
 """Judge prediction records with one LLM judge: cache first, then concurrent requests for the rest.
 
 Each distinct prompt is asked at most once (records with identical prompts share a reply) and only
-when the cache lacks it. Every record ends in one of three states:
+when the cache lacks it. Every record ends in one of five states:
   ok           the reply parsed; prediction_score (and reasoning_score where a reference reasoning
                exists) are 0/1;
   unparseable  the judge answered, `parse_attempts` times, but never with readable scores;
+  refused      the provider declined or withheld the reply (a refusal, a content filter, a safety
+               block of the reply or of the prompt); asked once, the reason kept;
+  truncated    the reply hit the token limit before its scores; asked once, the reason kept;
   failed       no reply (HTTP error, timeouts after all retries); the error text says why.
-Only "ok" records enter the percentages; the other two are counted and reported, never scored 0.
+Only "ok" records enter the percentages; the others are counted and reported, never scored 0.
+
+A fatal answer (a refused key, a retired model, no quota: src/eval/judge_errors.py) stops the run:
+no new request is sent, the requests in flight finish and are cached, and JudgeFatalError says what
+the provider answered, how to fix it, and that a re-run resumes from the cache.
 """
 from __future__ import annotations
 
@@ -17,7 +24,9 @@ import httpx
 from tqdm import tqdm
 
 from src.eval.judge_cache import JudgeCache, cache_key
-from src.eval.judge_client import Backend, JudgeRequestError, RetryPolicy, ask
+from src.eval.judge_client import (JSON_MODE_INSTRUCTION, Backend, JudgeFatalError, JudgeRequestError, JudgeStopped,
+                                   RetryPolicy, ask)
+from src.eval.judge_models import is_local
 from src.eval.judge_prompt import UnparseableReply, judge_prompt, parse_judgment
 
 
@@ -34,14 +43,20 @@ class Verdict:
 
 @dataclass(frozen=True)
 class JudgeRun:
-    """Verdicts in record order, tokens of every reply they rest on, and replies received this run
-    (0 when everything came from the cache)."""
+    """Verdicts in record order and what they rest on: the tokens of every reply that came with usage
+    (those without are counted in `replies_without_usage`), the replies received this run (0 when
+    everything came from the cache), and all replies behind the verdicts with how many were unparseable."""
 
     model: str
     verdicts: list[Verdict]
     prompt_tokens: int
     completion_tokens: int
     new_replies: int
+    replies: int = 0
+    unparseable_replies: int = 0
+    replies_without_usage: int = 0
+    json_mode: bool = False
+    local: bool = False              # served from this machine or a private network: no per-token charge
 
 
 def judge_records(
@@ -53,20 +68,29 @@ def judge_records(
     parse_attempts: int,
 ) -> JudgeRun:
     """Judge every record (a line of predictions/*.jsonl) with `backend`; see the module docstring."""
-    prompts = [judge_prompt(record) for record in records]
+    suffix = f"\n\n{JSON_MODE_INSTRUCTION}" if backend.json_mode else ""
+    prompts = [judge_prompt(record) + suffix for record in records]
     keys = [cache_key(backend.model, prompt) for prompt in prompts]
     wanted = {key: (prompt, bool(record["reasoning_reference"]))
               for key, prompt, record in zip(keys, prompts, records) if cache.get(key) is None}
     errors, received = asyncio.run(_fill_cache(wanted, backend, cache, retry, concurrency, parse_attempts))
     verdicts = [_verdict(cache.get(key), errors.get(key, ""), bool(record["reasoning_reference"]))
                 for key, record in zip(keys, records)]
-    used = [cache.get(key) for key in set(keys) if cache.get(key) is not None]
+    used = {key: (cache.get(key), verdict) for key, verdict in zip(keys, verdicts) if cache.get(key) is not None}
+    counted = [entry for entry, _ in used.values() if entry["prompt_tokens"] is not None]
     return JudgeRun(
         model=backend.model,
         verdicts=verdicts,
-        prompt_tokens=sum(entry["prompt_tokens"] for entry in used),
-        completion_tokens=sum(entry["completion_tokens"] for entry in used),
+        prompt_tokens=sum(entry["prompt_tokens"] for entry in counted),
+        completion_tokens=sum(entry["completion_tokens"] for entry in counted),
         new_replies=received,
+        replies=sum(entry.get("replies", 1) for entry, _ in used.values()),
+        # a prompt is asked again only after an unparseable reply, so all but the last reply were unparseable
+        unparseable_replies=sum(entry.get("replies", 1) - 1 + (verdict.status == "unparseable")
+                                for entry, verdict in used.values()),
+        replies_without_usage=len(used) - len(counted),
+        json_mode=backend.json_mode,
+        local=is_local(backend.base_url),
     )
 
 
@@ -82,12 +106,21 @@ async def _fill_cache(
     errors: dict[str, str] = {}
     received = 0
     limit = asyncio.Semaphore(concurrency)
+    stop = asyncio.Event()
+    fatal: list[JudgeFatalError] = []
 
     async def judge(http: httpx.AsyncClient, key: str, prompt: str, require_reasoning: bool) -> None:
         nonlocal received
         async with limit:
             try:
-                entry = await _ask_until_parseable(http, backend, prompt, require_reasoning, retry, parse_attempts)
+                entry = await _ask_until_parseable(http, backend, prompt, require_reasoning, retry, parse_attempts,
+                                                   stop)
+            except JudgeStopped:
+                return
+            except JudgeFatalError as exc:
+                fatal.append(exc)
+                stop.set()
+                return
             except JudgeRequestError as exc:
                 errors[key] = str(exc)
                 return
@@ -98,6 +131,11 @@ async def _fill_cache(
         tasks = [asyncio.create_task(judge(http, key, *value)) for key, value in wanted.items()]
         for task in tqdm(asyncio.as_completed(tasks), total=len(tasks), desc=f"judge {backend.model}"):
             await task
+    if fatal:
+        asked = sum(cache.get(key) is not None for key in wanted)
+        raise JudgeFatalError(f"{fatal[0]} The run stopped at this answer: {asked} of {len(wanted)} new judgments "
+                              f"were made and are kept in {cache.path}; a re-run asks only the {len(wanted) - asked} "
+                              "left.")
     return errors, received
 
 
@@ -108,13 +146,19 @@ async def _ask_until_parseable(
     require_reasoning: bool,
     retry: RetryPolicy,
     parse_attempts: int,
+    stop: asyncio.Event,
 ) -> dict:
-    """The cache entry for `prompt`: the first parseable reply, else the last one; tokens of all replies."""
-    prompt_tokens = completion_tokens = 0
+    """The cache entry for `prompt`: the first parseable reply, else the last one; tokens of all replies
+    (None when a reply came without usage). A refused or truncated reply is not asked again."""
+    prompt_tokens: int | None = 0
+    completion_tokens: int | None = 0
     for attempt in range(1, parse_attempts + 1):
-        reply = await ask(http, backend, prompt, retry)
-        prompt_tokens += reply.prompt_tokens
-        completion_tokens += reply.completion_tokens
+        reply = await ask(http, backend, prompt, retry, stop)
+        prompt_tokens = None if prompt_tokens is None or reply.prompt_tokens is None else prompt_tokens + reply.prompt_tokens
+        completion_tokens = (None if completion_tokens is None or reply.completion_tokens is None
+                             else completion_tokens + reply.completion_tokens)
+        if reply.stop != "complete":
+            break
         try:
             parse_judgment(reply.text, require_reasoning)
             break
@@ -127,6 +171,8 @@ async def _ask_until_parseable(
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "replies": attempt,
+        "stop": reply.stop,
+        "stop_reason": reply.stop_reason,
     }
 
 
@@ -136,6 +182,9 @@ def _verdict(entry: dict | None, error: str, require_reasoning: bool) -> Verdict
     try:
         judgment = parse_judgment(entry["reply"], require_reasoning)
     except UnparseableReply as exc:
+        stop = entry.get("stop", "complete")
+        if stop != "complete":
+            return Verdict(status=stop, error=entry["stop_reason"])
         return Verdict(status="unparseable", error=str(exc))
     return Verdict(
         status="ok",

@@ -60,22 +60,39 @@ def _paper_table(summary: dict) -> list[str]:
 def _judge_details(summary: dict) -> list[str]:
     lines = []
     for judge, totals in summary["judges"].items():
-        cost = "unknown (no price for this model)" if totals["cost_usd"] is None else f"≈ ${totals['cost_usd']:.4f}"
         lines += [f"### Judge `{judge}`", "",
-                  f"Tokens: {totals['prompt_tokens']:,} prompt + {totals['completion_tokens']:,} completion; "
-                  f"cost {cost}; replies received this run: {totals['new_replies']} (the rest came from the cache).",
-                  "", _row(["Dataset", "Prompt", "Judged", "Reasoning judged", "Unparseable", "Failed"]),
-                  _row(["---"] * 6)]
+                  f"Tokens: {totals['prompt_tokens']:,} prompt + {totals['completion_tokens']:,} completion"
+                  f"{_without_usage(totals)}; cost {_cost(totals)}; replies received this run: "
+                  f"{totals['new_replies']} (the rest came from the cache).", "",
+                  f"Replies behind these verdicts: {totals['replies']}, of which unparseable: "
+                  f"{totals['unparseable_replies']} ({pct(totals['unparseable_reply_rate'])}); "
+                  f"JSON mode {'on' if totals['json_mode'] else 'off'}.",
+                  "", _row(["Dataset", "Prompt", "Judged", "Reasoning judged", "Unparseable", "Refused", "Truncated",
+                            "Failed"]),
+                  _row(["---"] * 8)]
         for group in summary["groups"]:
             s = group["judges"][judge]
             lines.append(_row([_dataset(group), group["prompt"], str(s["judged"]), str(s["judged_reasoning"]),
-                               str(s["unparseable"]), str(s["failed"])]))
+                               *(str(s[status]) for status in ("unparseable", "refused", "truncated", "failed"))]))
         lines.append("")
         for problem in totals["not_scored"]:
             lines.append(f"- {problem['status']}: {problem['dataset']} {problem['prompt']} "
                          f"id {problem['id']}: {problem['error']}")
         lines += [""] if totals["not_scored"] else []
     return lines
+
+
+def _without_usage(totals: dict) -> str:
+    n = totals["replies_without_usage"]
+    return f" (and {n} repl{'y' if n == 1 else 'ies'} whose provider reported no usage)" if n else ""
+
+
+def _cost(totals: dict) -> str:
+    if totals["cost_usd"] is None:
+        return "unknown (replies without usage)" if totals["replies_without_usage"] else "unknown (no price for this model)"
+    if totals["local"]:
+        return "no per-token charge (a local server; its GPU time is not counted)"
+    return f"≈ ${totals['cost_usd']:.4f}"
 
 
 def _metrics_table(summary: dict) -> list[str]:

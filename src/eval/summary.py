@@ -1,8 +1,8 @@
 """Gather everything an evaluation computed into one JSON-ready summary (OUTPUT/summary.json).
 
 Rates are fractions in [0, 1] (the report prints them as percentages). Judge and human percentages
-count only what was actually scored: a failed or unparseable judgment, or an empty human cell, is
-left out of the denominator and counted separately, never scored as 0.
+count only what was actually scored: a failed, unparseable, refused or truncated judgment, or an
+empty human cell, is left out of the denominator and counted separately, never scored as 0.
 """
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ from src.eval.human_sheet import HumanScores
 from src.eval.judge_cost import judge_cost_usd
 from src.eval.judging import JudgeRun, Verdict
 from src.eval.metrics import mean
+
+
+NOT_SCORED = ("unparseable", "refused", "truncated", "failed")  # the verdicts counted but never scored
 
 
 @dataclass(frozen=True)
@@ -34,8 +37,7 @@ def judge_scores(records: list[dict], verdicts: list[Verdict]) -> dict:
         "reasoning": mean(reasoning),
         "judged": len(ok),
         "judged_reasoning": len(reasoning),
-        "unparseable": sum(v.status == "unparseable" for v in verdicts),
-        "failed": sum(v.status == "failed" for v in verdicts),
+        **{status: sum(v.status == status for v in verdicts) for status in NOT_SCORED},
     }
 
 
@@ -70,13 +72,28 @@ def build_summary(
 
 
 def _judge_totals(judge_run: JudgeRun, records: list[dict]) -> dict:
+    """Token usage and cost; every reply behind the verdicts and the share that was unparseable; the
+    records not scored. The cost is unknown (None) when any reply came without usage or the model has
+    no price, and 0 for a judge on this machine or a private network (no per-token charge)."""
     problems = [{"dataset": r["dataset"], "split": r["split"], "prompt": r["prompt"], "id": r["id"],
                  "status": v.status, "error": v.error}
                 for r, v in zip(records, judge_run.verdicts) if v.status != "ok"]
+    if judge_run.replies_without_usage:
+        cost = None
+    elif judge_run.local:
+        cost = 0.0
+    else:
+        cost = judge_cost_usd(judge_run.model, judge_run.prompt_tokens, judge_run.completion_tokens)
     return {
         "prompt_tokens": judge_run.prompt_tokens,
         "completion_tokens": judge_run.completion_tokens,
-        "cost_usd": judge_cost_usd(judge_run.model, judge_run.prompt_tokens, judge_run.completion_tokens),
+        "replies_without_usage": judge_run.replies_without_usage,
+        "cost_usd": cost,
+        "local": judge_run.local,
         "new_replies": judge_run.new_replies,
+        "replies": judge_run.replies,
+        "unparseable_replies": judge_run.unparseable_replies,
+        "unparseable_reply_rate": judge_run.unparseable_replies / judge_run.replies if judge_run.replies else None,
+        "json_mode": judge_run.json_mode,
         "not_scored": problems,
     }
