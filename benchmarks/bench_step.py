@@ -24,7 +24,7 @@ context length) / --bandwidth, against our measured generate time per token (whi
 prefill, so the ratio is an upper bound).
 
 Models: `tiny` (the embedded test model) or `qwen2-vl-2b-random`: Qwen2-VL-2B-Instruct's exact
-architecture (config.json facts, /work/shared/REFERENCE.md section 2) with random weights, built on
+architecture (its config.json, as docs/BENCHMARKS.md lists it) with random weights, built on
 the device in bf16, so nothing is downloaded. Its tokenizer is the tiny model's BPE, its vocabulary
 padded with unused entries so that every special token has its real id (151643 ...); prompts are then
 a few tokens per word as with the real tokenizer, and image tokens, the bulk of each prompt, are
@@ -41,6 +41,7 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +63,7 @@ from src.models.inputs import PromptBatch, repeat_rows, select_rows, with_comple
 from src.models.loading import (
     Policy, attention_implementation, default_dtype, enable_gradient_checkpointing, load_policy,
 )
-from src.models.lora import disabled_adapters, merged_adapters
+from src.models.lora import disabled_adapters, lora_layers
 from src.rewards.total import score_completions
 
 MIB = 2**20
@@ -71,7 +72,7 @@ MODELS = ("tiny", "qwen2-vl-2b-random")
 PHASES = ("generate", "score", "reference", "policy", "optimizer")
 SIDES = ("ours", "ours_hf", "baseline")  # the trainer with the engine, the trainer with HF generate, bare minimum
 
-# Qwen2-VL-2B-Instruct's config.json (REFERENCE.md section 2).
+# Qwen2-VL-2B-Instruct's config.json.
 QWEN2_VL_2B_IDS = dict(endoftext=151643, im_end=151645, vision_start=151652, vision_end=151653,
                        image_pad=151655, video_pad=151656)
 QWEN2_VL_2B_TEXT = dict(
@@ -130,6 +131,28 @@ def build_policy(name: str, device: torch.device, dtype: torch.dtype) -> Policy:
     if name == "tiny":
         return load_policy("tiny", device=device, dtype=dtype)
     return random_qwen2_vl_2b(device, dtype)
+
+
+@contextlib.contextmanager
+def merged_adapters(model: torch.nn.Module) -> Iterator[None]:
+    """Fold B A into the weights for the duration (`--merge-lora`: one matmul per projection while
+    sampling; the engine samples with the side path instead, see docs/BENCHMARKS.md).
+
+    On exit the base weights are copied back, not unmerged: in bf16 (W + d) - d is not W, its last
+    bits drift, and the frozen reference policy would drift with them. The copy holds the adapted
+    layers' base weights for the duration (q, k, v, o of Qwen2-VL-2B: 0.15B values, 0.3 GB in bf16).
+    """
+    layers = [layer for layer in lora_layers(model) if not layer.merged]
+    originals = [layer.base_layer.weight.detach().clone() for layer in layers]
+    for layer in layers:
+        layer.merge()
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for layer, original in zip(layers, originals):
+                layer.base_layer.weight.copy_(original)
+                layer.merged = False
 
 
 def bench_samples(count: int, image_size: int) -> list[Sample]:

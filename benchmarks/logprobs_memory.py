@@ -24,11 +24,66 @@ import argparse
 import multiprocessing
 
 import torch
+from torch import Tensor
 
 from benchmarks.memory import peak_bytes, reset_peak
-from src.grpo.logprobs import linear_logprobs, selective_log_softmax
+from src.grpo.logprobs import linear_logprobs, logits_grad, scaled_chunk, target_logprob
 
 MIB = 2**20
+
+
+# A chunked log-softmax of logits that exist already (a model's forward returned them): the fp32 work
+# happens a chunk of rows at a time, and backward recomputes the softmax per chunk from the saved
+# logits and their logsumexp. The trainer does not use it (linear_logprobs never makes the logits);
+# it is here to show what chunking alone buys.
+
+
+class _SelectiveLogSoftmax(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits: Tensor, targets: Tensor, temperature: float, chunk_rows: int) -> Tensor:
+        dtype = torch.promote_types(logits.dtype, torch.float32)
+        logp = torch.empty(targets.shape, dtype=dtype, device=logits.device)  # [N, L]
+        lse = torch.empty_like(logp)  # [N, L]
+        for start in range(0, logits.shape[0], chunk_rows):
+            rows = slice(start, start + chunk_rows)
+            chunk = scaled_chunk(logits[rows], temperature)  # [c, L, V] fp32
+            logp[rows], lse[rows] = target_logprob(chunk, targets[rows])
+            del chunk  # free it before the next chunk is built, not after
+        ctx.save_for_backward(logits, targets, lse)
+        ctx.temperature, ctx.chunk_rows = temperature, chunk_rows
+        return logp
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        logits, targets, lse = ctx.saved_tensors
+        grad_logits = torch.empty_like(logits)  # [N, L, V] in the logits' dtype
+        for start in range(0, logits.shape[0], ctx.chunk_rows):
+            rows = slice(start, start + ctx.chunk_rows)
+            chunk = scaled_chunk(logits[rows], ctx.temperature)  # [c, L, V] fp32, recomputed
+            grad_chunk = logits_grad(chunk, lse[rows], targets[rows], grad_out[rows])  # [c, L, V] in chunk
+            grad_logits[rows] = grad_chunk.div_(ctx.temperature)  # chain rule through z / temperature
+            del chunk, grad_chunk
+        return grad_logits, None, None, None
+
+
+def selective_log_softmax(
+    logits: Tensor, targets: Tensor, temperature: float = 1.0, chunk_rows: int = 1
+) -> Tensor:
+    """log softmax(logits / temperature)[target] in fp32, chunk_rows completions at a time.
+
+    logits: [N, L, V], any float dtype (bf16 from the model); may be a slice such as
+            model_logits[:, P - 1 : -1] (chunks index the first dim, so no contiguous copy is made).
+    targets: [N, L] token ids, the completion tokens that each logit row predicts.
+    temperature: the sampling temperature, so that log-probs match the distribution sampled from.
+    Returns [N, L] fp32 (float64 for float64 logits). Extra memory is one fp32 chunk,
+    chunk_rows * L * V * 4 bytes (311 MB for one 512-token completion on Qwen2-VL), in forward and
+    in backward; backward also returns the gradient [N, L, V] in the logits' dtype, as any would.
+    """
+    if logits.shape[:-1] != targets.shape:
+        raise ValueError(
+            f"expected logits [N, L, V] and targets [N, L], got {tuple(logits.shape)}, {tuple(targets.shape)}"
+        )
+    return _SelectiveLogSoftmax.apply(logits, targets, temperature, chunk_rows)
 
 
 def naive_from_logits(logits, targets):

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from src.grpo.logprobs import linear_logprobs, selective_log_softmax
+from benchmarks.logprobs_memory import selective_log_softmax
+from src.grpo.logprobs import linear_logprobs
 
 N, L, H, V = 5, 7, 6, 13  # T = 35 tokens: chunk sizes 2 (rows) and 8 (tokens) do not divide them
 TEMPERATURE = 0.7

@@ -5,10 +5,11 @@ import pytest
 import torch
 from torch import nn
 
+from benchmarks.bench_step import merged_adapters
 from src.models.inputs import build_prompt_batch
 from src.models.lora import (
     LoRAConfig, LoRALinear, disabled_adapters, inject_lora, lora_layers, lora_state_dict,
-    mark_only_lora_as_trainable, merged_adapters,
+    mark_only_lora_as_trainable,
 )
 from src.models.peft_io import load_adapter, save_adapter
 from tests.conftest import chat, random_image

@@ -23,6 +23,7 @@ from collections import defaultdict
 from typing import Protocol, Sequence
 
 from src.eval.predictions import record_sample
+from src.rewards.accuracy import best_bertscore
 from src.rewards.answers import choice_correct, closed_correct, normalize_text
 from src.rewards.format import format_reward
 
@@ -54,19 +55,6 @@ def exact_match(prediction: str, references: Sequence[str]) -> bool:
     """Whether the normalised prediction equals some normalised reference (never for an empty one)."""
     predicted = normalize_text(prediction)
     return bool(predicted) and any(predicted == normalize_text(r) for r in references)
-
-
-def best_bertscore(scorer: Scorer, candidates: list[str], references: list[Sequence[str]]) -> list[float]:
-    """Per candidate, the highest BERTScore F1 over its references; an empty candidate scores 0.
-
-    All (candidate, reference) pairs go to the scorer in one call, so it can batch them.
-    """
-    pairs = [(i, c, r) for i, (c, refs) in enumerate(zip(candidates, references)) if c.strip() for r in refs]
-    scores = scorer.score([c for _, c, _ in pairs], [r for _, _, r in pairs]) if pairs else []
-    best = [0.0] * len(candidates)
-    for (i, _, _), score in zip(pairs, scores):
-        best[i] = max(best[i], score)
-    return best
 
 
 def by_task(records: list[dict], values: Sequence[float], name: str) -> dict:

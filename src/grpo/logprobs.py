@@ -4,16 +4,13 @@ The loss needs one number per token, log p(target) = logit[target] - logsumexp(l
 torch.log_softmax(logits.float(), -1).gather(...) first builds [T, V] fp32 log-probabilities: with
 Qwen2-VL's V = 151,936, 8 completions x 512 tokens make 2.5 GB, and autograd keeps it for backward.
 
-- selective_log_softmax(logits, targets): the logits exist already (a model's forward returned them);
-  the fp32 work happens a chunk of rows at a time, and backward recomputes the softmax per chunk
-  from the saved logits and their logsumexp, so fp32 temporaries exist for one chunk at a time.
-- linear_logprobs(hidden, weight, targets): the "fused linear log-softmax" of Liger Kernel's
-  FusedLinearCrossEntropy: start from the final hidden states and the lm_head weight so that the
-  [T, V] logits are never held for the whole batch either; each chunk's logits are computed,
-  reduced to (logsumexp, target logit) and dropped, and recomputed in backward.
-
-Both return fp32 [T] (or [N, L]) log-probabilities and are exact: they equal the naive computation
-up to fp32 rounding. Backward of log p(target) w.r.t. the logits z is g * (onehot(target) - softmax(z)).
+linear_logprobs(hidden, weight, targets) is the "fused linear log-softmax" of Liger Kernel's
+FusedLinearCrossEntropy: it starts from the final hidden states and the lm_head weight, so the [T, V]
+logits are never held for the whole batch; each chunk's logits are computed, reduced to (logsumexp,
+target logit) and dropped, and recomputed in backward. It returns fp32 [T] (or [N, L]) log-probs and
+is exact: equal to the naive computation up to fp32 rounding. Backward of log p(target) w.r.t. the
+logits z is g * (onehot(target) - softmax(z)). (benchmarks/logprobs_memory.py measures it against the
+naive forms and against a chunked log-softmax of logits that exist already.)
 """
 from __future__ import annotations
 
@@ -21,76 +18,28 @@ import torch
 from torch import Tensor
 
 
-def _scaled_chunk(logits: Tensor, temperature: float) -> Tensor:
+def scaled_chunk(logits: Tensor, temperature: float) -> Tensor:
     """A fresh copy of logits / temperature in fp32 (float64 if the logits are: so that float64
     tests check the math exactly). Fresh, so the helpers below may work on it in place."""
     return logits.to(torch.promote_types(logits.dtype, torch.float32), copy=True).div_(temperature)
 
 
-def _target_logprob(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+def target_logprob(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
     """fp32 logits [..., V], targets [...] -> (log p(target) [...], logsumexp [...]).
     logsumexp(z) = m + log sum exp(z - m) with m = max z, computed in place in `logits` (a
-    _scaled_chunk, overwritten) so that no second [c, V] fp32 tensor is made."""
+    scaled_chunk, overwritten) so that no second [c, V] fp32 tensor is made."""
     target_logit = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [...]
     max_logit = logits.amax(dim=-1)  # [...]
     lse = logits.sub_(max_logit.unsqueeze(-1)).exp_().sum(dim=-1).log_() + max_logit  # [...]
     return target_logit - lse, lse
 
 
-def _logits_grad(logits: Tensor, lse: Tensor, targets: Tensor, grad_out: Tensor) -> Tensor:
+def logits_grad(logits: Tensor, lse: Tensor, targets: Tensor, grad_out: Tensor) -> Tensor:
     """Gradient of grad_out * log p(target) w.r.t. fp32 logits [..., V]: g * (onehot - softmax).
-    Built in place in `logits` (a _scaled_chunk, overwritten): one [c, V] fp32 tensor, not three."""
+    Built in place in `logits` (a scaled_chunk, overwritten): one [c, V] fp32 tensor, not three."""
     softmax = logits.sub_(lse.unsqueeze(-1)).exp_()  # [..., V]
     grad = softmax.mul_(-grad_out.unsqueeze(-1))  # [..., V], -g softmax
     return grad.scatter_add_(-1, targets.unsqueeze(-1), grad_out.unsqueeze(-1))  # + g onehot
-
-
-class _SelectiveLogSoftmax(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, logits: Tensor, targets: Tensor, temperature: float, chunk_rows: int) -> Tensor:
-        dtype = torch.promote_types(logits.dtype, torch.float32)
-        logp = torch.empty(targets.shape, dtype=dtype, device=logits.device)  # [N, L]
-        lse = torch.empty_like(logp)  # [N, L]
-        for start in range(0, logits.shape[0], chunk_rows):
-            rows = slice(start, start + chunk_rows)
-            chunk = _scaled_chunk(logits[rows], temperature)  # [c, L, V] fp32
-            logp[rows], lse[rows] = _target_logprob(chunk, targets[rows])
-            del chunk  # free it before the next chunk is built, not after
-        ctx.save_for_backward(logits, targets, lse)
-        ctx.temperature, ctx.chunk_rows = temperature, chunk_rows
-        return logp
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        logits, targets, lse = ctx.saved_tensors
-        grad_logits = torch.empty_like(logits)  # [N, L, V] in the logits' dtype
-        for start in range(0, logits.shape[0], ctx.chunk_rows):
-            rows = slice(start, start + ctx.chunk_rows)
-            chunk = _scaled_chunk(logits[rows], ctx.temperature)  # [c, L, V] fp32, recomputed
-            grad_chunk = _logits_grad(chunk, lse[rows], targets[rows], grad_out[rows])  # [c, L, V] in chunk
-            grad_logits[rows] = grad_chunk.div_(ctx.temperature)  # chain rule through z / temperature
-            del chunk, grad_chunk
-        return grad_logits, None, None, None
-
-
-def selective_log_softmax(
-    logits: Tensor, targets: Tensor, temperature: float = 1.0, chunk_rows: int = 1
-) -> Tensor:
-    """log softmax(logits / temperature)[target] in fp32, chunk_rows completions at a time.
-
-    logits: [N, L, V], any float dtype (bf16 from the model); may be a slice such as
-            model_logits[:, P - 1 : -1] (chunks index the first dim, so no contiguous copy is made).
-    targets: [N, L] token ids, the completion tokens that each logit row predicts.
-    temperature: the sampling temperature, so that log-probs match the distribution sampled from.
-    Returns [N, L] fp32 (float64 for float64 logits). Extra memory is one fp32 chunk,
-    chunk_rows * L * V * 4 bytes (311 MB for one 512-token completion on Qwen2-VL), in forward and
-    in backward; backward also returns the gradient [N, L, V] in the logits' dtype, as any would.
-    """
-    if logits.shape[:-1] != targets.shape:
-        raise ValueError(
-            f"expected logits [N, L, V] and targets [N, L], got {tuple(logits.shape)}, {tuple(targets.shape)}"
-        )
-    return _SelectiveLogSoftmax.apply(logits, targets, temperature, chunk_rows)
 
 
 class _LinearLogprobs(torch.autograd.Function):
@@ -103,8 +52,8 @@ class _LinearLogprobs(torch.autograd.Function):
             rows = slice(start, start + chunk_size)
             # The matmul runs in the inputs' dtype, as the model's own lm_head would (GPU kernels
             # accumulate bf16 products in fp32); the softmax math is fp32.
-            logits = _scaled_chunk(hidden[rows] @ weight.T, temperature)  # [c, V] fp32
-            logp[rows], lse[rows] = _target_logprob(logits, targets[rows])
+            logits = scaled_chunk(hidden[rows] @ weight.T, temperature)  # [c, V] fp32
+            logp[rows], lse[rows] = target_logprob(logits, targets[rows])
             del logits  # free it before the next chunk is built, not after
         ctx.save_for_backward(hidden, weight, targets, lse)
         ctx.temperature, ctx.chunk_size = temperature, chunk_size
@@ -120,8 +69,8 @@ class _LinearLogprobs(torch.autograd.Function):
         grad_weight = torch.zeros_like(weight, dtype=lse.dtype) if need_weight else None  # [V, H]
         for start in range(0, hidden.shape[0], ctx.chunk_size):
             rows = slice(start, start + ctx.chunk_size)
-            logits = _scaled_chunk(hidden[rows] @ weight.T, ctx.temperature)  # [c, V] fp32, recomputed
-            grad_logits = _logits_grad(logits, lse[rows], targets[rows], grad_out[rows])  # [c, V]
+            logits = scaled_chunk(hidden[rows] @ weight.T, ctx.temperature)  # [c, V] fp32, recomputed
+            grad_logits = logits_grad(logits, lse[rows], targets[rows], grad_out[rows])  # [c, V]
             grad_logits = grad_logits.div_(ctx.temperature).to(hidden.dtype)  # through z = h W^T / temp
             if need_hidden:
                 grad_hidden[rows] = grad_logits @ weight  # [c, H]

@@ -116,27 +116,6 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 @contextlib.contextmanager
-def merged_adapters(model: nn.Module) -> Iterator[None]:
-    """Fold B A into the weights for the duration (faster decoding: one matmul per projection).
-
-    On exit the base weights are copied back, not unmerged: in bf16 (W + d) - d is not W, its last
-    bits drift, and the frozen reference policy would drift with them. The copy holds the adapted
-    layers' base weights for the duration (q, k, v, o of Qwen2-VL-2B: 0.15B values, 0.3 GB in bf16).
-    """
-    layers = [layer for layer in lora_layers(model) if not layer.merged]
-    originals = [layer.base_layer.weight.detach().clone() for layer in layers]
-    for layer in layers:
-        layer.merge()
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for layer, original in zip(layers, originals):
-                layer.base_layer.weight.copy_(original)
-                layer.merged = False
-
-
-@contextlib.contextmanager
 def disabled_adapters(model: nn.Module) -> Iterator[None]:
     """Run the base model: the frozen reference policy pi_ref, without a second copy of the weights."""
     layers: Sequence[LoRALinear] = list(lora_layers(model))

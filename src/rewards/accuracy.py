@@ -25,23 +25,36 @@ def accuracy_rewards(predictions: Sequence[str], samples: Sequence[Sample], scor
         raise ValueError(f"{len(predictions)} predictions but {len(samples)} samples")
     answers = [parse_completion(prediction).answer_text for prediction in predictions]
     rewards = [0.0] * len(samples)
-    open_pairs = []  # (item index, answer, reference): every reference of every open item
+    open_items = []  # indices of the open questions, scored together below
     for k, (answer, sample) in enumerate(zip(answers, samples)):
         if sample.answer_type == "closed":
             rewards[k] = float(closed_correct(answer, sample))
         elif sample.answer_type == "choice":
             rewards[k] = float(choice_correct(answer, sample))
         elif sample.answer_type == "open":
-            open_pairs += [(k, answer, reference) for reference in sample.references]
+            open_items.append(k)
         else:
             raise ValueError(f"sample {sample.id}: unknown answer_type {sample.answer_type!r}")
-    if open_pairs:
+    if open_items:
         if scorer is None:
             raise ValueError("open questions need a BertScorer (load_bertscorer())")
-        f1 = scorer.score([answer for _, answer, _ in open_pairs], [ref for _, _, ref in open_pairs])
-        for (k, _, _), value in zip(open_pairs, f1):
-            rewards[k] = max(rewards[k], value)
+        f1 = best_bertscore(scorer, [answers[k] for k in open_items], [samples[k].references for k in open_items])
+        for k, value in zip(open_items, f1):
+            rewards[k] = value
     return rewards
+
+
+def best_bertscore(scorer: BertScorer, candidates: Sequence[str], references: Sequence[Sequence[str]]) -> list[float]:
+    """Per candidate, the highest BERTScore F1 over its references; an empty candidate scores 0.
+
+    All (candidate, reference) pairs go to the scorer in one call, so it can batch them.
+    """
+    pairs = [(i, c, r) for i, (c, refs) in enumerate(zip(candidates, references)) if c.strip() for r in refs]
+    scores = scorer.score([c for _, c, _ in pairs], [r for _, _, r in pairs]) if pairs else []
+    best = [0.0] * len(candidates)
+    for (i, _, _), score in zip(pairs, scores):
+        best[i] = max(best[i], score)
+    return best
 
 
 def accuracy_reward(prediction: str, sample: Sample, scorer: BertScorer | None = None) -> float:
