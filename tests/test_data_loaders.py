@@ -513,3 +513,13 @@ def test_silvar_med_without_either_layout_names_both(tmp_path):
     with pytest.raises(DatasetError, match=r"silvar-med test: found neither .*test.jsonl \(or .json\), the paper's set "
                                            r"in our schema, nor the authors' release .*test/imgs_test_abnormal/"):
         load_dataset("silvar-med", tmp_path, "test")
+
+
+def test_a_split_may_select_rows_like_a_python_slice():
+    whole = load_dataset("synthetic", None, "train")
+    held_out, kept = load_dataset("synthetic", None, "train[616:]"), load_dataset("synthetic", None, "train[:616]")
+    assert [s.id for s in kept] + [s.id for s in held_out] == [s.id for s in whole]
+    assert len(held_out) == 100 and [s.id for s in load_dataset("synthetic", None, "test[-5:]")] == \
+        [s.id for s in load_dataset("synthetic", None, "test")][-5:]
+    with pytest.raises(DatasetError, match=r"expected NAME or NAME\[START:STOP\]"):
+        load_dataset("synthetic", None, "train[1:2:3]")

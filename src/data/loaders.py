@@ -2,7 +2,9 @@
 
 Names: silvar-med, vqa-rad, slake, vqa-med-2019, path-vqa, cv-bench, synthetic. Splits are "train",
 "val" and "test" ("validation", "validate" and "valid" mean "val"); each dataset has the splits it
-was released with. Each dataset's module docstring gives its on-disk layout (docs/DATA.md has them all).
+was released with. A split may select rows by position as a Python slice does: "train[:616]" and
+"train[616:]" are a split's first 616 rows and the rest (a validation set held out of the training
+data, say). Each dataset's module docstring gives its on-disk layout (docs/DATA.md has them all).
 
 Unusable rows (missing image, empty question or answer, malformed line, bytes that are not UTF-8)
 raise one DatasetError that names file and row, unless `skip_bad_rows=True`, which skips them with a
@@ -11,6 +13,7 @@ dataset's module) are skipped by default with one warning naming file and row.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -69,7 +72,9 @@ def usable_count(source: str, split: str) -> int | None:
 
 
 def load_dataset(name: str, root: str | Path | None, split: str, skip_bad_rows: bool = False) -> list[Sample]:
-    """All usable rows of one split, in file order. `root` may be None only for the synthetic set."""
+    """All usable rows of one split (or of its `[start:stop]` slice), in file order. `root` may be None
+    only for the synthetic set."""
+    split, rows = split_rows(split)
     spec, split = dataset_spec(name), canonical_split(name, split)
     if root is None and name != "synthetic":
         raise DatasetError(f"{name}: give the folder holding its files (see docs/DATA.md)")
@@ -79,7 +84,16 @@ def load_dataset(name: str, root: str | Path | None, split: str, skip_bad_rows: 
     bad = BadRows(name)
     samples = spec.load(root, split, bad)
     bad.resolve(skip_bad_rows)
-    return samples
+    return samples[rows]
+
+
+def split_rows(split: str) -> tuple[str, slice]:
+    """"train[616:]" -> ("train", slice(616, None)); a split without brackets -> (split, all rows)."""
+    match = re.fullmatch(r"([\w-]+)(?:\[(-?\d*):(-?\d*)\])?", split.strip())
+    if match is None:
+        raise DatasetError(f"split {split!r}: expected NAME or NAME[START:STOP], e.g. train or train[:616]")
+    name, start, stop = match.groups()
+    return name, slice(int(start) if start else None, int(stop) if stop else None)
 
 
 def check_official_count(name: str, root: str | Path, split: str, samples: list[Sample]) -> None:
