@@ -26,7 +26,9 @@ from src.data.loaders import load_dataset
 from src.data.prompts import assign_training_prompts
 from src.data.sample import Sample
 from src.data.subset import take_subset
-from src.grpo.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from src.grpo.checkpoint import (
+    checkpoint_step, load_checkpoint, resume_checkpoint, rng_state, save_checkpoint, set_rng_state,
+)
 from src.grpo.config import TrainConfig
 from src.grpo.distributed import (
     all_reduce_gradients, barrier, check_batch_split, gather_objects, gather_rows, init_distributed, is_main, rank,
@@ -37,7 +39,7 @@ from src.grpo.optim import make_optimizer, make_scheduler
 from src.grpo.policy_logprobs import completion_logprobs, logprobs_no_grad, minibatches, rows_of
 from src.grpo.rollout import Rollout, collect_rollout
 from src.eval.files import write_atomic
-from src.grpo.run_log import MetricsLog, peak_memory_mb
+from src.grpo.run_log import MetricsLog, check_run_log, peak_memory_mb
 from src.models.inputs import select_rows
 from src.models.loading import Policy, base_model_name, enable_gradient_checkpointing, freeze_vision, load_policy
 from src.models.lora import (
@@ -294,9 +296,12 @@ def train(cfg: TrainConfig) -> Path:
     from src.grpo.sft import sft_step
 
     out = Path(cfg.run.output_dir)
-    checkpoint = latest_checkpoint(out) if cfg.run.resume else None
-    if checkpoint is not None:
+    completion_rows = cfg.optim.prompts_per_step * cfg.rollout.group_size  # completions.jsonl lines per step
+    checkpoint = resume_checkpoint(out) if cfg.run.resume else None  # skips (and names) damaged checkpoints
+    if checkpoint is not None:  # refuse before any model loads or any file changes
         check_same_settings(out / "config.json", cfg)
+        check_run_log(out / "metrics.jsonl", checkpoint_step(checkpoint))
+        check_run_log(out / "completions.jsonl", checkpoint_step(checkpoint), completion_rows)
     run = setup(cfg)
     if is_main():
         out.mkdir(parents=True, exist_ok=True)
@@ -312,8 +317,8 @@ def train(cfg: TrainConfig) -> Path:
     log = MetricsLog(out / "metrics.jsonl", resume_step=start_step) if is_main() else None
     completions_log = None  # RL only: one line per sampled completion
     if is_main() and not cfg.is_sft:
-        completions_log = MetricsLog(out / "completions.jsonl", resume_step=start_step)
-    last = latest_checkpoint(out) if start_step == run.total_steps else None
+        completions_log = MetricsLog(out / "completions.jsonl", resume_step=start_step, rows_per_step=completion_rows)
+    last = checkpoint if start_step == run.total_steps else None
     progress = tqdm(range(start_step, run.total_steps), desc=cfg.run.method, initial=start_step,
                     total=run.total_steps, dynamic_ncols=True, disable=not is_main())
     for step in progress:
