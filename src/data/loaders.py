@@ -4,8 +4,8 @@ Names: silvar-med, vqa-rad, slake, vqa-med-2019, path-vqa, cv-bench, synthetic. 
 "val" and "test" ("validation", "validate" and "valid" mean "val"); each dataset has the splits it
 was released with. Each dataset's module docstring gives its on-disk layout (docs/DATA.md has them all).
 
-Unusable rows (missing image, empty question or answer, malformed line) raise one DatasetError that
-names file and row, unless `skip_bad_rows=True`, which skips them with a warning.
+Unusable rows (missing or undecodable image, empty question or answer, malformed line) raise one
+DatasetError that names file and row, unless `skip_bad_rows=True`, which skips them with a warning.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import Callable
 
 from src.data.cv_bench import load_cv_bench
 from src.data.hf_parquet import load_parquet_export
+from src.data.image_check import check_images
 from src.data.reasoning_set import load_reasoning_set
 from src.data.rows import BadRows, DatasetError
 from src.data.sample import Sample
@@ -65,7 +66,7 @@ def load_dataset(name: str, root: str | Path | None, split: str, skip_bad_rows: 
     if root is not None and not root.is_dir():
         raise DatasetError(f"{name}: data folder not found: {root}")
     bad = BadRows(name)
-    samples = spec.load(root, split, bad)
+    samples = check_images(spec.load(root, split, bad), bad)  # decoded now, not when a batch reaches them
     bad.resolve(skip_bad_rows)
     return samples
 

@@ -44,6 +44,7 @@ class BadRows:
     def __init__(self, dataset: str):
         self.dataset = dataset
         self.rows: list[BadRow] = []
+        self.origins: dict[int, tuple[Path, int]] = {}  # id(sample) -> (file, row) of each sample `parse` made
 
     def parse(self, file: Path, records: Iterable[tuple[int, object]],
               parse: Callable[[int, object], Sample]) -> list[Sample]:
@@ -53,22 +54,32 @@ class BadRows:
             try:
                 if isinstance(record, BadRowError):
                     raise record
-                samples.append(parse(number, record))
+                sample = parse(number, record)
             except BadRowError as error:
                 self.rows.append(BadRow(file, number, str(error)))
+                continue
+            self.origins[id(sample)] = (file, number)
+            samples.append(sample)
         return samples
+
+    def reject(self, sample: Sample, reason: str) -> None:
+        """Count a sample `parse` made as a bad row after all (its image does not decode, see image_check.py)."""
+        file, row = self.origins[id(sample)]
+        self.rows.append(BadRow(file, row, reason))
 
     def resolve(self, skip_bad_rows: bool) -> None:
         """Raise a DatasetError naming the bad rows, or (skip_bad_rows) warn how many were skipped."""
         if not self.rows:
             return
-        shown = "; ".join(str(row) for row in self.rows[:SHOWN_REASONS])
-        more = len(self.rows) - SHOWN_REASONS
-        listing = shown + (f"; and {more} more" if more > 0 else "")
+        rows = sorted(self.rows, key=lambda row: (str(row.file), row.row))
         if not skip_bad_rows:
-            raise DatasetError(f"{self.dataset}: {len(self.rows)} unusable row(s): {listing}. "
+            shown = "; ".join(str(row) for row in rows[:SHOWN_REASONS])
+            more = len(rows) - SHOWN_REASONS
+            listing = shown + (f"; and {more} more" if more > 0 else "")
+            raise DatasetError(f"{self.dataset}: {len(rows)} unusable row(s): {listing}. "
                                "Fix the files, or pass skip_bad_rows=True to skip such rows.")
-        warnings.warn(f"{self.dataset}: skipped {len(self.rows)} unusable row(s): {listing}", stacklevel=3)
+        listing = "".join(f"\n  {row}" for row in rows)  # every one: the record of what the run left out
+        warnings.warn(f"{self.dataset}: skipped {len(rows)} unusable row(s):{listing}", stacklevel=3)
 
 
 def read_json_records(path: Path) -> Iterator[tuple[int, object]]:

@@ -37,6 +37,7 @@ from src.grpo.distributed import (
 from src.grpo.loss import grpo_loss
 from src.grpo.optim import make_optimizer, make_scheduler
 from src.grpo.policy_logprobs import completion_logprobs, logprobs_no_grad, minibatches, rows_of
+from src.grpo.preflight import check_training_prompts
 from src.grpo.rollout import Rollout, collect_rollout
 from src.eval.files import write_atomic
 from src.grpo.run_log import MetricsLog, check_run_log, peak_memory_mb
@@ -69,6 +70,7 @@ class Run:
 
 def training_samples(cfg: TrainConfig) -> list[Sample]:
     samples = load_dataset(cfg.data.dataset, cfg.data.data_root, cfg.data.split, skip_bad_rows=cfg.data.skip_bad_rows)
+    samples = check_training_prompts(samples, cfg)  # tokenizer and config only: no weights
     if cfg.data.samples is not None:
         samples = take_subset(samples, cfg.data.samples, seed=cfg.run.seed)
     if not samples:
