@@ -2,6 +2,7 @@
 and row before any model loads, and --skip-bad-rows leaves them out with one warning listing them all."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import warnings
@@ -19,6 +20,8 @@ from src.models import images
 from src.models.images import load_image
 from tests.conftest import random_image
 from tests.test_data_loaders import png_bytes, write_parquet
+from tests.test_evaluate import FakeModel, FakeScorer
+from tests.test_resume_safety import snapshot
 from tests.test_trainer import tiny_config
 
 
@@ -93,10 +96,21 @@ def test_an_undecodable_image_in_a_parquet_export_names_file_and_row(tmp_path):
         assert [s.id for s in load_dataset("path-vqa", tmp_path, "test", skip_bad_rows=True)] == ["test-0-1"]
 
 
-def test_training_refuses_a_bad_image_when_its_dataset_loads(bad_images, tmp_path):
-    cfg = tiny_config(tmp_path, data=dict(dataset="silvar-med", data_root=str(bad_images), split="test", samples=None))
-    with pytest.raises(DatasetError, match=r"row 2: cannot read image .*truncated\.jpg"):
-        trainer.training_samples(cfg)  # what setup() runs to read the data, with no model weights involved
+def test_training_refuses_a_bad_image_when_its_dataset_loads_and_changes_nothing(tmp_path):
+    good = jpeg_bytes()
+    root = reasoning_set(tmp_path / "silvar-med", {"a.jpg": good, "b.jpg": good}, ["a.jpg", "b.jpg"] * 2)
+    cfg = tiny_config(tmp_path, run=dict(method="sft"), optim=dict(max_steps=2),
+                      data=dict(dataset="silvar-med", data_root=str(root), split="test", samples=None))
+    trainer.train(cfg)
+    out = Path(cfg.run.output_dir)
+    before = snapshot(out)
+    (root / "images" / "b.jpg").write_bytes(good[: len(good) // 3])  # the disk damages an image between runs
+    longer = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, resume=True),
+                                 optim=dataclasses.replace(cfg.optim, max_steps=4))
+    with pytest.raises(DatasetError, match=rf"{root / 'test.jsonl'}, row 2: cannot read image .*b\.jpg: image file "
+                                           r"is truncated.*row 4: "):
+        trainer.train(longer)
+    assert snapshot(out) == before
 
 
 def test_evaluate_stops_on_a_bad_image_of_its_last_dataset_before_the_model_loads(tmp_path, monkeypatch):
@@ -104,19 +118,20 @@ def test_evaluate_stops_on_a_bad_image_of_its_last_dataset_before_the_model_load
     root = tmp_path / "data"
     reasoning_set(root / "silvar-med", {"a.jpg": good}, ["a.jpg", "a.jpg"])
     (root / "vqa-rad" / "images").mkdir(parents=True)
-    (root / "vqa-rad" / "images" / "synpic1.jpg").write_bytes(good[:100])
+    (root / "vqa-rad" / "images" / "synpic1.jpg").write_bytes(good)
     (root / "vqa-rad" / "testset.json").write_text(json.dumps([
         {"qid": 1, "image_name": "synpic1.jpg", "question": "Is this an MRI?", "answer": "yes", "answer_type": "CLOSED"}]))
-
-    def no_model(args):
-        raise AssertionError("the model was loaded")
-
-    monkeypatch.setattr(evaluate, "make_generate_fn", no_model)
+    fake = FakeModel()
+    monkeypatch.setattr(evaluate, "make_generate_fn", fake.make_generate_fn)
+    monkeypatch.setattr(evaluate, "load_bertscorer", lambda name, device=None: FakeScorer())
     out = tmp_path / "out"
+    command = ["--model", "tiny", "--data-root", str(root), "--output-dir", str(out), "--datasets", "silvar-med:test"]
+    evaluate.main(command)
+    before = snapshot(out)
+    (root / "vqa-rad" / "images" / "synpic1.jpg").write_bytes(good[:100])
     with pytest.raises(DatasetError, match=rf"{root / 'vqa-rad' / 'testset.json'}, row 1: cannot read image "):
-        evaluate.main(["--model", "tiny", "--data-root", str(root), "--output-dir", str(out),
-                       "--datasets", "silvar-med:test,vqa-rad:test"])
-    assert not (out / "predictions").exists()
+        evaluate.main(command[:-1] + ["silvar-med:test,vqa-rad:test"])
+    assert fake.loads == 1 and snapshot(out) == before  # the model was not loaded again; no file changed
 
 
 def test_an_image_above_the_decompression_bomb_limit_is_a_named_bad_row(tmp_path, monkeypatch):
