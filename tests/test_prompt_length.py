@@ -57,7 +57,7 @@ def test_a_6000_word_question_is_refused_naming_its_sample(limit, tmp_path):
     message = str(error.value)
     assert message.startswith(f"1 sample(s) do not fit the model: silvar-med sample q7 (image {long.image}): ")
     assert "+ 512 completion tokens" in message and "more than the 4096 positions of tiny" in message
-    with pytest.warns(UserWarning, match=r"left out 1 sample\(s\) that do not fit the model:\n  silvar-med sample q7"):
+    with pytest.warns(UserWarning, match=r"left out 1 sample\(s\) that do not fit the model: silvar-med sample q7"):
         assert limit.check([short, long], [TRAINING_PROMPTS["explanation"]], lambda s: 512, True) == [short]
 
 

@@ -51,10 +51,9 @@ def check_images(samples: list[Sample], bad: BadRows, workers: int | None = None
         elif size[0] * size[1] > LARGE_IMAGE_PIXELS:
             large.append(f"{name} ({size[0]}x{size[1]})")
     if large:
-        listing = "".join(f"\n  {line}" for line in large)
         warnings.warn(f"{bad.dataset}: {len(large)} image(s) above {LARGE_IMAGE_PIXELS / 1e6:.1f} megapixels; each "
                       "is decoded in full (3 bytes per pixel) before the image processor shrinks it to its "
-                      f"max_pixels:{listing}", stacklevel=3)
+                      f"max_pixels: {'; '.join(large)}", stacklevel=3)
     return [sample for sample in samples if id(sample) not in rejected]
 
 

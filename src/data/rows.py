@@ -78,8 +78,8 @@ class BadRows:
             listing = shown + (f"; and {more} more" if more > 0 else "")
             raise DatasetError(f"{self.dataset}: {len(rows)} unusable row(s): {listing}. "
                                "Fix the files, or pass skip_bad_rows=True to skip such rows.")
-        listing = "".join(f"\n  {row}" for row in rows)  # every one: the record of what the run left out
-        warnings.warn(f"{self.dataset}: skipped {len(rows)} unusable row(s):{listing}", stacklevel=3)
+        listing = "; ".join(str(row) for row in rows)  # every one: the record of what the run left out
+        warnings.warn(f"{self.dataset}: skipped {len(rows)} unusable row(s): {listing}", stacklevel=3)
 
 
 def read_json_records(path: Path) -> Iterator[tuple[int, object]]:

@@ -110,8 +110,7 @@ class PromptLimit:
             raise DatasetError(f"{len(lines)} sample(s) do not fit the model: {'; '.join(lines[:SHOWN_REASONS])}"
                                + (f"; and {more} more" if more > 0 else "")
                                + ". Shorten them, or pass skip_bad_rows=True to leave them out.")
-        warnings.warn(f"left out {len(lines)} sample(s) that do not fit the model:"
-                      + "".join(f"\n  {line}" for line in lines), stacklevel=2)
+        warnings.warn(f"left out {len(lines)} sample(s) that do not fit the model: {'; '.join(lines)}", stacklevel=2)
         dropped = {id(sample) for sample, _ in refused}
         return [sample for sample in samples if id(sample) not in dropped]
 
