@@ -29,10 +29,11 @@ from src.eval.judge_cache import JudgeCache
 from src.eval.judge_client import JudgeFatalError, RetryPolicy, make_backend
 from src.eval.judging import JudgeRun, judge_records
 from src.eval.metrics import no_judge_metrics
-from src.eval.predictions import GenerateFn, run_predictions
+from src.eval.predictions import GenerateFn, prediction_ids, run_predictions
 from src.eval.report import render_report
 from src.eval.summary import Group, build_summary
 from src.models.generation import ENGINES
+from src.models.prompt_length import PromptLimit
 from src.rewards.bertscore import load_bertscorer
 
 SYSTEM_PROMPTS = {**INFERENCE_PROMPTS, **TRAINING_PROMPTS}
@@ -140,7 +141,11 @@ def judge_base_url(values: list[str], model: str) -> str | None:
 
 
 def predict(args: argparse.Namespace, generate: GenerateFn) -> list[Group]:
-    """Prediction records for every requested dataset and prompt, generating only what is missing."""
+    """Prediction records for every requested dataset and prompt, generating only what is missing.
+
+    Every dataset is loaded (images decoded) and, if anything is left to generate, every prompt's length
+    checked before the first generation, so a bad row of the last dataset stops the run before the model loads.
+    """
     prompts = ["reasoning", "non-reasoning"] if args.prompt == "both" else [args.prompt]
     datasets = []
     for spec in args.datasets.split(","):  # every dataset is read (and its bad rows found) before any generation
@@ -148,12 +153,19 @@ def predict(args: argparse.Namespace, generate: GenerateFn) -> list[Group]:
         split = split or "test"
         samples = load_dataset(name, data_root(args.data_root, name), split, args.skip_bad_rows)
         datasets.append((name, split, samples[: args.limit] if args.limit else samples))
+    path = {(name, split, prompt): args.output_dir / "predictions" / f"{name}-{split}-{prompt}.jsonl"
+            for name, split, _ in datasets for prompt in prompts}
+    if any(not prediction_ids(path[name, split, prompt]) >= {sample.id for sample in samples}
+           for name, split, samples in datasets for prompt in prompts):
+        prompt_limit = PromptLimit.from_model(args.model)  # config and tokenizer: the weights load later, if at all
+        datasets = [(name, split, prompt_limit.check(samples, [SYSTEM_PROMPTS[prompt] for prompt in prompts],
+                                                     lambda sample: args.max_new_tokens, args.skip_bad_rows))
+                    for name, split, samples in datasets]
     groups = []
     for name, split, samples in datasets:
         for prompt in prompts:
-            path = args.output_dir / "predictions" / f"{name}-{split}-{prompt}.jsonl"
-            records = run_predictions(samples, generate, SYSTEM_PROMPTS[prompt], prompt, split, path,
-                                      args.batch_size)
+            records = run_predictions(samples, generate, SYSTEM_PROMPTS[prompt], prompt, split,
+                                      path[name, split, prompt], args.batch_size)
             groups.append(Group(name, split, prompt, records))
     return groups
 

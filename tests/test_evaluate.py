@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import evaluate
+from tests.conftest import random_image
 from tests.judge_server import JudgeServer
 
 KEY = "sk-test-SECRET123"
@@ -35,8 +36,8 @@ def data_root(tmp_path: Path) -> Path:
     (root / "silvar-med" / "test.jsonl").write_text("".join(json.dumps(row) + "\n" for row in REASONING_SET))
     (root / "vqa-rad" / "images").mkdir(parents=True)
     (root / "vqa-rad" / "testset.json").write_text(json.dumps(VQA_RAD))
-    for image in ("silvar-med/images/a.png", "silvar-med/images/b.png", "vqa-rad/images/synpic1.jpg"):
-        (root / image).write_bytes(b"not decoded by the evaluator")
+    for seed, image in enumerate(("silvar-med/images/a.png", "silvar-med/images/b.png", "vqa-rad/images/synpic1.jpg")):
+        random_image(16, 16, seed).save(root / image)  # decoded when the dataset loads
     return root
 
 
@@ -71,6 +72,8 @@ def fake(monkeypatch) -> FakeModel:
     model = FakeModel()
     monkeypatch.setattr(evaluate, "make_generate_fn", model.make_generate_fn)
     monkeypatch.setattr(evaluate, "load_bertscorer", lambda name, device=None: FakeScorer())
+    real_limit = evaluate.PromptLimit.from_model
+    monkeypatch.setattr(evaluate.PromptLimit, "from_model", lambda name: real_limit("tiny"))  # prompts counted as tiny's
     return model
 
 

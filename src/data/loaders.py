@@ -6,9 +6,9 @@ was released with. A split may select rows by position as a Python slice does: "
 "train[616:]" are a split's first 616 rows and the rest (a validation set held out of the training
 data, say). Each dataset's module docstring gives its on-disk layout (docs/DATA.md has them all).
 
-Unusable rows (missing image, empty question or answer, malformed line, bytes that are not UTF-8)
-raise one DatasetError that names file and row, unless `skip_bad_rows=True`, which skips them with a
-warning. Rows the official files themselves get wrong (a known upstream defect, listed in the
+Unusable rows (missing or undecodable image, empty question or answer, malformed line, bytes that are
+not UTF-8) raise one DatasetError that names file and row, unless `skip_bad_rows=True`, which skips them
+with a warning. Rows the official files themselves get wrong (a known upstream defect, listed in the
 dataset's module) are skipped by default with one warning naming file and row.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Callable
 
 from src.data.cv_bench import load_cv_bench
 from src.data.path_vqa import load_path_vqa, original_release
+from src.data.image_check import check_images
 from src.data.rows import BadRows, DatasetError
 from src.data.sample import Sample
 from src.data.silvar_med import is_reasoning_set, load_silvar_med, upstream_folder
@@ -82,9 +83,9 @@ def load_dataset(name: str, root: str | Path | None, split: str, skip_bad_rows: 
     if root is not None and not root.is_dir():
         raise DatasetError(f"{name}: data folder not found: {root}")
     bad = BadRows(name)
-    samples = spec.load(root, split, bad)
+    samples = check_images(spec.load(root, split, bad)[rows], bad)  # decoded now, not when a batch reaches them
     bad.resolve(skip_bad_rows)
-    return samples[rows]
+    return samples
 
 
 def split_rows(split: str) -> tuple[str, slice]:

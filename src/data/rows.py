@@ -65,6 +65,7 @@ class BadRows:
         self.dataset = dataset
         self.rows: list[BadRow] = []
         self.known: list[BadRow] = []   # rows of known upstream defects, always skipped
+        self.origins: dict[int, tuple[Path, int]] = {}  # id(sample) -> (file, row) of each sample `parse` made
 
     def parse(self, file: Path, records: Iterable[tuple[int, object]],
               parse: Callable[[int, object], Sample | list[Sample]],
@@ -78,24 +79,34 @@ class BadRows:
                 if isinstance(record, BadRowError):
                     raise record
                 parsed = parse(number, record)
-                samples += parsed if isinstance(parsed, list) else [parsed]
             except BadRowError as error:
                 defect = any(defect.matches(file, record, str(error)) for defect in known)
                 (self.known if defect else self.rows).append(BadRow(file, number, str(error)))
+                continue
+            for sample in parsed if isinstance(parsed, list) else [parsed]:
+                self.origins[id(sample)] = (file, number)
+                samples.append(sample)
         return samples
+
+    def reject(self, sample: Sample, reason: str) -> None:
+        """Count a sample `parse` made as a bad row after all (its image does not decode, see image_check.py)."""
+        file, row = self.origins[id(sample)]
+        self.rows.append(BadRow(file, row, reason))
 
     def resolve(self, skip_bad_rows: bool) -> None:
         """Warn about skipped known defects; then raise a DatasetError naming the bad rows, or
-        (skip_bad_rows) warn how many were skipped."""
+        (skip_bad_rows) warn listing every row skipped."""
         if self.known:
             warnings.warn(f"{self.dataset}: skipped {len(self.known)} row(s) that the official release itself gets "
                           f"wrong (known upstream defects, see docs/DATA.md): {listing(self.known)}", stacklevel=3)
         if not self.rows:
             return
+        rows = sorted(self.rows, key=lambda row: (str(row.file), row.row))
         if not skip_bad_rows:
-            raise DatasetError(f"{self.dataset}: {len(self.rows)} unusable row(s): {listing(self.rows)}. "
+            raise DatasetError(f"{self.dataset}: {len(rows)} unusable row(s): {listing(rows)}. "
                                "Fix the files, or pass skip_bad_rows=True to skip such rows.")
-        warnings.warn(f"{self.dataset}: skipped {len(self.rows)} unusable row(s): {listing(self.rows)}", stacklevel=3)
+        every = "; ".join(str(row) for row in rows)  # every one: the record of what the run left out
+        warnings.warn(f"{self.dataset}: skipped {len(rows)} unusable row(s): {every}", stacklevel=3)
 
 
 def listing(rows: list[BadRow]) -> str:

@@ -3,13 +3,72 @@
 Predictions and judge replies are appended one JSON line at a time and fsync'ed, so a killed run
 loses at most the line being written. On the next start `read_jsonl` notices such a torn last line
 and cuts it off; a malformed line anywhere else is real corruption and raises, naming file and line.
+A write that fails (a full disk) raises a `WriteError` naming the file and saying whether the disk
+is full; what was on disk before stays as it was.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Iterator
+
+from safetensors import SafetensorError
+
+FULL_DISK_BELOW = 64 * 2**20  # free bytes under which a failed write is put down to a full disk
+# A full disk in the words of writers that drop the errno: safetensors ("No space left on device (os error
+# 28)"); and torch.save's zip writer, which says only that a write failed ("unexpected pos 704 vs 598",
+# "file write failed", "basic_ios::clear: iostream error").
+FULL_DISK_TEXTS = ("No space left", "os error 28", "Disk quota exceeded", "os error 122")
+WRITE_FAILED_TEXTS = ("unexpected pos", "file write failed", "iostream error")
+
+
+class WriteError(OSError):
+    """A file that could not be written; the message names it and says when the disk is full."""
+
+
+def is_disk_full(error: BaseException, path: Path) -> bool:
+    """Whether `error`, raised while writing `path`, comes from a full disk (or an exhausted quota).
+
+    An OSError carries its errno. torch.save reports only "unexpected pos" or "iostream error", so
+    such messages count as a full disk when the disk holding `path` has (almost) no space left.
+    """
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(error)
+    if any(marker in text for marker in FULL_DISK_TEXTS):
+        return True
+    return any(marker in text for marker in WRITE_FAILED_TEXTS) and free_bytes(path) < FULL_DISK_BELOW
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes free to this user on the disk holding `path` (or its nearest existing parent)."""
+    for folder in (Path(path), *Path(path).parents):
+        if folder.exists():
+            return shutil.disk_usage(folder).free
+    return 0
+
+
+def write_failure(path: Path, error: BaseException) -> WriteError:
+    """The WriteError for `error` raised while writing `path`."""
+    if is_disk_full(error, path):
+        return WriteError(f"disk full: cannot write {path} ({error}); "
+                          f"{free_bytes(path) / 2**20:.1f} MiB free on the disk that holds it")
+    return WriteError(f"cannot write {path}: {type(error).__name__}: {error}")
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Re-raise a failure of the writes inside as a WriteError naming `path` (and a full disk as such)."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except (OSError, RuntimeError, SafetensorError) as error:  # RuntimeError: torch.save's zip writer
+        raise write_failure(path, error) from error
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -28,18 +87,21 @@ def read_jsonl(path: Path) -> list[dict]:
             continue
         try:
             records.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: line {number} is not valid JSON ({exc.msg})") from None
+        except ValueError as exc:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not UTF-8
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
+            raise ValueError(f"{path}: line {number} is not valid JSON ({reason})") from None
     if tail.strip():
-        write_atomic(path, data[: len(data) - len(tail)])
+        with writing(path):
+            os.truncate(path, len(data) - len(tail))
     return records
 
 
 def append_jsonl(handle: IO[str], records: list[dict]) -> None:
     """Append records, one line each, and force them to disk before returning."""
-    handle.write("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
-    handle.flush()
-    os.fsync(handle.fileno())
+    with writing(Path(handle.name)):
+        handle.write("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def write_atomic(path: Path, content: str | bytes) -> None:
@@ -47,8 +109,12 @@ def write_atomic(path: Path, content: str | bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     data = content if isinstance(content, bytes) else content.encode("utf-8")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with writing(path), open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except WriteError:
+        tmp.unlink(missing_ok=True)  # a full disk gets its space back; `path` was never touched
+        raise
     os.replace(tmp, path)

@@ -60,6 +60,11 @@ def record_sample(record: dict) -> Sample:
     )
 
 
+def prediction_ids(path: Path) -> set[str]:
+    """The ids of the samples `path` already holds a prediction for."""
+    return {record["id"] for record in read_jsonl(path)}
+
+
 def run_predictions(
     samples: list[Sample],
     generate: GenerateFn,

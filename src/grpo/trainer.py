@@ -25,7 +25,9 @@ from src.data.prompts import assign_training_prompts
 from src.data.sample import Sample
 from src.data.subset import take_subset
 from src.grpo.advantages import group_advantages, zero_std_fraction
-from src.grpo.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from src.grpo.checkpoint import (
+    checkpoint_step, load_checkpoint, resume_checkpoint, rng_state, save_checkpoint, set_rng_state,
+)
 from src.grpo.config import TrainConfig
 from src.grpo.distributed import (
     barrier, check_batch_split, gather_objects, gather_rows, init_distributed, is_main, rank,
@@ -34,10 +36,11 @@ from src.grpo.distributed import (
 from src.grpo.forward import completion_logprobs, minibatches, rollout_logprobs
 from src.grpo.loss import grpo_loss, token_weights
 from src.grpo.optim import make_optimizer, make_scheduler, optimizer_step
+from src.grpo.preflight import check_training_prompts
 from src.grpo.reference import Reference, make_reference
 from src.grpo.rollout import Rollout, sample_rollout
 from src.eval.files import write_atomic
-from src.grpo.run_log import MetricsLog, PhaseTimer, grpo_metrics, peak_memory_mb
+from src.grpo.run_log import MetricsLog, PhaseTimer, check_run_log, grpo_metrics, peak_memory_mb
 from src.models.loading import Policy, base_model_name, enable_gradient_checkpointing, freeze_vision, load_policy
 from src.models.lora import LoRAConfig, inject_lora, lora_layers, mark_only_lora_as_trainable, merge_and_unload
 from src.rewards.total import score_completions
@@ -62,6 +65,7 @@ class Run:
 
 def training_samples(cfg: TrainConfig) -> list[Sample]:
     samples = load_dataset(cfg.data.dataset, cfg.data.data_root, cfg.data.split, skip_bad_rows=cfg.data.skip_bad_rows)
+    samples = check_training_prompts(samples, cfg)  # tokenizer and config only: no weights
     if cfg.data.samples is not None:
         samples = take_subset(samples, cfg.data.samples, seed=cfg.run.seed)
     if not samples:
@@ -240,9 +244,12 @@ def train(cfg: TrainConfig) -> Path:
     from src.grpo.sft import sft_step
 
     out = Path(cfg.run.output_dir)
-    checkpoint = latest_checkpoint(out) if cfg.run.resume else None
-    if checkpoint is not None:
+    completion_rows = cfg.optim.prompts_per_step * cfg.rollout.group_size  # completions.jsonl lines per step
+    checkpoint = resume_checkpoint(out) if cfg.run.resume else None  # skips (and names) damaged checkpoints
+    if checkpoint is not None:  # refuse before any model loads or any file changes
         check_same_settings(out / "config.json", cfg)
+        check_run_log(out / "metrics.jsonl", checkpoint_step(checkpoint))
+        check_run_log(out / "completions.jsonl", checkpoint_step(checkpoint), completion_rows)
     run = setup(cfg)
     if is_main():
         out.mkdir(parents=True, exist_ok=True)
@@ -258,8 +265,8 @@ def train(cfg: TrainConfig) -> Path:
     log = MetricsLog(out / "metrics.jsonl", resume_step=start_step) if is_main() else None
     completions_log = None  # RL only: one line per sampled completion
     if is_main() and not cfg.is_sft:
-        completions_log = MetricsLog(out / "completions.jsonl", resume_step=start_step)
-    last = latest_checkpoint(out) if start_step == run.total_steps else None
+        completions_log = MetricsLog(out / "completions.jsonl", resume_step=start_step, rows_per_step=completion_rows)
+    last = checkpoint if start_step == run.total_steps else None
     progress = tqdm(range(start_step, run.total_steps), desc=cfg.run.method, initial=start_step,
                     total=run.total_steps, dynamic_ncols=True, disable=not is_main())
     for step in progress:
