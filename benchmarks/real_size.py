@@ -1,7 +1,7 @@
 """The real job at real size on a CPU: train.py, --resume, evaluate.py and PEFT on Qwen2-VL-2B's architecture.
 
-    python -m benchmarks.real_size                      # Qwen2-VL-2B at random weights, fp32: ~15 min, ~15 GB
-    python -m benchmarks.real_size --scale tiny         # the same phases on the tiny model (~1 min; a test)
+    python -m benchmarks.real_size                      # Qwen2-VL-2B, random weights, fp32: 15 min, 14 GB peak
+    python -m benchmarks.real_size --scale tiny         # the same phases on the tiny model (~35 s; a test)
     python -m benchmarks.real_size --phases checks,peft # again, from what an earlier run left in --work-dir
 
 No real weights are needed: benchmarks/qwen2_vl_2b.py writes Qwen2-VL-2B-Instruct's architecture with
@@ -22,7 +22,7 @@ run, each in its own process, so that its seconds and peak resident memory are i
   peft      peft.PeftModel.from_pretrained(base, checkpoint-3) gives our logits, and not the base model's
 
 The run uses the CPU default, fp32: on 2 cores one 2B step measured 160 s in fp32 and 228 s in bf16
-(bf16 matmuls are not faster on this CPU), at 14.6 GB and 5.7 GB peak (docs/BENCHMARKS.md). The
+(bf16 matmuls are not faster on that CPU), at 14.6 GB and 5.7 GB peak (docs/BENCHMARKS.md). The
 schedule is constant without warm-up, so that every step updates the adapter (at the default LoRA
 learning rate) and the PEFT comparison can tell the adapter from the base model. Writes
 WORK/real_size.json and ends with a table of seconds and peak resident memory per phase.
