@@ -227,6 +227,8 @@ def step(ctx: Context, figures: dict, extra: tuple[str, ...] = (), label: str = 
         ours_step_seconds=ours["step_seconds"], baseline_step_seconds=baseline["step_seconds"],
         overhead_ratio=result["overhead_ratio"],
         ours_phases={name: {k: p[k] for k in ("seconds", "tokens_per_s", "peak_mib")} for name, p in ours["phases"].items()},
+        baseline_phases={name: {k: p[k] for k in ("seconds", "tokens_per_s", "peak_mib")}
+                         for name, p in baseline["phases"].items()},
         ours_peak_gib=max(p["peak_mib"] for p in ours["phases"].values()) / 1024,
         baseline_peak_gib=max(p["peak_mib"] for p in baseline["phases"].values()) / 1024,
         decode_ms_per_token=bound["measured_seconds_per_step"] * 1e3, bound_ms_per_token=bound["bound_seconds_per_step"] * 1e3,
@@ -381,10 +383,12 @@ def trl(ctx: Context, figures: dict) -> None:
     free_memory()
 
 
+# A variant of the step is one more entry (its label keeps its figures apart), e.g.
+#   Phase("step-engine", 300, functools.partial(step, extra=("--rollout-engine", "engine"), label="step-engine")),
 PHASES = [
     Phase("environment", 30, environment),
     Phase("processor", 90, processor),
-    Phase("step", 240, step),
+    Phase("step", 300, step),  # 4 steps of 512 decode steps (ours and baseline, warm-up + timed) and the build
     Phase("evaluate", 120, evaluate),
     Phase("torchrun", 120, torchrun),
     Phase("trl", 180, trl),
