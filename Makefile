@@ -1,6 +1,7 @@
 # Install into a local virtual environment (.venv) and run the project's two entry points.
-# torch is pinned first so that pip takes the 2.13 build the project is tested with
-# (on a CPU-only machine with a local wheel, that is the CPU build) before anything pulls another.
+# torch is installed first so that pip takes the 2.13 build the project is tested with
+# (on a CPU-only machine with a local wheel, that is the CPU build) before anything pulls another;
+# constraints.txt keeps torch, transformers and peft at the versions CI tests (setup.cfg allows more).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -9,10 +10,10 @@ BIN    := $(VENV)/bin
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+$(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev]" -c constraints.txt
 	touch $@
 
 demo: install

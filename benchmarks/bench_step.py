@@ -24,11 +24,8 @@ context length) / --bandwidth, against our measured generate time per token (whi
 prefill, so the ratio is an upper bound).
 
 Models: `tiny` (the embedded test model) or `qwen2-vl-2b-random`: Qwen2-VL-2B-Instruct's exact
-architecture (its config.json, as docs/BENCHMARKS.md lists it) with random weights, built on
-the device in bf16, so nothing is downloaded. Its tokenizer is the tiny model's BPE, its vocabulary
-padded with unused entries so that every special token has its real id (151643 ...); prompts are then
-a few tokens per word as with the real tokenizer, and image tokens, the bulk of each prompt, are
-exactly as many as the real model sees.
+architecture with random weights, built on the device in bf16, so nothing is downloaded
+(benchmarks/qwen2_vl_2b.py: its config, and a tokenizer whose special tokens have the real ids).
 """
 from __future__ import annotations
 
@@ -49,6 +46,7 @@ import torch
 from PIL import Image
 
 from benchmarks.memory import peak_bytes, reset_peak, synchronize
+from benchmarks.qwen2_vl_2b import random_qwen2_vl_2b
 from src.data.prompts import TRAINING_PROMPTS
 from src.data.sample import Sample
 from src.grpo import trainer
@@ -60,9 +58,7 @@ from src.models import engine
 from src.models.completions import END_TOKENS, VISION_TOKENS, token_ids
 from src.models.generation import prompt_batch
 from src.models.inputs import PromptBatch, repeat_rows, select_rows, with_completions
-from src.models.loading import (
-    Policy, attention_implementation, default_dtype, enable_gradient_checkpointing, load_policy,
-)
+from src.models.loading import Policy, default_dtype, enable_gradient_checkpointing, load_policy
 from src.models.lora import disabled_adapters, lora_layers
 from src.rewards.total import score_completions
 
@@ -71,60 +67,6 @@ H100_SXM_BANDWIDTH = 3.35e12  # bytes/s, HBM3 of the H100 SXM (H100 PCIe: 2.0e12
 MODELS = ("tiny", "qwen2-vl-2b-random")
 PHASES = ("generate", "score", "reference", "policy", "optimizer")
 SIDES = ("ours", "ours_hf", "baseline")  # the trainer with the engine, the trainer with HF generate, bare minimum
-
-# Qwen2-VL-2B-Instruct's config.json.
-QWEN2_VL_2B_IDS = dict(endoftext=151643, im_end=151645, vision_start=151652, vision_end=151653,
-                       image_pad=151655, video_pad=151656)
-QWEN2_VL_2B_TEXT = dict(
-    vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-    num_key_value_heads=2, max_position_embeddings=32768, rms_norm_eps=1e-6, hidden_act="silu",
-    rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [16, 24, 24]},
-)
-QWEN2_VL_2B_VISION = dict(depth=32, embed_dim=1280, num_heads=16, mlp_ratio=4, hidden_size=1536, patch_size=14,
-                          spatial_merge_size=2, temporal_patch_size=2, in_channels=3)
-
-
-def qwen2_vl_2b_config():
-    from transformers import Qwen2VLConfig
-
-    ids = QWEN2_VL_2B_IDS
-    return Qwen2VLConfig(
-        text_config=dict(QWEN2_VL_2B_TEXT, bos_token_id=ids["endoftext"], eos_token_id=ids["im_end"],
-                         pad_token_id=ids["endoftext"]),
-        vision_config=dict(QWEN2_VL_2B_VISION),
-        image_token_id=ids["image_pad"], video_token_id=ids["video_pad"],
-        vision_start_token_id=ids["vision_start"], vision_end_token_id=ids["vision_end"], tie_word_embeddings=True,
-    )
-
-
-def qwen_sized_tokenizer():
-    """The tiny BPE with its special tokens moved to Qwen2-VL's ids (checked, not assumed)."""
-    from src.models.tiny import SPECIAL_TOKENS, tiny_corpus, train_tokenizer
-
-    tokenizer = train_tokenizer(tiny_corpus(), first_special_id=QWEN2_VL_2B_IDS["endoftext"])
-    got = [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS]
-    expected = list(range(QWEN2_VL_2B_IDS["endoftext"], QWEN2_VL_2B_IDS["endoftext"] + len(SPECIAL_TOKENS)))
-    if got != expected:
-        raise RuntimeError(f"special token ids {got} are not Qwen2-VL's {expected}")
-    tokenizer.padding_side = "left"
-    return tokenizer
-
-
-def random_qwen2_vl_2b(device: torch.device, dtype: torch.dtype) -> Policy:
-    """Qwen2-VL-2B-Instruct's architecture with random weights, initialised directly on `device`."""
-    from transformers import GenerationConfig, Qwen2VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = Qwen2VLForConditionalGeneration._from_config(
-            qwen2_vl_2b_config(), dtype=dtype, attn_implementation=attention_implementation(device))
-    ids = QWEN2_VL_2B_IDS
-    model.generation_config = GenerationConfig(bos_token_id=ids["endoftext"], pad_token_id=ids["endoftext"],
-                                               eos_token_id=[ids["im_end"], ids["endoftext"]])
-    # The real preprocessor_config.json: min_pixels 56*56, max_pixels 28*28*1280 (the class defaults).
-    return Policy(model=model, tokenizer=qwen_sized_tokenizer(), image_processor=Qwen2VLImageProcessorPil(),
-                  name="qwen2-vl-2b-random")
 
 
 def build_policy(name: str, device: torch.device, dtype: torch.dtype) -> Policy:

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.bench_step import decode_bound, qwen2_vl_2b_config
+from benchmarks.bench_step import decode_bound
+from benchmarks.qwen2_vl_2b import qwen2_vl_2b_config
 
 REPO = Path(__file__).resolve().parents[1]
 

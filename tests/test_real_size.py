@@ -1,0 +1,102 @@
+"""Real size without real weights: Qwen2-VL-2B's image processing, the loader's fallbacks, the real-size command.
+
+benchmarks/real_size.py at 2B takes ~15 minutes on 2 cores (docs/BENCHMARKS.md has its figures); the
+suite runs the same phases on the tiny model.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from benchmarks.qwen2_vl_2b import QWEN2_VL_2B_IDS, image_processor, qwen_sized_tokenizer
+from src.models.inputs import IMAGE_PAD, build_prompt_batch
+from tests.conftest import chat, random_image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("width, height, max_pixels, grid", [
+    # the real preprocessor_config.json's limit, 28*28*16384 = 12,845,056 pixels: 4500 x 3200 is 14.4M.
+    # Sides rounded to multiples of 28 (4508 x 3192) are still too many, so both shrink by
+    # beta = sqrt(4500 * 3200 / 12,845,056) = 1.0588 and round down: 4500 / beta / 28 = 151.8 -> 151 * 28 = 4228,
+    # 3200 / beta / 28 = 107.9 -> 107 * 28 = 2996: a grid of 2996 / 14 = 214 by 4228 / 14 = 302 patches.
+    (4500, 3200, 28 * 28 * 16384, (1, 214, 302)),
+    # the model card's suggested limit, 28*28*1280 = 1,003,520: 1600 x 1200 -> beta = 1.3832,
+    # 1600 / beta / 28 = 41.3 -> 1148, 1200 / beta / 28 = 30.98 -> 840: 60 x 82 patches.
+    (1600, 1200, 28 * 28 * 1280, (1, 60, 82)),
+])
+def test_image_larger_than_max_pixels_is_resized_whole_not_cropped(width, height, max_pixels, grid):
+    processor = type(image_processor())(min_pixels=56 * 56, max_pixels=max_pixels)
+    image = random_image(height, width, seed=1)
+    processed = processor(images=[image], return_tensors="pt")
+    assert processed["image_grid_thw"].tolist() == [list(grid)]
+    # what the model sees is the whole image resized to the grid's size (bicubic, as Qwen2-VL's processor
+    # resizes); a crop to that size would give the same grid but other pixels
+    resized = image.resize((grid[2] * 14, grid[1] * 14), Image.Resampling.BICUBIC)
+    expected = processor(images=[resized], return_tensors="pt")
+    assert expected["image_grid_thw"].tolist() == [list(grid)]  # already a valid size: not resized again
+    torch.testing.assert_close(processed["pixel_values"], expected["pixel_values"], rtol=0, atol=0)
+
+
+def test_real_size_prompt_has_t_h_w_over_4_image_tokens_at_the_real_ids():
+    tokenizer, processor = qwen_sized_tokenizer(), image_processor()
+    images = [random_image(512, 512), random_image(480, 640), random_image(3200, 4500)]
+    batch = build_prompt_batch(tokenizer, processor, [chat("Is there a lesion?")] * 3, images)
+    assert tokenizer.convert_tokens_to_ids(IMAGE_PAD) == QWEN2_VL_2B_IDS["image_pad"] == 151655
+    counts = (batch.input_ids == QWEN2_VL_2B_IDS["image_pad"]).sum(1).tolist()
+    # 512 -> 504 = 36 x 36 patches; 640 x 480 -> 644 x 476 = 46 x 34; 4500 x 3200 -> 4228 x 2996 = 302 x 214
+    assert counts == [36 * 36 // 4, 46 * 34 // 4, 302 * 214 // 4] == [324, 391, 16157]
+    assert batch.image_grid_thw.prod(-1).div(4).tolist() == counts
+    assert batch.mm_token_type_ids.sum(1).tolist() == counts
+    assert batch.pixel_values.shape == (36 * 36 + 46 * 34 + 302 * 214, 3 * 2 * 14 * 14)
+
+
+def test_load_policy_takes_a_device_name(tiny_path):
+    from src.models.loading import load_policy
+
+    assert load_policy(str(tiny_path), device="cpu").device == torch.device("cpu")  # evaluate.py --device cpu
+
+
+def test_image_processor_without_an_auto_class_falls_back_to_pil(tiny_path, monkeypatch):
+    """transformers 5.17 without torchvision has only a placeholder AutoImageProcessor that raises ImportError."""
+    import transformers
+
+    from src.models.loading import load_image_processor
+
+    class Placeholder:
+        @classmethod
+        def from_pretrained(cls, *args, **kwargs):
+            raise ImportError("AutoImageProcessor requires the Torchvision library")
+
+    monkeypatch.setattr(transformers, "AutoImageProcessor", Placeholder)
+    processor = load_image_processor(str(tiny_path))
+    assert type(processor).__name__ == "Qwen2VLImageProcessorPil"
+    saved = json.loads((tiny_path / "preprocessor_config.json").read_text())
+    assert dict(processor.to_dict()["size"]) == saved["size"] == {"longest_edge": 112 * 112, "shortest_edge": 56 * 56}
+
+
+@pytest.mark.slow
+def test_real_size_command_runs_every_phase_on_the_tiny_model(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "benchmarks.real_size", "--scale", "tiny", "--work-dir", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((tmp_path / "real_size.json").read_text())
+    phases = result["phases"]
+    assert list(phases) == ["train", "resume", "evaluate", "checks", "peft"]  # the tiny model needs no build
+    assert all(p["status"] == "ok" and p["seconds"] > 0 and p["peak_rss_bytes"] > 0 for p in phases.values())
+    assert [len(phases[name]["figures"]["steps"]) for name in ("train", "resume")] == [2, 1]
+    checks = phases["checks"]["figures"]
+    assert checks["lora_modules"] == 2 * 4  # tiny: 2 layers x q, k, v, o
+    # the tiny processor (max 112 x 112 pixels) resizes 512 x 512 to 112 x 112 (8 x 8 patches) and
+    # 640 x 480 to 112 x 84 (8 x 6): 16 and 12 image tokens
+    assert checks["image_tokens"] == [16, 12]
+    assert checks["chunked_vs_plain_max_abs_diff"] <= 1e-4
+    peft = phases["peft"]["figures"]
+    assert peft["peft_vs_ours_max_abs_diff"] <= 1e-4 < peft["adapter_effect_max_abs"]
+    assert "peak RSS GiB" in done.stdout
