@@ -17,16 +17,21 @@ Every stage resumes: re-running the command skips what is already on disk.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
-from pathlib import Path
+from src.cli.threads import configure_cpu_threads
 
-import evaluate
-import train
-from src.eval.files import write_atomic
-from src.grpo.curves import plot_curves
-from src.grpo.run_log import read_metrics
+configure_cpu_threads()  # before torch loads its OpenMP runtime: see docs/CPU.md
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import evaluate  # noqa: E402
+import train  # noqa: E402
+from src.cli.errors import run_main  # noqa: E402
+from src.eval.files import write_atomic  # noqa: E402
+from src.grpo.curves import plot_curves  # noqa: E402
+from src.grpo.run_log import read_metrics  # noqa: E402
 
 # The settings of each stage, as the command-line flags they are. Chosen once (docs/DEMO.md tells how)
 # and not tuned per method: rarl and grpo get the same budget. RL's lr went from 2e-3 to 1e-3 after
@@ -153,4 +158,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)
