@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="only the first N questions of each dataset (quick runs)")
     p.add_argument("--skip-bad-rows", action="store_true", help="skip unusable dataset rows instead of failing")
     p.add_argument("--max-new-tokens", type=int, default=512, help="longest completion, in tokens")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the default)")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy")
     p.add_argument("--batch-size", type=int, default=8, help="questions per generation batch")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--bertscore-model", help="default: roberta-large if cached locally, else the embedded MiniLM")

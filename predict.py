@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--question", required=True, help="the question about the image")
     p.add_argument("--prompt", choices=list(PROMPTS), default="reasoning", help="system prompt")
     p.add_argument("--max-new-tokens", type=int, default=512, help="longest reply, in tokens")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--json", action="store_true", help="print one JSON object {think, answer, completion}")
     return p

@@ -38,7 +38,7 @@ from src.eval.files import write_atomic  # noqa: E402
 from src.recipes.paper import DATASETS, TABLES, Table  # noqa: E402
 from src.recipes.tables import render_table  # noqa: E402
 
-RECIPES = Path(__file__).resolve().parent / "recipes"
+RECIPES = Path(__file__).resolve().parent / "recipes"   # the paper's; --recipes points at an edited copy
 
 # --tiny: every recipe at the embedded default's scale (changes on top of the recipe, as flags would be).
 TINY_TRAIN = {"model": "tiny", "dataset": "synthetic", "data_root": None, "split": "train", "device": "cpu",
@@ -58,16 +58,16 @@ def write_recipe(path: Path, recipe: dict) -> Path:
     return path
 
 
-def run_training(name: str, out: Path, changes: dict) -> Path:
-    """Train recipes/<name>.yaml (resuming whatever is on disk); returns its final checkpoint."""
-    recipe = write_recipe(out / name / "train.yaml", {**load_file(RECIPES / f"{name}.yaml"), **changes})
+def run_training(recipes: Path, name: str, out: Path, changes: dict) -> Path:
+    """Train RECIPES/<name>.yaml (resuming whatever is on disk); returns its final checkpoint."""
+    recipe = write_recipe(out / name / "train.yaml", {**load_file(recipes / f"{name}.yaml"), **changes})
     argv = ["--config", str(recipe), "--output-dir", str(out / name / "train"), "--resume"]
     show("train.py", argv)
     return Path(train.main(argv))
 
 
-def run_evaluation(name: str, evaluation: str, model: Path, out: Path, changes: dict) -> dict:
-    recipe = write_recipe(out / name / "eval.yaml", {**load_file(RECIPES / f"{evaluation}.yaml"), **changes})
+def run_evaluation(recipes: Path, name: str, evaluation: str, model: Path, out: Path, changes: dict) -> dict:
+    recipe = write_recipe(out / name / "eval.yaml", {**load_file(recipes / f"{evaluation}.yaml"), **changes})
     argv = ["--config", str(recipe), "--model", str(model), "--output-dir", str(out / name / "eval")]
     show("evaluate.py", argv)
     return evaluate.main(argv)
@@ -81,6 +81,8 @@ def runs_of(table: Table) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--output-dir", type=Path, required=True, help="where every run and the tables go")
+    p.add_argument("--recipes", type=Path, default=RECIPES, help="a recipe set laid out as recipes/ (default: the "
+                                                                "paper's, recipes/)")
     p.add_argument("--tables", nargs="+", choices=list(TABLES), default=list(TABLES), help="which of the paper's tables")
     p.add_argument("--tiny", action="store_true", help="the embedded default (tiny model, synthetic data, CPU), a "
                                                        "few steps per run: tests the pipeline, not the method")
@@ -98,15 +100,15 @@ def main(argv: list[str] | None = None) -> dict:
         eval_changes["judge"] = args.judge
     if args.judge_base_url:
         eval_changes["judge_base_url"] = args.judge_base_url
-    missing = [f"recipes/{name}.yaml" for key in args.tables for table in [TABLES[key]]
-               for name in (*runs_of(table), table.evaluate) if not (RECIPES / f"{name}.yaml").is_file()]
+    missing = [f"{name}.yaml" for key in args.tables for table in [TABLES[key]]
+               for name in (*runs_of(table), table.evaluate) if not (args.recipes / f"{name}.yaml").is_file()]
     if missing:
-        raise UserError(f"missing recipe(s): {', '.join(missing)}")
+        raise UserError(f"--recipes {args.recipes}: missing {', '.join(missing)}")
     stand_in = TINY_STAND_IN if args.tiny else {}
     markdown = ["# The paper's tables, reproduced", "",
                 "Tiny scale (--tiny): the embedded tiny model and the synthetic set stand in for Qwen2-VL-2B and "
                 "every dataset; the numbers test the pipeline, not the method." if args.tiny else
-                "Recipes: recipes/ (docs/RECIPES.md). Paper: the RARL paper's tables, copied.", ""]
+                f"Recipes: {args.recipes} (docs/RECIPES.md). Paper: the RARL paper's tables, copied.", ""]
     numbers = {}
     finals: dict[str, Path] = {}
     for key in args.tables:
@@ -114,8 +116,9 @@ def main(argv: list[str] | None = None) -> dict:
         summaries = {}
         for name in runs_of(table):
             if name not in finals:
-                finals[name] = run_training(name, args.output_dir, train_changes)
-            summaries[name] = run_evaluation(name, table.evaluate, finals[name], args.output_dir, eval_changes)
+                finals[name] = run_training(args.recipes, name, args.output_dir, train_changes)
+            summaries[name] = run_evaluation(args.recipes, name, table.evaluate, finals[name], args.output_dir,
+                                             eval_changes)
         lines, rows = render_table(table, summaries, stand_in)
         markdown += lines
         numbers[table.name] = rows

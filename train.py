@@ -2,7 +2,7 @@
 
     python train.py --method rarl --samples 716 --data-root data/silvar-med
     python train.py --config recipes/table6/rarl.yaml --output-dir runs/rarl
-    python train.py --method rarl --model tiny --dataset synthetic --samples 32 --max-steps 4 --save-steps 2 --output-dir OUT
+    python train.py --method rarl --model tiny --dataset synthetic --max-steps 4 --save-steps 2 --output-dir OUT
 
 Every flag is listed below and may also be set in a YAML or TOML file given with --config (a run's
 config.json is one; command-line flags override the file). The resolved config is printed and saved

@@ -215,3 +215,26 @@ def test_other_cpu_load_sees_a_busy_process():
     finally:
         busy.kill()
         busy.wait()
+
+
+REGISTER = "import sys, time; from pathlib import Path; from src.cli.threads import register_run; " \
+           "print(register_run(Path(sys.argv[1])), flush=True); time.sleep(float(sys.argv[2]))"
+
+
+def test_runs_register_and_see_each_other_but_not_the_process_that_started_them(tmp_path):
+    registry = tmp_path / "runs"
+    registry.mkdir()
+    (registry / "999999999").touch()                                  # a run that died without cleaning up
+    first = subprocess.Popen([sys.executable, "-c", REGISTER, str(registry), "30"], cwd=REPO, stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert first.stdout.readline().strip() == "[]"                 # alone, and the dead run swept away
+        assert not (registry / "999999999").exists()
+        assert threads.register_run(registry) == [first.pid]          # a second run sees the first
+        child = subprocess.run([sys.executable, "-c", REGISTER, str(registry), "0"], cwd=REPO, capture_output=True,
+                               text=True, timeout=60)
+        assert child.stdout.strip() == f"[{first.pid}]"                # its parent (this test) does not count
+    finally:
+        first.kill()
+        first.wait()
+    assert threads.register_run(registry) == []                        # the killed run no longer counts

@@ -32,7 +32,8 @@ def check_model_source(name: str, flag: str = "--model") -> None:
             base = base_model_name(name)
             if not Path(base).is_dir() and not is_hub_id(base):
                 raise UserError(f"{flag} {name}: its base model {base} (base_model_name_or_path in "
-                                "adapter_config.json) is not a directory here; put the base model there or edit that field")
+                                "adapter_config.json) is not a directory here; put the base model there or "
+                                "edit that field")
             return check_model_source(base, f"{flag} {name}: base model")
         if not (path / "config.json").is_file():
             raise UserError(f"{flag} {name}: holds neither a model (config.json) nor an adapter (adapter_config.json)")

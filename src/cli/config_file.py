@@ -29,9 +29,9 @@ from src.cli.errors import UserError
 SWITCHES = (argparse.BooleanOptionalAction, argparse._StoreTrueAction, argparse._StoreFalseAction)
 
 
-def add_config_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="read flags from a YAML or TOML file (command-line flags "
-                                                         "override it); a run's config.json is one")
+def add_config_option(parser: argparse.ArgumentParser, note: str = "") -> None:
+    parser.add_argument("--config", metavar="FILE",
+                        help="read flags from a YAML or TOML file (flags on the command line override it)" + note)
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
@@ -39,6 +39,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
     required = [action for action in parser._actions if action.required]
     for action in required:  # checked below, once the file has had its say
         action.required = False
+        action.help = f"{action.help} (required, here or in the config file)"
     args = parser.parse_args(argv)
     if args.config:
         given = _given_on_command_line(parser, argv)
@@ -54,7 +55,8 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
 def read_config(parser: argparse.ArgumentParser, path: Path) -> dict:
     """{argparse dest: value} for every key of the file, each checked against its flag."""
     by_name = {option[2:].replace("-", "_"): action
-               for action in parser._actions for option in action.option_strings if option.startswith("--")}
+               for action in parser._actions for option in action.option_strings
+               if option.startswith("--") and not _negative(action, option)}
     sections = {group.title: {id(a) for a in group._group_actions} for group in parser._action_groups}
     values = {}
     for key, value, section in _entries(load_file(path), sections):
@@ -84,6 +86,11 @@ def load_file(path: Path) -> dict:
     if not isinstance(raw, dict):
         raise UserError(f"--config {path}: expected a mapping of settings, found {type(raw).__name__}")
     return raw
+
+
+def _negative(action: argparse.Action, option: str) -> bool:
+    """--no-resume of --resume / --no-resume: the file says `resume: false` instead."""
+    return isinstance(action, argparse.BooleanOptionalAction) and option.startswith("--no-")
 
 
 def _entries(raw: dict, sections: dict):

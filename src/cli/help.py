@@ -11,10 +11,13 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if "(default" in text or default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+        if "(default" in text or default is None or default is False or default == argparse.SUPPRESS \
+                or not action.option_strings:
             return text
         if isinstance(default, (list, tuple)):
-            default = " ".join(map(str, default)) if default else "none"
+            if not default:
+                return text
+            default = " ".join(map(str, default))
         return f"{text} (default: {escape(str(default))})"
 
 

@@ -156,7 +156,7 @@ def _cli_name(name: str) -> str:
 def build_parser(description: str) -> argparse.ArgumentParser:
     """One flag per config field, grouped by section; `--config FILE` reads any of them from a file."""
     parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
-    add_config_option(parser)
+    add_config_option(parser, note="; a run's config.json is one")
     for section in dataclasses.fields(TrainConfig):
         group = parser.add_argument_group(section.name)
         for f in dataclasses.fields(_section_class(section)):

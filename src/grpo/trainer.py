@@ -126,7 +126,8 @@ def setup(cfg: TrainConfig) -> Run:
     rank_device = init_distributed(cfg.run.device)  # None unless launched by torchrun with > 1 process
     torch.manual_seed(cfg.run.seed)  # LoRA A's Kaiming init draws from the global generator: same on every rank
     device = rank_device or (torch.device(cfg.run.device) if cfg.run.device else None)
-    with phase(f"dataset {cfg.data.dataset}:{cfg.data.split}", enabled=is_main()):  # data errors before any weights load
+    # the data, then where the model is: every cheap check before any weights load
+    with phase(f"dataset {cfg.data.dataset}:{cfg.data.split}", enabled=is_main()):
         samples = training_samples(cfg)
     check_batch_split(len(samples), cfg.optim.prompts_per_step)
     check_model_source(cfg.model.model)
@@ -317,7 +318,9 @@ def train(cfg: TrainConfig) -> Path:
         if is_main():
             print(f"resumed from {checkpoint} at step {start_step}")
     log = MetricsLog(out / "metrics.jsonl", resume_step=start_step) if is_main() else None
-    board = TensorBoardLog(out / "tensorboard", start_step) if is_main() and cfg.run.report_to == "tensorboard" else None
+    board = None  # --report-to tensorboard: the same records, as TensorBoard scalars
+    if is_main() and cfg.run.report_to == "tensorboard":
+        board = TensorBoardLog(out / "tensorboard", start_step)
     completions_log = None  # RL only: one line per sampled completion
     if is_main() and not cfg.is_sft:
         completions_log = MetricsLog(out / "completions.jsonl", resume_step=start_step)

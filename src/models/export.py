@@ -44,7 +44,8 @@ def base_directory(source: str) -> Path | None:
 
 def base_dtype(directory: Path | None) -> torch.dtype:
     """The dtype the base was released in (its config's `dtype` / `torch_dtype`), bf16 if unknown."""
-    config = json.loads((directory / "config.json").read_text()) if directory and (directory / "config.json").is_file() else {}
+    path = directory / "config.json" if directory is not None else None
+    config = json.loads(path.read_text()) if path is not None and path.is_file() else {}
     name = config.get("dtype") or config.get("torch_dtype") or "bfloat16"
     return getattr(torch, name)
 

@@ -106,9 +106,9 @@ def _render_judged(table: Table, summaries: dict, stand_in: dict[str, str]) -> t
             cells = [cell for p, o in zip(paper, ours) for cell in (paper_cell(p), our_cell(o))]
             lines.append(_row([DATASET_NAMES.get(dataset, dataset), *cells, *(our_cell(o) for o in ours[len(paper):])]))
             keys = [f"{scorer} {column}" for scorer in SCORERS for column in ("Reasoning", "Final")]
+            ours_keys = keys + ["no judge: reasoning BERTScore F1", "no judge: answers right"]
             records.append({"block": block.title, "dataset": dataset, "recipe": block.train, "prompt": block.prompt,
-                            "paper": dict(zip(keys, paper)),
-                            "ours": dict(zip(keys + ["no judge: reasoning BERTScore F1", "no judge: answers right"], ours))})
+                            "paper": dict(zip(keys, paper)), "ours": dict(zip(ours_keys, ours))})
         if summary is not None:
             judges = list(summary.get("judges", {}))[:2]
             named = ", ".join(f"`{judge}` in the {scorer} columns" for judge, scorer in zip(judges, SCORERS))
