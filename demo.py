@@ -17,16 +17,22 @@ Every stage resumes: re-running the command skips what is already on disk.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
-from pathlib import Path
+from src.cli.threads import configure_cpu_threads
 
-import evaluate
-import train
-from src.eval.files import write_atomic
-from src.grpo.curves import plot_curves
-from src.grpo.run_log import read_metrics
+configure_cpu_threads()  # before torch loads its OpenMP runtime: see docs/CPU.md
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import evaluate  # noqa: E402
+import train  # noqa: E402
+from src.cli.errors import run_main  # noqa: E402
+from src.cli.help import HelpFormatter  # noqa: E402
+from src.eval.files import write_atomic  # noqa: E402
+from src.grpo.curves import plot_curves  # noqa: E402
+from src.grpo.run_log import read_metrics  # noqa: E402
 
 # The settings of each stage, as the command-line flags they are. Chosen once (docs/DEMO.md tells how)
 # and not tuned per method: rarl and grpo get the same budget. RL's lr went from 2e-3 to 1e-3 after
@@ -130,12 +136,13 @@ def summarise(per_seed: dict[int, dict[str, dict]]) -> tuple[dict, str]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output-dir", type=Path, default=Path("runs/demo"))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--methods", nargs="+", default=["rarl"], choices=["rarl", "grpo"])
-    parser.add_argument("--warm-start-steps", type=int, default=WARM_START_STEPS)
-    parser.add_argument("--rl-steps", type=int, default=RL_STEPS)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--output-dir", type=Path, default=Path("runs/demo"), help="where every stage's output goes")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one warm start and RL run per seed")
+    parser.add_argument("--methods", nargs="+", default=["rarl"], choices=["rarl", "grpo"],
+                        help="RL methods, each run from the same warm start")
+    parser.add_argument("--warm-start-steps", type=int, default=WARM_START_STEPS, help="supervised warm-start steps")
+    parser.add_argument("--rl-steps", type=int, default=RL_STEPS, help="RL steps per method")
     args = parser.parse_args(argv)
     per_seed = {seed: run_seed(seed, args.methods, args.output_dir, args.warm_start_steps, args.rl_steps)
                 for seed in args.seeds}
@@ -153,4 +160,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

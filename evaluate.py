@@ -3,6 +3,7 @@
     python evaluate.py --model runs/rarl/checkpoint-500 --data-root data \\
         --datasets silvar-med:test,vqa-rad:test,slake:test,vqa-med-2019:test,path-vqa:test \\
         --prompt both --judge gpt-4o-mini,gemini-1.5-flash --output-dir runs/eval-rarl
+    python evaluate.py --config recipes/table6/evaluate.yaml --model runs/rarl/checkpoint-500 --output-dir runs/eval-rarl
 
 Everything lands under --output-dir (docs/EVALUATION.md describes each file):
     run.json                               the model and generation settings the predictions belong to
@@ -11,41 +12,55 @@ Everything lands under --output-dir (docs/EVALUATION.md describes each file):
     judgments/JUDGE.jsonl                  per record: status, scores, the judge's justification
     summary.json, report.md                all numbers; the paper's table layout
     human_sheet.csv                        with --export-human-sheet
-A re-run with the same --output-dir generates and judges only what is missing.
+A re-run with the same --output-dir generates and judges only what is missing. Every flag may also be
+set in a YAML or TOML file given with --config (command-line flags override it). Everything cheap
+(datasets, output folder, judge keys, the model's whereabouts) is checked before any weights load.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import logging
-from dataclasses import asdict
-from pathlib import Path
+from src.cli.threads import configure_cpu_threads
 
-from src.data.loaders import load_dataset
-from src.data.prompts import INFERENCE_PROMPTS, TRAINING_PROMPTS
-from src.eval.files import write_atomic
-from src.eval.human_sheet import export_human_sheet, read_human_sheet
-from src.eval.judge_cache import JudgeCache
-from src.eval.judge_client import JudgeFatalError, RetryPolicy, make_backend
-from src.eval.judging import JudgeRun, judge_records
-from src.eval.metrics import no_judge_metrics
-from src.eval.predictions import GenerateFn, prediction_ids, run_predictions
-from src.eval.report import render_report
-from src.eval.summary import Group, build_summary
-from src.models.generation import ENGINES
-from src.models.prompt_length import PromptLimit
-from src.rewards.bertscore import load_bertscorer
+configure_cpu_threads()  # before torch loads its OpenMP runtime: see docs/CPU.md
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+from dataclasses import asdict  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from src.cli.checks import check_model_source, check_writable  # noqa: E402
+from src.cli.config_file import add_config_option, parse_args as parse_with_config  # noqa: E402
+from src.cli.errors import UserError, run_main  # noqa: E402
+from src.cli.help import HelpFormatter  # noqa: E402
+from src.cli.progress import phase  # noqa: E402
+from src.data.loaders import load_dataset  # noqa: E402
+from src.data.prompts import INFERENCE_PROMPTS, TRAINING_PROMPTS  # noqa: E402
+from src.data.sample import Sample  # noqa: E402
+from src.eval.files import write_atomic  # noqa: E402
+from src.eval.human_sheet import HumanScores, export_human_sheet, read_human_sheet  # noqa: E402
+from src.eval.judge_cache import JudgeCache  # noqa: E402
+from src.eval.judge_client import Backend, JudgeFatalError, RetryPolicy, make_backend  # noqa: E402
+from src.eval.judging import JudgeRun, judge_records  # noqa: E402
+from src.eval.metrics import no_judge_metrics  # noqa: E402
+from src.eval.predictions import GenerateFn, prediction_ids, run_predictions  # noqa: E402
+from src.eval.report import render_report  # noqa: E402
+from src.eval.summary import Group, build_summary  # noqa: E402
+from src.models.generation import ENGINES  # noqa: E402
+from src.models.prompt_length import PromptLimit  # noqa: E402
+from src.rewards.bertscore import load_bertscorer  # noqa: E402
 
 SYSTEM_PROMPTS = {**INFERENCE_PROMPTS, **TRAINING_PROMPTS}
 PAPER_DATASETS = "silvar-med:test,vqa-rad:test,slake:test,vqa-med-2019:test,path-vqa:test"
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    add_config_option(p)
     p.add_argument("--model", required=True,
                    help="hub id or local base model, a PEFT adapter directory from train.py, or a full model")
-    p.add_argument("--output-dir", type=Path, required=True)
-    p.add_argument("--datasets", default=PAPER_DATASETS, help="comma-separated NAME:SPLIT (default: Tables 3 and 6)")
+    p.add_argument("--output-dir", type=Path, required=True, help="where predictions, judgments and reports go")
+    p.add_argument("--datasets", default=PAPER_DATASETS,
+                   help="comma-separated NAME:SPLIT (default: the five test sets of Tables 3 and 6)")
     p.add_argument("--data-root", action="append", default=[],
                    help="NAME=PATH for one dataset (repeatable), or PATH: a folder with one subfolder per dataset name")
     p.add_argument("--prompt", choices=["both", *INFERENCE_PROMPTS, *TRAINING_PROMPTS], default="both",
@@ -53,13 +68,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "both), or a training prompt of App. A (as the paper's Table 2 evaluates CV-Bench)")
     p.add_argument("--limit", type=int, help="only the first N questions of each dataset (quick runs)")
     p.add_argument("--skip-bad-rows", action="store_true", help="skip unusable dataset rows instead of failing")
-    p.add_argument("--max-new-tokens", type=int, default=512)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the default)")
+    p.add_argument("--max-new-tokens", type=int, default=512, help="longest completion, in tokens")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy")
     p.add_argument("--batch-size", type=int, default=8, help="questions per generation batch")
     p.add_argument("--rollout-engine", choices=ENGINES, default="engine",
                    help="sampler: 'engine' (static KV cache, src/models/engine.py) or 'hf' (transformers' generate, "
                         "the reference; greedy outputs are the same token for token)")
-    p.add_argument("--device", help="default: cuda when available, else cpu")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--bertscore-model", help="default: roberta-large if cached locally, else the embedded MiniLM")
     p.add_argument("--judge", default="none",
                    help="'none', or comma-separated judge models: gpt-* and others via OpenAI chat completions "
@@ -79,7 +94,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="cap on each judge reply, thinking included (default: the provider's own limit)")
     p.add_argument("--export-human-sheet", action="store_true", help="write OUTPUT/human_sheet.csv for clinicians")
     p.add_argument("--import-human-sheet", type=Path, help="a filled sheet: adds the Human Evaluation column")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return parse_with_config(build_parser(), argv)
 
 
 def make_generate_fn(args: argparse.Namespace) -> GenerateFn:
@@ -87,7 +106,11 @@ def make_generate_fn(args: argparse.Namespace) -> GenerateFn:
     from src.models.generation import generate_completions
     from src.models.loading import load_policy
 
-    policy = load_policy(args.model, device=args.device)
+    import torch
+
+    check_model_source(args.model)
+    with phase(f"model {args.model}"):
+        policy = load_policy(args.model, device=torch.device(args.device) if args.device else None)
 
     def generate(samples, system_prompt):
         return generate_completions(policy, samples, system_prompt, max_new_tokens=args.max_new_tokens,
@@ -116,8 +139,8 @@ def check_run_settings(output_dir: Path, run: dict) -> None:
     if path.exists():
         previous = json.loads(path.read_text())
         if previous != run:
-            raise SystemExit(f"{output_dir} holds predictions made with {previous}, not {run}; "
-                             "use another --output-dir")
+            raise UserError(f"{output_dir} holds predictions made with {previous}, not {run}; "
+                            "use another --output-dir")
     else:
         write_atomic(path, json.dumps(run, indent=2))
 
@@ -140,19 +163,27 @@ def judge_base_url(values: list[str], model: str) -> str | None:
     return next((value for value in values if "://" in value.partition("=")[0]), None)
 
 
-def predict(args: argparse.Namespace, generate: GenerateFn) -> list[Group]:
-    """Prediction records for every requested dataset and prompt, generating only what is missing.
-
-    Every dataset is loaded (images decoded) and, if anything is left to generate, every prompt's length
-    checked before the first generation, so a bad row of the last dataset stops the run before the model loads.
-    """
-    prompts = ["reasoning", "non-reasoning"] if args.prompt == "both" else [args.prompt]
-    datasets = []
-    for spec in args.datasets.split(","):  # every dataset is read (and its bad rows found) before any generation
+def load_eval_sets(args: argparse.Namespace) -> list[tuple[str, str, list[Sample]]]:
+    """(name, split, samples) of every requested dataset, all read before any model loads."""
+    sets = []
+    for spec in args.datasets.split(","):
         name, _, split = spec.strip().partition(":")
         split = split or "test"
-        samples = load_dataset(name, data_root(args.data_root, name), split, args.skip_bad_rows)
-        datasets.append((name, split, samples[: args.limit] if args.limit else samples))
+        with phase(f"dataset {name}:{split}"):
+            samples = load_dataset(name, data_root(args.data_root, name), split, args.skip_bad_rows)
+        sets.append((name, split, samples[: args.limit] if args.limit else samples))
+    return sets
+
+
+def predict(args: argparse.Namespace, datasets: list[tuple[str, str, list[Sample]]],
+            generate: GenerateFn) -> list[Group]:
+    """Prediction records for every dataset and prompt, generating only what is missing (a progress
+    bar per dataset and prompt).
+
+    If anything is left to generate, every prompt's length is checked before the first generation, so
+    a too-long prompt of the last dataset stops the run before the model loads.
+    """
+    prompts = ["reasoning", "non-reasoning"] if args.prompt == "both" else [args.prompt]
     path = {(name, split, prompt): args.output_dir / "predictions" / f"{name}-{split}-{prompt}.jsonl"
             for name, split, _ in datasets for prompt in prompts}
     if any(not prediction_ids(path[name, split, prompt]) >= {sample.id for sample in samples}
@@ -170,21 +201,32 @@ def predict(args: argparse.Namespace, generate: GenerateFn) -> list[Group]:
     return groups
 
 
-def judge(args: argparse.Namespace, groups: list[Group]) -> list[JudgeRun]:
-    """Every record judged by every requested judge; verdicts written to OUTPUT/judgments/."""
+def judge_backends(args: argparse.Namespace) -> list[Backend]:
+    """One backend per requested judge, its API key checked now rather than after generation."""
     if args.judge == "none":
         return []
+    backends = []
+    for model in (m.strip() for m in args.judge.split(",")):
+        try:
+            backends.append(make_backend(model, judge_base_url(args.judge_base_url, model), args.judge_json,
+                                         args.judge_max_tokens))
+        except ValueError as error:  # a missing API key
+            raise UserError(f"--judge {model}: {error}") from None
+    return backends
+
+
+def judge(args: argparse.Namespace, backends: list[Backend], groups: list[Group]) -> list[JudgeRun]:
+    """Every record judged by every requested judge; verdicts written to OUTPUT/judgments/."""
     records = [record for group in groups for record in group.records]
     retry = RetryPolicy(args.judge_max_attempts, args.judge_retry_delay, timeout=args.judge_timeout)
     runs = []
-    for model in (m.strip() for m in args.judge.split(",")):
-        backend = make_backend(model, judge_base_url(args.judge_base_url, model), args.judge_json, args.judge_max_tokens)
-        file_name = model.replace("/", "__") + ".jsonl"
+    for backend in backends:
+        file_name = backend.model.replace("/", "__") + ".jsonl"
         cache = JudgeCache(args.output_dir / "judge_cache" / file_name)
         try:
             run = judge_records(records, backend, cache, retry, args.judge_concurrency, args.judge_parse_attempts)
-        except JudgeFatalError as error:
-            raise SystemExit(str(error)) from None
+        except JudgeFatalError as error:  # a key refused, a model gone: asking again cannot help
+            raise UserError(str(error)) from None
         lines = [json.dumps({key: r[key] for key in ("dataset", "split", "prompt", "id")} | asdict(verdict))
                  for r, verdict in zip(records, run.verdicts)]
         write_atomic(args.output_dir / "judgments" / file_name, "".join(line + "\n" for line in lines))
@@ -192,21 +234,33 @@ def judge(args: argparse.Namespace, groups: list[Group]) -> list[JudgeRun]:
     return runs
 
 
+def human_sheet(path: Path | None) -> HumanScores | None:
+    if path is None:
+        return None
+    if not path.is_file():
+        raise UserError(f"--import-human-sheet {path}: no such file")
+    return read_human_sheet(path)
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run the evaluation and return the summary it wrote."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    check_writable(args.output_dir)
+    sets = load_eval_sets(args)
+    backends = judge_backends(args)
+    sheet = human_sheet(args.import_human_sheet)
     generation = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
                   "engine": args.rollout_engine}
     check_run_settings(args.output_dir, {"model": args.model, "generation": generation})
-    groups = predict(args, lazy_generate_fn(args))
+    groups = predict(args, sets, lazy_generate_fn(args))
     records = [record for group in groups for record in group.records]
     if args.export_human_sheet:
         export_human_sheet(records, args.output_dir / "human_sheet.csv")
-    scorer = load_bertscorer(args.bertscore_model, device=args.device)
+    with phase("BERTScore model"):
+        scorer = load_bertscorer(args.bertscore_model, device=args.device)
     metrics = [no_judge_metrics(group.records, scorer) for group in groups]
-    judge_runs = judge(args, groups)
-    sheet = read_human_sheet(args.import_human_sheet) if args.import_human_sheet else None
+    judge_runs = judge(args, backends, groups)
     run = {"model": args.model, "generation": generation, "bertscore_model": scorer.model_name}
     summary = build_summary(run, groups, metrics, judge_runs, sheet)
     write_atomic(args.output_dir / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False))
@@ -215,4 +269,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -1,27 +1,58 @@
 """Train a Qwen2-VL policy with SFT, GRPO, RARL or full-fine-tuning GRPO.
 
     python train.py --method rarl --samples 716 --data-root data/silvar-med
-    python train.py --method rarl --model tiny --dataset synthetic --samples 32 --max-steps 4 --save-steps 2 --output-dir OUT
+    python train.py --config recipes/table6/rarl.yaml --output-dir runs/rarl
+    python train.py --method rarl --model tiny --dataset synthetic --max-steps 4 --save-steps 2 --output-dir OUT
 
-Every flag is listed by `python train.py --help`; the resolved config is printed and saved to
-OUTPUT/config.json, metrics go to OUTPUT/metrics.jsonl (one line per step), checkpoints to
-OUTPUT/checkpoint-STEP/. `--resume` continues from the latest checkpoint.
+Every flag is listed below and may also be set in a YAML or TOML file given with --config (a run's
+config.json is one; command-line flags override the file). The resolved config is printed and saved
+to OUTPUT/config.json, metrics go to OUTPUT/metrics.jsonl (one line per step; --report-to tensorboard
+adds OUTPUT/tensorboard/), checkpoints to OUTPUT/checkpoint-STEP/. `--resume` continues from the
+latest checkpoint. Everything cheap (data files and rows, output folder, resume settings, the model's
+whereabouts) is checked before any weights load.
 
 On several GPUs, launch the same command with `torchrun --nproc_per_node N train.py ...`: data-parallel
 over the step's prompts, see docs/DISTRIBUTED.md.
 """
 from __future__ import annotations
 
-from pathlib import Path
+from src.cli.threads import configure_cpu_threads
 
-from src.grpo.config import build_parser, config_from_args
-from src.grpo.distributed import close_distributed, is_main
-from src.grpo.trainer import train
+configure_cpu_threads()  # before torch loads its OpenMP runtime: see docs/CPU.md
+
+from pathlib import Path  # noqa: E402
+
+from src.cli.checks import check_installed, check_writable  # noqa: E402
+from src.cli.config_file import parse_args  # noqa: E402
+from src.cli.errors import UserError, run_main  # noqa: E402
+from src.grpo.checkpoint import latest_checkpoint  # noqa: E402
+from src.grpo.config import TrainConfig, build_parser, config_from_args  # noqa: E402
+from src.grpo.distributed import close_distributed, is_main  # noqa: E402
+from src.grpo.trainer import check_same_settings, train  # noqa: E402
+
+
+def check_before_loading(cfg: TrainConfig) -> None:
+    """What can be refused in milliseconds. Then setup() reads the dataset (files, rows, images) and
+    checks where the model is, still before any weights load."""
+    out = Path(cfg.run.output_dir)
+    check_writable(out)
+    if cfg.run.resume:
+        if latest_checkpoint(out) is not None:
+            try:
+                check_same_settings(out / "config.json", cfg)
+            except ValueError as error:
+                raise UserError(str(error)) from None
+    elif latest_checkpoint(out) is not None:
+        raise UserError(f"--output-dir {out} holds checkpoints of an earlier run: add --resume to continue it, "
+                        "or choose another --output-dir")
+    if cfg.run.report_to == "tensorboard":
+        check_installed("tensorboard", "--report-to tensorboard", "tensorboard")
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = build_parser(__doc__.split("\n\n")[0])
-    cfg = config_from_args(parser.parse_args(argv))
+    parser = build_parser(__doc__)
+    cfg = config_from_args(parse_args(parser, argv))
+    check_before_loading(cfg)
     final = train(cfg)
     if is_main():
         print(f"final checkpoint: {final}")
@@ -30,4 +61,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

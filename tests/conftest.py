@@ -12,6 +12,12 @@ from PIL import Image
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
+# Before anything imports torch: the CPU thread policy of every entry point (docs/CPU.md); the
+# subprocesses the tests start inherit it.
+from src.cli.threads import configure_cpu_threads  # noqa: E402
+
+configure_cpu_threads()
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from src.cli.errors import UserError
 from src.eval.files import read_jsonl, write_atomic
 from src.eval.judge_cache import JudgeCache, cache_key
 from src.eval.judge_client import GeminiGenerate, JudgeFatalError, OpenAIChat, RetryPolicy, _retry_after, make_backend
@@ -343,10 +344,10 @@ def test_evaluate_exits_with_the_fatal_message_and_keeps_the_cache(tmp_path, mon
         argv = ["--model", "fake", "--data-root", str(tmp_path / "data"), "--output-dir", str(tmp_path / "out"),
                 "--datasets", "silvar-med:test", "--prompt", "reasoning", "--judge", "gemini-1.5-flash",
                 "--judge-base-url", f"{server.url}/v1beta", "--judge-concurrency", "1", "--judge-json"]
-        with pytest.raises(SystemExit) as exit_:
+        with pytest.raises(UserError) as exit_:  # one line, exit status 2 (run_main)
             evaluate.main(argv)
         assert all(body["generationConfig"]["responseMimeType"] == "application/json" for _, _, body in server.bodies)
-    assert "gemini-1.5-flash: no longer served by Google" in str(exit_.value.code)
+    assert "gemini-1.5-flash: no longer served by Google" in str(exit_.value)
     assert len(read_jsonl(tmp_path / "out" / "judge_cache" / "gemini-1.5-flash.jsonl")) == 1
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import evaluate
+from src.cli.errors import UserError
 from tests.conftest import random_image
 from tests.judge_server import JudgeServer
 
@@ -159,7 +160,7 @@ def test_judged_run_on_a_local_server_then_cached_rerun_and_human_sheet(tmp_path
 def test_refuses_to_mix_models_in_one_output_dir(tmp_path, data_root, fake):
     out = tmp_path / "out"
     run(data_root, out, "--judge", "none", "--limit", "1")
-    with pytest.raises(SystemExit, match="holds predictions made with"):
+    with pytest.raises(UserError, match="holds predictions made with"):  # one line, exit status 2 (run_main)
         evaluate.main(["--model", "other/model", "--data-root", str(data_root), "--output-dir", str(out),
                        "--datasets", "vqa-rad:test"])
 

@@ -11,6 +11,8 @@ import json
 import typing
 from dataclasses import dataclass, field
 
+from src.cli.config_file import add_config_option
+from src.cli.help import HelpFormatter, escape
 from src.grpo.loss import AGGREGATIONS
 from src.models.loading import DEFAULT_MODEL
 from src.models.lora import LoRAConfig
@@ -19,6 +21,7 @@ from src.models.generation import ENGINES
 
 METHODS = ("sft", "sft-full", "grpo", "rarl", "grpo-full")
 SCHEDULES = ("cosine", "linear", "constant")
+REPORT_TO = ("none", "tensorboard")
 
 
 def flag(default, help: str, **kwargs):
@@ -110,6 +113,8 @@ class RunConfig:
     resume: bool = flag(False, "continue from the latest checkpoint in --output-dir")
     seed: int = flag(0, "seed for data order, prompt choice, sampling and initialisation")
     device: str | None = flag(None, "cpu or cuda (default: cuda when available)")
+    report_to: str = flag("none", "also log every metric to TensorBoard (OUTPUT/tensorboard/, the names of "
+                                  "metrics.jsonl; needs pip install -e '.[tensorboard]')", choices=REPORT_TO)
 
 
 @dataclass(frozen=True)
@@ -173,16 +178,18 @@ def _cli_name(name: str) -> str:
 
 
 def build_parser(description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """One flag per config field, grouped by section; `--config FILE` reads any of them from a file."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    add_config_option(parser, note="; a run's config.json is one")
     for section in dataclasses.fields(TrainConfig):
         group = parser.add_argument_group(section.name)
         for f in dataclasses.fields(_section_class(section)):
             kind = _base_type(f.type)
-            kwargs = dict(default=f.default, help=f.metadata["help"], dest=f"{section.name}.{f.name}")
-            if kind is not bool:
-                kwargs["metavar"] = f.name.upper()
+            kwargs = dict(default=f.default, help=escape(f.metadata["help"]), dest=f"{section.name}.{f.name}")
             if "choices" in f.metadata:
-                kwargs["choices"] = f.metadata["choices"]
+                kwargs["choices"] = f.metadata["choices"]  # listed in --help as {a,b,c}
+            elif kind is not bool:
+                kwargs["metavar"] = f.name.upper()
             if kind is bool:
                 group.add_argument(_cli_name(f.name), action=argparse.BooleanOptionalAction, **kwargs)
             elif kind is tuple:
@@ -195,6 +202,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values: dict[str, dict] = {name: {} for name in SECTIONS}
     for key, value in vars(args).items():
+        if key == "config":  # the file the values came from, not a setting
+            continue
         section, name = key.split(".", 1)
         values[section][name] = tuple(value) if isinstance(value, list) else value
     return TrainConfig(**{name: _section_class_by_name(name)(**kw) for name, kw in values.items()})

@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from src.cli.checks import check_model_source
+from src.cli.progress import phase
 from src.data.loaders import load_dataset
 from src.data.prompts import assign_training_prompts
 from src.data.sample import Sample
@@ -41,6 +43,7 @@ from src.grpo.reference import Reference, make_reference
 from src.grpo.rollout import Rollout, sample_rollout
 from src.eval.files import write_atomic
 from src.grpo.run_log import MetricsLog, PhaseTimer, check_run_log, grpo_metrics, peak_memory_mb
+from src.grpo.tensorboard_log import TensorBoardLog
 from src.models.loading import Policy, base_model_name, enable_gradient_checkpointing, freeze_vision, load_policy
 from src.models.lora import LoRAConfig, inject_lora, lora_layers, mark_only_lora_as_trainable, merge_and_unload
 from src.rewards.total import score_completions
@@ -101,14 +104,18 @@ def setup(cfg: TrainConfig) -> Run:
     rank_device = init_distributed(cfg.run.device)  # None unless launched by torchrun with > 1 process
     torch.manual_seed(cfg.run.seed)  # LoRA A's Kaiming init draws from the global generator: same on every rank
     device = rank_device or (torch.device(cfg.run.device) if cfg.run.device else None)
-    policy = load_policy(cfg.model.model, device=device)
+    # the data, then where the model is: every cheap check before any weights load
+    with phase(f"dataset {cfg.data.dataset}:{cfg.data.split}", enabled=is_main()):
+        samples = training_samples(cfg)
+    check_batch_split(len(samples), cfg.optim.prompts_per_step)
+    check_model_source(cfg.model.model)
+    with phase(f"model {cfg.model.model}", enabled=is_main()):
+        policy = load_policy(cfg.model.model, device=device)
     lora, reference = prepare_weights(policy, cfg)
     if rank_device is not None:
         torch.manual_seed(sampling_seed(cfg.run.seed))  # replicas are initialised; each rank samples its own
     if cfg.model.gradient_checkpointing:
         enable_gradient_checkpointing(policy.model)
-    samples = training_samples(cfg)
-    check_batch_split(len(samples), cfg.optim.prompts_per_step)
     params = [p for p in policy.model.parameters() if p.requires_grad]
     steps_per_epoch = math.ceil(len(samples) / cfg.optim.prompts_per_step)
     total_steps = cfg.optim.max_steps or steps_per_epoch * cfg.optim.epochs
@@ -119,7 +126,8 @@ def setup(cfg: TrainConfig) -> Run:
     if not cfg.is_sft:
         from src.rewards.bertscore import load_bertscorer
 
-        scorer = load_bertscorer(cfg.reward.bertscore_model, device=policy.device)
+        with phase("BERTScore model", enabled=is_main()):
+            scorer = load_bertscorer(cfg.reward.bertscore_model, device=policy.device)
     return Run(cfg=cfg, policy=policy, lora=lora, reference=reference, samples=samples, optimizer=optimizer,
                scheduler=scheduler, params=params, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                scorer=scorer)
@@ -211,10 +219,10 @@ def completion_records(rollout: Rollout, samples: list[Sample], prompt_names: li
             for i, text in enumerate(rollout.texts)]
 
 
-RESUMABLE_CHANGES = ("run.resume", "run.output_dir", "run.save_steps", "run.device", "optim.max_steps",
-                     "optim.epochs")
+RESUMABLE_CHANGES = ("run.resume", "run.output_dir", "run.save_steps", "run.device", "run.report_to",
+                     "optim.max_steps", "optim.epochs")
 """Settings a resumed run may change: where the run directory now lies, when to save, where to run,
-and how long to go on."""
+where else metrics go, and how long to go on."""
 
 
 def check_same_settings(saved_path: Path, cfg: TrainConfig) -> None:
@@ -263,12 +271,15 @@ def train(cfg: TrainConfig) -> Path:
         if is_main():
             print(f"resumed from {checkpoint} at step {start_step}")
     log = MetricsLog(out / "metrics.jsonl", resume_step=start_step) if is_main() else None
+    board = None  # --report-to tensorboard: the same records, as TensorBoard scalars
+    if is_main() and cfg.run.report_to == "tensorboard":
+        board = TensorBoardLog(out / "tensorboard", start_step)
     completions_log = None  # RL only: one line per sampled completion
     if is_main() and not cfg.is_sft:
         completions_log = MetricsLog(out / "completions.jsonl", resume_step=start_step, rows_per_step=completion_rows)
     last = checkpoint if start_step == run.total_steps else None
-    progress = tqdm(range(start_step, run.total_steps), desc=cfg.run.method, initial=start_step,
-                    total=run.total_steps, dynamic_ncols=True, disable=not is_main())
+    progress = tqdm(range(start_step, run.total_steps), desc=cfg.run.method, initial=start_step, unit="step",
+                    total=run.total_steps, dynamic_ncols=True, disable=not is_main())  # steps/s, time left
     for step in progress:
         epoch, indices = batch_for_step(step, len(run.samples), cfg.optim.prompts_per_step, cfg.run.seed)
         names = assign_training_prompts(len(run.samples), cfg.prompt_diversity, seed=cfg.run.seed * 1_000 + epoch)
@@ -285,6 +296,8 @@ def train(cfg: TrainConfig) -> Path:
                                  "peak_memory_mb": peak_memory_mb(run.policy.device)})
         if is_main():
             log.write(record)
+            if board is not None:
+                board.write(record)
             for completion in completions:
                 completions_log.write({"step": step + 1, **completion})
         progress.set_postfix({k: f"{record[k]:.3g}" for k in ("loss", "reward") if k in record})
@@ -294,4 +307,6 @@ def train(cfg: TrainConfig) -> Path:
                 last = save_checkpoint(out, step + 1, run.policy, run.lora, base_model_name(cfg.model.model),
                                        run.optimizer, run.scheduler, rng_states)
             barrier()  # no rank runs ahead (or ends) before the checkpoint is complete
+    if board is not None:
+        board.close()
     return last
