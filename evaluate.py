@@ -33,7 +33,7 @@ from src.cli.config_file import add_config_option, parse_args as parse_with_conf
 from src.cli.errors import UserError, run_main  # noqa: E402
 from src.cli.help import HelpFormatter  # noqa: E402
 from src.cli.progress import phase  # noqa: E402
-from src.data.loaders import load_dataset  # noqa: E402
+from src.data.loaders import load_dataset, split_rows  # noqa: E402
 from src.data.prompts import INFERENCE_PROMPTS, TRAINING_PROMPTS  # noqa: E402
 from src.data.sample import Sample  # noqa: E402
 from src.eval.files import write_atomic  # noqa: E402
@@ -175,6 +175,14 @@ def load_eval_sets(args: argparse.Namespace) -> list[tuple[str, str, list[Sample
     return sets
 
 
+def file_part(split: str) -> str:
+    """A split as a file name part: "train[616:]" -> "train-616-end", "train[:616]" -> "train-0-616"."""
+    name, rows = split_rows(split)
+    if rows == slice(None):
+        return name
+    return f"{name}-{rows.start or 0}-{'end' if rows.stop is None else rows.stop}"
+
+
 def predict(args: argparse.Namespace, datasets: list[tuple[str, str, list[Sample]]],
             generate: GenerateFn) -> list[Group]:
     """Prediction records for every dataset and prompt, generating only what is missing (a progress
@@ -184,10 +192,11 @@ def predict(args: argparse.Namespace, datasets: list[tuple[str, str, list[Sample
     a too-long prompt of the last dataset stops the run before the model loads.
     """
     prompts = ["reasoning", "non-reasoning"] if args.prompt == "both" else [args.prompt]
-    path = {(name, split, prompt): args.output_dir / "predictions" / f"{name}-{split}-{prompt}.jsonl"
+    path = {(name, split, prompt): args.output_dir / "predictions" / f"{name}-{file_part(split)}-{prompt}.jsonl"
             for name, split, _ in datasets for prompt in prompts}
     if any(not prediction_ids(path[name, split, prompt]) >= {sample.id for sample in samples}
            for name, split, samples in datasets for prompt in prompts):
+        check_model_source(args.model)
         prompt_limit = PromptLimit.from_model(args.model)  # config and tokenizer: the weights load later, if at all
         datasets = [(name, split, prompt_limit.check(samples, [SYSTEM_PROMPTS[prompt] for prompt in prompts],
                                                      lambda sample: args.max_new_tokens, args.skip_bad_rows))

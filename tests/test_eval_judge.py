@@ -16,6 +16,7 @@ from src.eval.judge_client import GeminiGenerate, JudgeFatalError, OpenAIChat, R
 from src.eval.judge_cost import judge_cost_usd
 from src.eval.judge_prompt import UnparseableReply, judge_prompt, parse_judgment
 from src.eval.judging import judge_records
+from tests.conftest import random_image
 from tests.judge_server import JudgeServer
 
 KEY = "sk-test-SECRET123"
@@ -328,7 +329,7 @@ def test_evaluate_exits_with_the_fatal_message_and_keeps_the_cache(tmp_path, mon
 
     write_atomic(tmp_path / "data" / "silvar-med" / "test.jsonl", "".join(
         json.dumps({"id": f"r{i}", "image": "a.png", "question": f"Q{i}?", "answer": "yes"}) + "\n" for i in range(3)))
-    write_atomic(tmp_path / "data" / "silvar-med" / "a.png", b"not decoded")
+    random_image(8, 8).save(tmp_path / "data" / "silvar-med" / "a.png")  # images are decoded before any generation
 
     class Scorer:
         model_name = "fake"
@@ -338,6 +339,9 @@ def test_evaluate_exits_with_the_fatal_message_and_keeps_the_cache(tmp_path, mon
 
     monkeypatch.setattr(evaluate, "make_generate_fn", lambda args: lambda samples, prompt: ["<answer>yes</answer>"] * len(samples))
     monkeypatch.setattr(evaluate, "load_bertscorer", lambda name, device=None: Scorer())
+    real_limit = evaluate.PromptLimit.from_model
+    monkeypatch.setattr(evaluate.PromptLimit, "from_model", lambda name: real_limit("tiny"))  # prompts counted as tiny's
+    monkeypatch.setattr(evaluate, "check_model_source", lambda name: None)  # "fake" is no model
     monkeypatch.setenv("GEMINI_API_KEY", KEY)
     with JudgeServer(KEY) as server:
         server.failure, server.fail_after = "gone", 1

@@ -75,6 +75,7 @@ def fake(monkeypatch) -> FakeModel:
     monkeypatch.setattr(evaluate, "load_bertscorer", lambda name, device=None: FakeScorer())
     real_limit = evaluate.PromptLimit.from_model
     monkeypatch.setattr(evaluate.PromptLimit, "from_model", lambda name: real_limit("tiny"))  # prompts counted as tiny's
+    monkeypatch.setattr(evaluate, "check_model_source", lambda name: None)  # "fake/model" is no hub model
     return model
 
 

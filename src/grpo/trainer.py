@@ -68,6 +68,7 @@ class Run:
 
 def training_samples(cfg: TrainConfig) -> list[Sample]:
     samples = load_dataset(cfg.data.dataset, cfg.data.data_root, cfg.data.split, skip_bad_rows=cfg.data.skip_bad_rows)
+    check_model_source(cfg.model.model)  # the prompt check reads its tokenizer: say first if it is not there
     samples = check_training_prompts(samples, cfg)  # tokenizer and config only: no weights
     if cfg.data.samples is not None:
         samples = take_subset(samples, cfg.data.samples, seed=cfg.run.seed)
@@ -104,11 +105,10 @@ def setup(cfg: TrainConfig) -> Run:
     rank_device = init_distributed(cfg.run.device)  # None unless launched by torchrun with > 1 process
     torch.manual_seed(cfg.run.seed)  # LoRA A's Kaiming init draws from the global generator: same on every rank
     device = rank_device or (torch.device(cfg.run.device) if cfg.run.device else None)
-    # the data, then where the model is: every cheap check before any weights load
+    # the data, where the model is, and every prompt's length: every cheap check before any weights load
     with phase(f"dataset {cfg.data.dataset}:{cfg.data.split}", enabled=is_main()):
         samples = training_samples(cfg)
     check_batch_split(len(samples), cfg.optim.prompts_per_step)
-    check_model_source(cfg.model.model)
     with phase(f"model {cfg.model.model}", enabled=is_main()):
         policy = load_policy(cfg.model.model, device=device)
     lora, reference = prepare_weights(policy, cfg)
