@@ -1,17 +1,22 @@
 """The embedded default end to end on a CPU: warm start, RL, evaluation before and after, curves.
 
     python demo.py --output-dir runs/demo                                  # the README's first command
-    python demo.py --output-dir runs/table --seeds 0 1 2 --methods rarl grpo  # rarl vs grpo, 3 seeds
+    python demo.py --output-dir runs/table --seeds 0 1 2 3 4 --methods rarl grpo  # rarl vs grpo, 5 seeds
 
 A random tiny model cannot produce the <think>/<answer> format by chance, so RL starts from a warm
 start made by the same command: a short supervised run (sft-full) that learns the format and part of
-the answers. Each stage is the project's own command, run in-process and printed as a command line:
+the answers. Both train on the first 616 training questions; the last 100 are a validation split that
+chooses the RL checkpoint (as the paper keeps a checkpoint every 100 steps "to capture peak
+performance"), so the test set is read once per model and never chooses anything. Each stage is the
+project's own command, run in-process and printed as a command line:
 
-    1. python train.py --method sft-full ...           warm start (full fine-tuning of the tiny model)
-    2. python evaluate.py --model WARM_START ...       held-out test set, before RL
-    3. python train.py --method rarl --model WARM_START ...   RL with LoRA on top of the warm start
-    4. python evaluate.py --model RL_CHECKPOINT ...    the same test set, after RL
-    5. curves.png from the RL run's metrics.jsonl; summary.md / summary.json over all seeds
+    1. python train.py --method sft-full --split "train[:616]" ...        warm start (full fine-tuning)
+    2. python evaluate.py --model WARM_START --datasets synthetic:test ...  held-out test set, before RL
+    3. python train.py --method rarl --model WARM_START ...                RL with LoRA, a checkpoint every 25 steps
+    4. python evaluate.py --model CHECKPOINT --datasets "synthetic:train[616:]" ...   each checkpoint on validation
+    5. python evaluate.py --model CHOSEN ...                               the test set, after RL (and the last
+                                                                           checkpoint's, to show what choosing did)
+    6. curves.png from the RL run's metrics.jsonl; summary.md / summary.json over all seeds
 
 Every stage resumes: re-running the command skips what is already on disk.
 """
@@ -44,9 +49,9 @@ RL = ["--prompts-per-step", "8", "--group-size", "8", "--mini-batch-size", "64",
       "--learning-rate", "1e-3", "--lora-r", "16", "--lora-alpha", "32",
       "--lora-targets", "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
       "--beta", "0.04", "--schedule", "constant", "--warmup-ratio", "0"]
-WARM_START_STEPS, RL_STEPS = 600, 150
-EVALUATION = ["--datasets", "synthetic:test", "--prompt", "explanation", "--max-new-tokens", "64",
-              "--batch-size", "50", "--judge", "none"]
+WARM_START_STEPS, RL_STEPS, SAVE_EVERY = 600, 150, 25
+TRAIN_SPLIT, VALIDATION_SPLIT = "train[:616]", "train[616:]"  # of the 716 synthetic training questions
+EVALUATION = ["--prompt", "explanation", "--max-new-tokens", "64", "--batch-size", "50", "--judge", "none"]
 # The paper's Table 3 reports the final answer and the reasoning; so does the demo, offline: answers
 # right over all questions (closed: exact, open: exact match), and the reasoning's BERTScore F1 against
 # the reference reasoning (the paper's judge scores are what `evaluate.py --judge` adds on real data).
@@ -63,8 +68,8 @@ def run_train(argv: list[str]) -> Path:
     return Path(train.main(argv + ["--resume"]))
 
 
-def run_evaluate(model: Path, output_dir: Path) -> dict:
-    argv = ["--model", str(model), "--output-dir", str(output_dir), *EVALUATION]
+def run_evaluate(model: Path, output_dir: Path, split: str = "test") -> dict:
+    argv = ["--model", str(model), "--output-dir", str(output_dir), "--datasets", f"synthetic:{split}", *EVALUATION]
     show(argv, "evaluate.py")
     summary = evaluate.main(argv)
     metrics = summary["groups"][0]["metrics"]
@@ -81,17 +86,32 @@ def run_seed(seed: int, methods: list[str], out: Path, warm_steps: int, rl_steps
     """Warm start, then each RL method from it; test metrics of every model."""
     seed_dir = out / f"seed-{seed}"
     steps = ["--max-steps", str(warm_steps), "--save-steps", str(warm_steps)]
-    warm = run_train(COMMON + WARM_START + steps + ["--seed", str(seed), "--output-dir", str(seed_dir / "warm-start")])
+    warm = run_train(COMMON + WARM_START + steps + ["--split", TRAIN_SPLIT, "--seed", str(seed),
+                                                    "--output-dir", str(seed_dir / "warm-start")])
     results = {"warm start (sft-full)": run_evaluate(warm, seed_dir / "eval-warm-start")}
     for method in methods:
         run_dir = seed_dir / method
-        steps = ["--max-steps", str(rl_steps), "--save-steps", str(max(1, rl_steps // 4))]
-        final = run_train(COMMON + RL + steps + ["--method", method, "--model", str(warm), "--seed", str(seed),
-                                                  "--output-dir", str(run_dir)])
+        save_every = min(SAVE_EVERY, rl_steps)
+        steps = ["--max-steps", str(rl_steps), "--save-steps", str(save_every)]
+        final = run_train(COMMON + RL + steps + ["--method", method, "--model", str(warm), "--split", TRAIN_SPLIT,
+                                                  "--seed", str(seed), "--output-dir", str(run_dir)])
         plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", title=f"{method}, seed {seed}")
-        results[f"{method} (RL from the warm start)"] = run_evaluate(final, seed_dir / f"eval-{method}")
-        results[f"{method} (RL from the warm start)"]["rise"] = reward_rise(run_dir / "metrics.jsonl")
+        saved = sorted({*range(save_every, rl_steps + 1, save_every), rl_steps})
+        chosen, validation = choose_checkpoint(run_dir, saved, seed_dir / f"validation-{method}")
+        result = run_evaluate(run_dir / f"checkpoint-{chosen}", seed_dir / f"eval-{method}")
+        last = result if chosen == rl_steps else run_evaluate(final, seed_dir / f"eval-{method}-last")
+        result.update(step=chosen, validation=validation, last={k: last[k] for k, _, _ in ROWS},
+                      rise=reward_rise(run_dir / "metrics.jsonl"))
+        results[f"{method} (RL from the warm start)"] = result
     return results
+
+
+def choose_checkpoint(run_dir: Path, steps: list[int], eval_dir: Path) -> tuple[int, dict[int, float]]:
+    """The step whose checkpoint answers most validation questions right (the earliest of ties), and
+    each checkpoint's share right. Only RL checkpoints compete: the warm start is what RL is compared to."""
+    validation = {step: run_evaluate(run_dir / f"checkpoint-{step}", eval_dir / f"checkpoint-{step}",
+                                     VALIDATION_SPLIT)["final"] for step in steps}
+    return max(steps, key=lambda step: (validation[step], -step)), validation
 
 
 def reward_rise(metrics_path: Path, window: int = 20) -> dict[str, float]:
@@ -132,7 +152,25 @@ def summarise(per_seed: dict[int, dict[str, dict]]) -> tuple[dict, str]:
         for model in models:
             means = [statistics.fmean(per_seed[s][model]["by_kind"][kind] for s in per_seed) for kind in kinds]
             lines.append(f"| {model} | " + " | ".join(f"{100 * m:.1f}%" for m in means) + " |")
-    return table, "\n".join(lines) + "\n"
+    return table, "\n".join(lines + gain_lines(per_seed)) + "\n"
+
+
+def gain_lines(per_seed: dict[int, dict[str, dict]]) -> list[str]:
+    """Per seed, each RL model's "All answers" minus its warm start's, in points: the checkpoint chosen
+    on validation (its step) and the last one; then the mean and the worst seed."""
+    warm = "warm start (sft-full)"
+    models = [model for model, result in next(iter(per_seed.values())).items() if "last" in result]  # RL runs
+    if not models:
+        return []
+    lines = ["", "All answers, RL minus its warm start, in points (checkpoint chosen on validation / last checkpoint):", "",
+             "| Model | " + " | ".join(f"seed {s}" for s in per_seed) + " | mean | worst |", "|---" * (len(per_seed) + 3) + "|"]
+    for model in models:
+        chosen = [100 * (per_seed[s][model]["final"] - per_seed[s][warm]["final"]) for s in per_seed]
+        last = [100 * (per_seed[s][model]["last"]["final"] - per_seed[s][warm]["final"]) for s in per_seed]
+        cells = [f"{c:+.1f} (step {per_seed[s][model]['step']}) / {l:+.1f}" for s, c, l in zip(per_seed, chosen, last)]
+        lines.append(f"| {model} | " + " | ".join(cells) + f" | {statistics.fmean(chosen):+.1f} / {statistics.fmean(last):+.1f}"
+                     f" | {min(chosen):+.1f} / {min(last):+.1f} |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> dict:

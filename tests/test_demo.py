@@ -22,6 +22,21 @@ def test_summary_reports_mean_and_spread_over_seeds():
     assert table["warm"]["closed"]["mean"] == pytest.approx(0.6)
     assert table["warm"]["closed"]["std"] == pytest.approx(0.1)  # population std of 0.5 and 0.7
     assert "| warm | 100.0% ± 0.0 | 60.0% ± 10.0 | 30.0% ± 10.0 | 48.0% ± 10.0 | 92.0 ± 1.0 |" in markdown
+    assert "RL minus its warm start" not in markdown  # no RL run, no gain table
+
+
+def test_summary_reports_each_seeds_gain_the_chosen_step_and_the_worst_seed():
+    import demo
+
+    def metrics(final):
+        return {"format_rate": 1.0, "closed": 0.7, "open": 0.4, "final": final, "reasoning": 0.9}
+
+    warm, rl = "warm start (sft-full)", "rarl (RL from the warm start)"
+    per_seed = {0: {warm: metrics(0.60), rl: {**metrics(0.64), "step": 75, "last": metrics(0.58)}},
+                1: {warm: metrics(0.62), rl: {**metrics(0.63), "step": 150, "last": metrics(0.63)}}}
+    _, markdown = demo.summarise(per_seed)
+    # seed 0: +4.0 chosen at step 75, -2.0 last; seed 1: +1.0 / +1.0; mean +2.5 / -0.5; worst +1.0 / -2.0
+    assert f"| {rl} | +4.0 (step 75) / -2.0 | +1.0 (step 150) / +1.0 | +2.5 / -0.5 | +1.0 / -2.0 |" in markdown
 
 
 @pytest.mark.slow
