@@ -35,7 +35,7 @@ import evaluate  # noqa: E402
 import train  # noqa: E402
 from src.cli.errors import run_main  # noqa: E402
 from src.cli.help import HelpFormatter  # noqa: E402
-from src.eval.files import write_atomic  # noqa: E402
+from src.files import write_atomic  # noqa: E402
 from src.grpo.curves import plot_curves  # noqa: E402
 from src.grpo.run_log import read_metrics  # noqa: E402
 

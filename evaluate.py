@@ -36,7 +36,7 @@ from src.cli.progress import phase  # noqa: E402
 from src.data.loaders import load_dataset, split_rows  # noqa: E402
 from src.data.prompts import INFERENCE_PROMPTS, TRAINING_PROMPTS  # noqa: E402
 from src.data.sample import Sample  # noqa: E402
-from src.eval.files import write_atomic  # noqa: E402
+from src.files import changed_settings, write_atomic  # noqa: E402
 from src.eval.human_sheet import HumanScores, export_human_sheet, read_human_sheet  # noqa: E402
 from src.eval.judge_cache import JudgeCache  # noqa: E402
 from src.eval.judge_client import Backend, JudgeFatalError, RetryPolicy, make_backend  # noqa: E402
@@ -136,12 +136,11 @@ def lazy_generate_fn(args: argparse.Namespace) -> GenerateFn:
 def check_run_settings(output_dir: Path, run: dict) -> None:
     """Refuse to mix predictions of two models or generation settings in one output directory."""
     path = output_dir / "run.json"
-    if path.exists():
-        previous = json.loads(path.read_text())
-        if previous != run:
-            raise UserError(f"{output_dir} holds predictions made with {previous}, not {run}; "
-                            "use another --output-dir")
-    else:
+    changed = changed_settings(path, run)
+    if changed:
+        raise UserError(f"{output_dir} holds predictions made with other settings ({'; '.join(changed)}); "
+                        "use another --output-dir")
+    if not path.exists():
         write_atomic(path, json.dumps(run, indent=2))
 
 

@@ -34,7 +34,7 @@ import train  # noqa: E402
 from src.cli.config_file import load_file  # noqa: E402
 from src.cli.errors import UserError, run_main  # noqa: E402
 from src.cli.help import HelpFormatter  # noqa: E402
-from src.eval.files import write_atomic  # noqa: E402
+from src.files import write_atomic  # noqa: E402
 from src.recipes.paper import DATASETS, TABLES, Table  # noqa: E402
 from src.recipes.tables import render_table  # noqa: E402
 

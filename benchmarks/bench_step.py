@@ -18,7 +18,7 @@ after one warm-up run of each).
 
 Per phase: seconds, tokens per second (generate: completion tokens; score: completion tokens;
 reference and policy: prompt + completion tokens through the model), and peak memory: CUDA
-max_memory_allocated on GPU, peak resident set size on CPU (benchmarks/memory.py). Also the decode
+max_memory_allocated on GPU, peak resident set size on CPU (src/memory.py). Also the decode
 bandwidth bound: the bytes one decode step must read (language-model weights + KV cache at the mean
 context length) / --bandwidth, against our measured generate time per token (which also holds the
 prefill, so the ratio is an upper bound).
@@ -45,20 +45,19 @@ import numpy as np
 import torch
 from PIL import Image
 
-from benchmarks.memory import peak_bytes, reset_peak, synchronize
+from src.memory import peak_bytes, reset_peak, synchronize
 from benchmarks.qwen2_vl_2b import random_qwen2_vl_2b
 from src.data.prompts import TRAINING_PROMPTS
 from src.data.sample import Sample
 from src.grpo import trainer
 from src.grpo.advantages import group_advantages
 from src.grpo.config import LossConfig, ModelConfig, OptimConfig, RolloutConfig, RunConfig, TrainConfig
-from src.grpo.optim import make_optimizer, make_scheduler
 from src.grpo.rollout import sample_rollout
 from src.models import engine
 from src.models.completions import END_TOKENS, VISION_TOKENS, token_ids
 from src.models.generation import prompt_batch
 from src.models.inputs import PromptBatch, repeat_rows, select_rows, with_completions
-from src.models.loading import Policy, default_dtype, enable_gradient_checkpointing, load_policy
+from src.models.loading import Policy, default_dtype, load_policy
 from src.models.lora import disabled_adapters, lora_layers
 from src.rewards.total import score_completions
 
@@ -120,19 +119,6 @@ def bench_config(args: argparse.Namespace, rollout_engine: str = "engine") -> Tr
         optim=OptimConfig(prompts_per_step=args.prompts, mini_batch_size=args.mini_batch_size, learning_rate=1e-5,
                           warmup_ratio=0.0, schedule="constant"),
     )
-
-
-def make_run(policy: Policy, cfg: TrainConfig, samples: list[Sample]) -> trainer.Run:
-    """trainer.setup's work on an already-built policy: LoRA, reference, checkpointing, optimizer."""
-    torch.manual_seed(cfg.run.seed)
-    lora, reference = trainer.prepare_weights(policy, cfg)
-    if cfg.model.gradient_checkpointing:
-        enable_gradient_checkpointing(policy.model)
-    params = [p for p in policy.model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, cfg.learning_rate, cfg.optim.weight_decay)
-    scheduler = make_scheduler(optimizer, 1_000_000, 0.0, "constant")
-    return trainer.Run(cfg=cfg, policy=policy, lora=lora, reference=reference, samples=samples, optimizer=optimizer,
-                       scheduler=scheduler, params=params, steps_per_epoch=1, total_steps=1_000_000, scorer=None)
 
 
 class Phases:
@@ -347,7 +333,9 @@ def main(argv=None) -> dict:
     policy = build_policy(args.model, device, dtype)
     samples = bench_samples(args.prompts, args.image_size)
     prompt_names = [list(TRAINING_PROMPTS)[i % len(TRAINING_PROMPTS)] for i in range(args.prompts)]
-    run = make_run(policy, bench_config(args), samples)
+    cfg = bench_config(args)
+    torch.manual_seed(cfg.run.seed)  # LoRA A's init, as trainer.setup seeds it
+    run = trainer.prepare_run(policy, cfg, samples)
     prompts = repeat_rows(prompt_batch(policy, samples, [TRAINING_PROMPTS[n] for n in prompt_names]),
                           args.group_size).to(device)                                    # N rows
     hf_run = dataclasses.replace(run, cfg=bench_config(args, rollout_engine="hf"))

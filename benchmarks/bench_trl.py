@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 
 from benchmarks import bench_step
-from benchmarks.memory import synchronize
+from src.memory import synchronize
 from src.data.prompts import TRAINING_PROMPTS, build_messages
 from src.models.completions import END_TOKENS, VISION_TOKENS, token_ids
 from src.models.loading import default_dtype

@@ -26,7 +26,7 @@ import multiprocessing
 import torch
 from torch import Tensor
 
-from benchmarks.memory import peak_bytes, reset_peak
+from src.memory import peak_bytes, reset_peak
 from src.grpo.logprobs import linear_logprobs, logits_grad, scaled_chunk, target_logprob
 
 MIB = 2**20

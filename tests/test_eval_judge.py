@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from src.cli.errors import UserError
-from src.eval.files import read_jsonl, write_atomic
+from src.files import read_jsonl, write_atomic
 from src.eval.judge_cache import JudgeCache, cache_key
 from src.eval.judge_client import GeminiGenerate, JudgeFatalError, OpenAIChat, RetryPolicy, _retry_after, make_backend
 from src.eval.judge_cost import judge_cost_usd

@@ -161,9 +161,24 @@ def test_judged_run_on_a_local_server_then_cached_rerun_and_human_sheet(tmp_path
 def test_refuses_to_mix_models_in_one_output_dir(tmp_path, data_root, fake):
     out = tmp_path / "out"
     run(data_root, out, "--judge", "none", "--limit", "1")
-    with pytest.raises(UserError, match="holds predictions made with"):  # one line, exit status 2 (run_main)
+    with pytest.raises(UserError, match="holds predictions made with other settings \\(model: 'fake/model' -> "
+                                        "'other/model'\\)"):  # one line, exit status 2 (run_main)
         evaluate.main(["--model", "other/model", "--data-root", str(data_root), "--output-dir", str(out),
                        "--datasets", "vqa-rad:test"])
+    with pytest.raises(UserError, match=r"generation.temperature: 0.0 -> 0.7; generation.engine: 'engine' -> 'hf'"):
+        evaluate.main(["--model", "fake/model", "--data-root", str(data_root), "--output-dir", str(out),
+                       "--datasets", "vqa-rad:test", "--temperature", "0.7", "--rollout-engine", "hf"])
+
+
+def test_changed_settings_compares_nested_leaves_and_skips_what_may_change_or_was_never_saved(tmp_path):
+    from src.files import changed_settings
+
+    path = tmp_path / "config.json"
+    assert changed_settings(path, {"a": 1}) == []  # nothing saved yet
+    path.write_text(json.dumps({"run": {"seed": 0, "save_steps": 10}, "optim": {"lr": 1e-3}}))
+    now = {"run": {"seed": 1, "save_steps": 20, "new_field": True}, "optim": {"lr": 1e-3}}
+    assert changed_settings(path, now, may_change=("run.save_steps",)) == ["run.seed: 0 -> 1"]
+    assert changed_settings(path, now) == ["run.seed: 0 -> 1", "run.save_steps: 10 -> 20"]
 
 
 def test_cli_value_parsing():

@@ -15,8 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from src.eval import files
-from src.eval.files import WriteError, read_jsonl, write_atomic
+from src import files
+from src.files import WriteError, read_jsonl, write_atomic
 from src.grpo import checkpoint as checkpoint_module
 from src.grpo import trainer
 from src.grpo.checkpoint import CheckpointError, checkpoint_problem, load_checkpoint, resume_checkpoint
@@ -324,7 +324,7 @@ def test_a_real_full_disk_on_a_small_tmpfs(tmp_path, monkeypatch):
 
 def test_a_full_disk_while_logging_or_writing_a_result_names_the_file_and_keeps_the_old_content(tmp_path, monkeypatch):
     log = MetricsLog(tmp_path / "metrics.jsonl", resume_step=0)
-    log.write({"step": 1})
+    log.write([{"step": 1}])
     result = tmp_path / "summary.json"
     write_atomic(result, "old")
     real_open = Path.open
@@ -340,7 +340,7 @@ def test_a_full_disk_while_logging_or_writing_a_result_names_the_file_and_keeps_
 
     monkeypatch.setattr(Path, "open", full_open)
     with pytest.raises(WriteError, match=rf"^disk full: cannot write {tmp_path / 'metrics.jsonl'} "):
-        log.write({"step": 2})
+        log.write([{"step": 2}])
     monkeypatch.undo()
     monkeypatch.setattr(files.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left")))
     with pytest.raises(WriteError, match=rf"^disk full: cannot write {result} "):

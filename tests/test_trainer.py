@@ -192,10 +192,10 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch)
     broken = tiny_config(tmp_path / "b")
     real_write = trainer.MetricsLog.write
 
-    def crash_after_three_steps(self, record):
-        if record["step"] == 4:
+    def crash_after_three_steps(self, records):
+        if records[0]["step"] == 4:
             raise Interrupt  # step 3 was logged but never checkpointed (save_steps = 2)
-        real_write(self, record)
+        real_write(self, records)
 
     monkeypatch.setattr(trainer.MetricsLog, "write", crash_after_three_steps)
     with pytest.raises(Interrupt):

@@ -10,7 +10,7 @@ import csv
 import io
 from pathlib import Path
 
-from src.eval.files import write_atomic
+from src.files import write_atomic
 
 KEY_COLUMNS = ["dataset", "split", "prompt", "id"]
 COLUMNS = [*KEY_COLUMNS, "image", "question", "reference_reasoning", "reference",

@@ -15,7 +15,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from src.eval.files import append_jsonl, read_jsonl
+from src.files import append_jsonl, read_jsonl
 
 
 def cache_key(model: str, prompt: str) -> str:

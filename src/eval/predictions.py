@@ -2,7 +2,7 @@
 
 One file per dataset and inference prompt (predictions/DATASET-PROMPT.jsonl). Each batch's records
 are appended and fsync'ed as soon as it is generated; on restart the ids already in the file are
-skipped, and a line torn by a crash is cut off (src/eval/files.py). Metrics, judges and reports read
+skipped, and a line torn by a crash is cut off (src/files.py). Metrics, judges and reports read
 only these records, so everything after generation can be recomputed without the model.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Callable
 from tqdm import tqdm
 
 from src.data.sample import Sample
-from src.eval.files import append_jsonl, read_jsonl
+from src.files import append_jsonl, read_jsonl
 from src.rewards.answers import parse_completion
 
 GenerateFn = Callable[[list[Sample], str], list[str]]

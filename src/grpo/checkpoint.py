@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
-from src.eval.files import WriteError, writing
+from src.files import WriteError, writing
 from src.models.lora import LoRAConfig
 from src.models.peft_io import load_adapter, save_adapter
 

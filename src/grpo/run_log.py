@@ -10,26 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import resource
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-from src.eval.files import writing
+from src.files import append_jsonl, read_jsonl, writing
 
 
 class RunLogError(ValueError):
     """A run log that lacks a line of a step the checkpoint holds; the message names file and line."""
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak GPU memory allocated by tensors on CUDA; on CPU the process's peak resident set size."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux, bytes on macOS
-    return peak_kb / (2**20 if sys.platform == "darwin" else 2**10)
 
 
 def steps_prefix(path: Path, resume_step: int, rows_per_step: int) -> int:
@@ -96,10 +86,10 @@ class MetricsLog:
                 if f.read(1) != b"\n":
                     f.write(b"\n")  # a whole last record whose newline the crash cut off
 
-    def write(self, record: dict) -> None:
-        with writing(self.path), self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
+    def write(self, records: list[dict]) -> None:
+        """Append a step's records and force them to disk (one fsync per call)."""
+        with writing(self.path), self.path.open("a", encoding="utf-8") as handle:
+            append_jsonl(handle, records)
 
 
 def check_run_log(path: Path, resume_step: int, rows_per_step: int = 1) -> None:
@@ -109,7 +99,8 @@ def check_run_log(path: Path, resume_step: int, rows_per_step: int = 1) -> None:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The records of a run log (metrics.jsonl, completions.jsonl), in step order."""
+    return read_jsonl(Path(path))
 
 
 class PhaseTimer:

@@ -41,9 +41,10 @@ from src.grpo.optim import make_optimizer, make_scheduler, optimizer_step
 from src.grpo.preflight import check_training_prompts
 from src.grpo.reference import Reference, make_reference
 from src.grpo.rollout import Rollout, sample_rollout
-from src.eval.files import write_atomic
-from src.grpo.run_log import MetricsLog, PhaseTimer, check_run_log, grpo_metrics, peak_memory_mb
+from src.grpo.run_log import MetricsLog, PhaseTimer, check_run_log, grpo_metrics
 from src.grpo.tensorboard_log import TensorBoardLog
+from src.files import changed_settings, write_atomic
+from src.memory import peak_bytes
 from src.models.loading import Policy, base_model_name, enable_gradient_checkpointing, freeze_vision, load_policy
 from src.models.lora import LoRAConfig, inject_lora, lora_layers, mark_only_lora_as_trainable, merge_and_unload
 from src.rewards.total import score_completions
@@ -63,7 +64,7 @@ class Run:
     params: list[torch.nn.Parameter]
     steps_per_epoch: int
     total_steps: int
-    scorer: object                   # BERTScore scorer (None for sft)
+    scorer: object = None            # BERTScore scorer (None for sft)
 
 
 def training_samples(cfg: TrainConfig) -> list[Sample]:
@@ -111,8 +112,20 @@ def setup(cfg: TrainConfig) -> Run:
     check_batch_split(len(samples), cfg.optim.prompts_per_step)
     with phase(f"model {cfg.model.model}", enabled=is_main()):
         policy = load_policy(cfg.model.model, device=device)
+    run = prepare_run(policy, cfg, samples, per_rank_sampling=rank_device is not None)
+    if not cfg.is_sft:
+        from src.rewards.bertscore import load_bertscorer
+
+        with phase("BERTScore model", enabled=is_main()):
+            run.scorer = load_bertscorer(cfg.reward.bertscore_model, device=policy.device)
+    return run
+
+
+def prepare_run(policy: Policy, cfg: TrainConfig, samples: list[Sample], per_rank_sampling: bool = False) -> Run:
+    """Everything a loaded policy needs before step 1: LoRA (or full fine-tuning), the reference,
+    gradient checkpointing, optimizer and schedule (benchmarks/bench_step.py calls it on a policy it built)."""
     lora, reference = prepare_weights(policy, cfg)
-    if rank_device is not None:
+    if per_rank_sampling:
         torch.manual_seed(sampling_seed(cfg.run.seed))  # replicas are initialised; each rank samples its own
     if cfg.model.gradient_checkpointing:
         enable_gradient_checkpointing(policy.model)
@@ -122,15 +135,9 @@ def setup(cfg: TrainConfig) -> Run:
     optimizer = make_optimizer(params, cfg.learning_rate, cfg.optim.weight_decay)
     updates_per_step = 1 if cfg.is_sft else cfg.loss.num_iterations
     scheduler = make_scheduler(optimizer, total_steps * updates_per_step, cfg.optim.warmup_ratio, cfg.optim.schedule)
-    scorer = None
-    if not cfg.is_sft:
-        from src.rewards.bertscore import load_bertscorer
-
-        with phase("BERTScore model", enabled=is_main()):
-            scorer = load_bertscorer(cfg.reward.bertscore_model, device=policy.device)
     return Run(cfg=cfg, policy=policy, lora=lora, reference=reference, samples=samples, optimizer=optimizer,
                scheduler=scheduler, params=params, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
-               scorer=scorer)
+               scorer=None)
 
 
 def batch_for_step(step: int, num_samples: int, batch_size: int, seed: int) -> tuple[int, list[int]]:
@@ -226,17 +233,8 @@ where else metrics go, and how long to go on."""
 
 
 def check_same_settings(saved_path: Path, cfg: TrainConfig) -> None:
-    """Refuse to resume a run under other settings: its checkpoints and metrics belong to the saved ones.
-
-    Fields that a config.json written by an older version lacks are taken as unchanged.
-    """
-    if not saved_path.is_file():
-        return
-    saved, current = json.loads(saved_path.read_text()), json.loads(cfg.to_json())
-    changed = [f"{section}.{name}: {saved[section][name]!r} -> {value!r}"
-               for section, values in current.items() for name, value in values.items()
-               if f"{section}.{name}" not in RESUMABLE_CHANGES and name in saved.get(section, {})
-               and saved[section][name] != value]
+    """Refuse to resume a run under other settings: its checkpoints and metrics belong to the saved ones."""
+    changed = changed_settings(saved_path, json.loads(cfg.to_json()), RESUMABLE_CHANGES)
     if changed:
         raise ValueError(f"--resume: {saved_path} was written with other settings ({'; '.join(changed)}); "
                          "resume with the saved settings, or start the new run in another --output-dir")
@@ -293,13 +291,13 @@ def train(cfg: TrainConfig) -> Path:
             completions = [c for part in gather_objects(completions) for c in part]  # every rank's, in rank order
         progress_in_epoch = (step % run.steps_per_epoch + 1) / run.steps_per_epoch
         record = reduce_metrics({"step": step + 1, "epoch": epoch + progress_in_epoch, "lr": lr, **metrics,
-                                 "peak_memory_mb": peak_memory_mb(run.policy.device)})
+                                 "peak_memory_mb": peak_bytes(run.policy.device) / 2**20})
         if is_main():
-            log.write(record)
+            log.write([record])
             if board is not None:
                 board.write(record)
-            for completion in completions:
-                completions_log.write({"step": step + 1, **completion})
+            if completions_log is not None:
+                completions_log.write([{"step": step + 1, **completion} for completion in completions])
         progress.set_postfix({k: f"{record[k]:.3g}" for k in ("loss", "reward") if k in record})
         if (step + 1) % cfg.run.save_steps == 0 or step + 1 == run.total_steps:
             rng_states = gather_objects(rng_state())  # every rank's, so a resume on as many ranks is exact

@@ -1,7 +1,8 @@
-"""Crash-safe files for evaluation results: append-only JSONL and atomic whole-file writes.
+"""Crash-safe files: append-only JSONL and atomic whole-file writes, for every result the project keeps.
 
-Predictions and judge replies are appended one JSON line at a time and fsync'ed, so a killed run
-loses at most the line being written. On the next start `read_jsonl` notices such a torn last line
+Predictions, judge replies and a training run's metrics.jsonl / completions.jsonl are appended one
+JSON line at a time and fsync'ed, so a killed run loses at most the line being written; configs,
+summaries and checkpoint files are written whole, atomically. On the next start `read_jsonl` notices such a torn last line
 and cuts it off; a malformed line anywhere else is real corruption and raises, naming file and line.
 A write that fails (a full disk) raises a `WriteError` naming the file and saying whether the disk
 is full; what was on disk before stays as it was.
@@ -97,7 +98,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def append_jsonl(handle: IO[str], records: list[dict]) -> None:
-    """Append records, one line each, and force them to disk before returning."""
+    """Append records, one line each, to an open file and force them to disk before returning."""
     with writing(Path(handle.name)):
         handle.write("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
         handle.flush()
@@ -118,3 +119,27 @@ def write_atomic(path: Path, content: str | bytes) -> None:
         tmp.unlink(missing_ok=True)  # a full disk gets its space back; `path` was never touched
         raise
     os.replace(tmp, path)
+
+
+def changed_settings(path: Path, current: dict, may_change: tuple[str, ...] = ()) -> list[str]:
+    """How the settings saved as JSON in `path` differ from `current`: "key: saved -> current" for each
+    differing leaf, nested keys joined by dots ([] when the file does not exist).
+
+    Keys in `may_change`, and keys the saved file lacks (a file written by an older version), are not
+    compared. The one guard against mixing a run's results with another run's settings: train.py's
+    --resume (config.json) and evaluate.py's output folder (run.json) both ask it.
+    """
+    if not path.is_file():
+        return []
+
+    def leaves(settings: dict, prefix: str = "") -> dict:
+        flat = {}
+        for key, value in settings.items():
+            name = f"{prefix}{key}"
+            flat.update(leaves(value, name + ".") if isinstance(value, dict) else {name: value})
+        return flat
+
+    saved, now = leaves(json.loads(path.read_text())), leaves(current)
+    return [f"{key}: {saved[key]!r} -> {value!r}" for key, value in now.items()
+            if key not in may_change and key in saved and saved[key] != value]
+

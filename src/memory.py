@@ -2,9 +2,14 @@
 
 On CUDA the figure is torch.cuda.max_memory_allocated (tensors only, not the allocator's cache).
 On CPU torch's allocations are invisible to tracemalloc, so the figure is the process's VmHWM (peak
-resident set size, Linux), whose high-water mark `reset_peak` sets back to the current size.
+resident set size, Linux), whose high-water mark `reset_peak` sets back to the current size. The
+trainer logs the process's peak (metrics.jsonl's peak_memory_mb); the benchmarks reset it per phase.
+Without /proc (macOS) the CPU peak is getrusage's, which cannot be reset.
 """
 from __future__ import annotations
+
+import resource
+import sys
 
 import torch
 
@@ -38,4 +43,8 @@ def peak_bytes(device: torch.device) -> int:
     synchronize(device)
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
-    return resident_bytes("VmHWM")
+    try:
+        return resident_bytes("VmHWM")
+    except FileNotFoundError:  # no /proc: the process's lifetime peak (bytes on macOS, kilobytes elsewhere)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
