@@ -220,12 +220,17 @@ def step(ctx: Context, figures: dict, extra: tuple[str, ...] = (), label: str = 
 
     argv = ctx.step_argv() + ["--output", str(ctx.out_dir / f"bench_{label}.json")] + list(extra)
     result = bench_step.main(argv)
-    ours, baseline, bound = result["ours"], result["baseline"], result["decode_bound"]
+    ours, ours_hf, baseline, bound = result["ours"], result["ours_hf"], result["baseline"], result["decode_bound"]
     figures.update(
         settings={k: result["settings"][k] for k in ("prompts", "group_size", "length", "rows", "prompt_tokens",
                                                      "dtype", "image_size")},
-        ours_step_seconds=ours["step_seconds"], baseline_step_seconds=baseline["step_seconds"],
-        overhead_ratio=result["overhead_ratio"],
+        ours_step_seconds=ours["step_seconds"], ours_hf_step_seconds=ours_hf["step_seconds"],
+        baseline_step_seconds=baseline["step_seconds"], overhead_ratio=result["overhead_ratio"],
+        # the rollout engine against HF generate (args.cache: dynamic, or static + compile), same process
+        engine_generate_speedup=1 / result["engine_over_hf"]["generate"],
+        engine_step_speedup=1 / result["engine_over_hf"]["step"],
+        ours_hf_phases={name: {k: p[k] for k in ("seconds", "tokens_per_s", "peak_mib")}
+                        for name, p in ours_hf["phases"].items()},
         ours_phases={name: {k: p[k] for k in ("seconds", "tokens_per_s", "peak_mib")} for name, p in ours["phases"].items()},
         baseline_phases={name: {k: p[k] for k in ("seconds", "tokens_per_s", "peak_mib")}
                          for name, p in baseline["phases"].items()},
@@ -235,7 +240,9 @@ def step(ctx: Context, figures: dict, extra: tuple[str, ...] = (), label: str = 
         decode_over_bound=bound["measured_over_bound"], bandwidth=bound["bandwidth"],
     )
     ctx.results[label] = figures
-    figures["summary"] = (f"ours {figures['ours_step_seconds']:.1f} s/step, baseline {figures['baseline_step_seconds']:.1f} "
+    figures["summary"] = (f"ours {figures['ours_step_seconds']:.1f} s/step, engine vs HF generate x"
+                          f"{figures['engine_generate_speedup']:.2f} (generate), x{figures['engine_step_speedup']:.2f} "
+                          f"(step), baseline {figures['baseline_step_seconds']:.1f} "
                           f"(x{figures['overhead_ratio']:.2f}), peak {figures['ours_peak_gib']:.1f} GiB, decode "
                           f"{figures['decode_ms_per_token']:.1f} ms/token = {figures['decode_over_bound']:.1f} x bound")
 
@@ -243,7 +250,7 @@ def step(ctx: Context, figures: dict, extra: tuple[str, ...] = (), label: str = 
 def evaluate(ctx: Context, figures: dict) -> None:
     """evaluate.py's generate_completions on real-size images, every completion forced to --eval-tokens tokens."""
     from benchmarks import bench_step
-    from benchmarks.memory import peak_bytes, reset_peak, synchronize
+    from src.memory import peak_bytes, reset_peak, synchronize
     from src.data.prompts import INFERENCE_PROMPTS
     from src.data.sample import Sample
     from src.models.generation import generate_completions
@@ -383,15 +390,17 @@ def trl(ctx: Context, figures: dict) -> None:
     free_memory()
 
 
-# A variant of the step is one more entry (its label keeps its figures apart), e.g.
-#   Phase("step-engine", 300, functools.partial(step, extra=("--rollout-engine", "engine"), label="step-engine")),
+# A variant of the step is one more entry (its label keeps its figures apart). The last one compares the
+# engine with HF generate on a static cache, which transformers compiles on CUDA: it runs only if the
+# budget has room after the others.
 PHASES = [
     Phase("environment", 30, environment),
     Phase("processor", 90, processor),
-    Phase("step", 300, step),  # 4 steps of 512 decode steps (ours and baseline, warm-up + timed) and the build
+    Phase("step", 300, step),  # 6 steps of 512 decode steps (engine, HF generate, baseline; warm-up + timed) and the build
     Phase("evaluate", 120, evaluate),
     Phase("torchrun", 120, torchrun),
     Phase("trl", 180, trl),
+    Phase("step-hf-static", 300, functools.partial(step, extra=("--cache", "static"), label="step-hf-static")),
 ]
 
 
