@@ -36,7 +36,7 @@ import train  # noqa: E402
 from src.cli.errors import run_main  # noqa: E402
 from src.cli.help import HelpFormatter  # noqa: E402
 from src.files import write_atomic  # noqa: E402
-from src.grpo.curves import plot_curves  # noqa: E402
+from src.grpo.curves import plot_curves, plot_validation  # noqa: E402
 from src.grpo.run_log import read_metrics  # noqa: E402
 
 # The settings of each stage, as the command-line flags they are. Chosen once (docs/DEMO.md tells how)
@@ -89,6 +89,8 @@ def run_seed(seed: int, methods: list[str], out: Path, warm_steps: int, rl_steps
     warm = run_train(COMMON + WARM_START + steps + ["--split", TRAIN_SPLIT, "--seed", str(seed),
                                                     "--output-dir", str(seed_dir / "warm-start")])
     results = {"warm start (sft-full)": run_evaluate(warm, seed_dir / "eval-warm-start")}
+    results["warm start (sft-full)"]["validation"] = {
+        0: run_evaluate(warm, seed_dir / "validation-warm-start", VALIDATION_SPLIT)["final"]}
     for method in methods:
         run_dir = seed_dir / method
         save_every = min(SAVE_EVERY, rl_steps)
@@ -111,7 +113,12 @@ def choose_checkpoint(run_dir: Path, steps: list[int], eval_dir: Path) -> tuple[
     each checkpoint's share right. Only RL checkpoints compete: the warm start is what RL is compared to."""
     validation = {step: run_evaluate(run_dir / f"checkpoint-{step}", eval_dir / f"checkpoint-{step}",
                                      VALIDATION_SPLIT)["final"] for step in steps}
-    return max(steps, key=lambda step: (validation[step], -step)), validation
+    return best_step(validation), validation
+
+
+def best_step(validation: dict[int, float]) -> int:
+    """The step with the highest validation score; the earliest of ties (the least drift from the warm start)."""
+    return max(validation, key=lambda step: (validation[step], -step))
 
 
 def reward_rise(metrics_path: Path, window: int = 20) -> dict[str, float]:
@@ -187,13 +194,20 @@ def main(argv: list[str] | None = None) -> dict:
     table, markdown = summarise(per_seed)
     write_atomic(args.output_dir / "summary.json", json.dumps({"per_seed": per_seed, "table": table}, indent=2))
     write_atomic(args.output_dir / "summary.md", markdown)
+    warm = "warm start (sft-full)"
+    runs = {f"{model.split()[0]}, seed {seed}": (results[warm]["validation"], result)
+            for seed, results in per_seed.items() for model, result in results.items() if "last" in result}
+    plot_validation({label: {**warm_curve, **result["validation"]} for label, (warm_curve, result) in runs.items()},
+                    {label: result["step"] for label, (_, result) in runs.items()}, args.output_dir / "validation.png",
+                    f"synthetic:{VALIDATION_SPLIT}, answers right at each checkpoint (* the one chosen)")
     print("\n" + markdown)
     for seed, results in per_seed.items():
         for model, result in results.items():
             if "rise" in result:
                 rises = ", ".join(f"{k} {v:+.3f}" for k, v in result["rise"].items())
                 print(f"seed {seed}, {model}: reward change over training (mean of the last steps - the first): {rises}")
-    print(f"\ncurves: {sorted(str(p) for p in args.output_dir.glob('seed-*/*/curves.png'))}")
+    print(f"\ncurves: {sorted(str(p) for p in args.output_dir.glob('seed-*/*/curves.png'))}, "
+          f"{args.output_dir / 'validation.png'}")
     return table
 
 

@@ -25,6 +25,13 @@ def test_summary_reports_mean_and_spread_over_seeds():
     assert "RL minus its warm start" not in markdown  # no RL run, no gain table
 
 
+def test_the_best_validation_step_wins_and_ties_go_to_the_earliest():
+    import demo
+
+    assert demo.best_step({25: 0.60, 50: 0.64, 75: 0.62, 100: 0.64}) == 50
+    assert demo.best_step({25: 0.70, 50: 0.64}) == 25
+
+
 def test_summary_reports_each_seeds_gain_the_chosen_step_and_the_worst_seed():
     import demo
 
@@ -48,6 +55,7 @@ def test_demo_runs_every_stage_and_writes_its_report(tmp_path):
     assert list(table) == ["warm start (sft-full)", "rarl (RL from the warm start)", "grpo (RL from the warm start)"]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert set(summary["per_seed"]["0"]) == set(table)
+    assert (tmp_path / "validation.png").stat().st_size > 10_000
     for method in ("rarl", "grpo"):
         assert (tmp_path / "seed-0" / method / "curves.png").stat().st_size > 10_000
         assert (tmp_path / "seed-0" / method / "checkpoint-2" / "adapter_config.json").is_file()

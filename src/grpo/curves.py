@@ -1,4 +1,5 @@
-"""curves.png from metrics.jsonl: the reward and each of its components over the RL steps, plus KL and length."""
+"""curves.png from metrics.jsonl: the reward and each of its components over the RL steps, plus KL and length;
+validation.png: held-out accuracy of each saved checkpoint, one line per run."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,14 +29,19 @@ def moving_average(values: list[float], window: int) -> list[float]:
     return out
 
 
-def plot_curves(metrics_path: str | Path, out_path: str | Path, title: str = "", window: int = 10) -> Path:
+def pyplot():
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as error:  # optional: the `plot` extra
-        raise ImportError("curves.png needs matplotlib: pip install -e '.[plot]'") from error
+        raise ImportError("plots need matplotlib: pip install -e '.[plot]'") from error
+    return plt
+
+
+def plot_curves(metrics_path: str | Path, out_path: str | Path, title: str = "", window: int = 10) -> Path:
+    plt = pyplot()
     records = read_metrics(metrics_path)
     panels = [(key, label) for key, label in PANELS if any(key in r for r in records)]
     fig, axes = plt.subplots(2, (len(panels) + 1) // 2, figsize=(3.2 * ((len(panels) + 1) // 2), 5.6), squeeze=False)
@@ -55,3 +61,26 @@ def plot_curves(metrics_path: str | Path, out_path: str | Path, title: str = "",
     fig.savefig(out_path, dpi=110)
     plt.close(fig)
     return out_path
+
+
+def plot_validation(curves: dict[str, dict[int, float]], chosen: dict[str, int], out_path: str | Path,
+                    title: str) -> Path:
+    """One line per run: the share of validation questions answered right (%) at each saved step,
+    step 0 being the model RL started from; a star marks the step each run chose."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for i, (label, curve) in enumerate(curves.items()):
+        steps = sorted(curve)
+        line, = ax.plot(steps, [100 * curve[s] for s in steps], marker="o", markersize=3, linewidth=1.2,
+                        label=label, color=f"C{i % 10}")
+        ax.plot([chosen[label]], [100 * curve[chosen[label]]], marker="*", markersize=11, color=line.get_color())
+    ax.set_xlabel("RL step (0: the warm start)", fontsize=9)
+    ax.set_ylabel("validation answers right (%)", fontsize=9)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    out_path = Path(out_path)
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+    return out_path
+
