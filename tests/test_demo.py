@@ -74,19 +74,25 @@ def test_demo_runs_every_stage_and_writes_its_report(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_rl_raises_held_out_accuracy_above_its_warm_start(tmp_path):
-    """The README's first command at its full budget (seed 0, ~6 minutes on 2 cores; deterministic on
-    this CPU stack). Measured: closed 71.9% -> 76.4%, reasoning BERTScore F1 0.911 -> 0.925. Open
-    exact match is not asserted: it does not improve (45.9% -> 44.3%, one question), see docs/DEMO.md."""
+def test_demo_rl_raises_closed_accuracy_and_every_reward_above_its_warm_start(tmp_path):
+    """The README's first command at its full budget (seed 0, ~5 minutes on 2 cores).
+
+    It asserts only what held on every one of the 10 runs measured (seeds 0-4 x 1 and 2 threads, one
+    2-core Xeon, torch 2.13 CPU; docs/DEMO.md), each with a margin below the worst run: format 100%
+    after RL (warm starts 72.7% to 100%); closed accuracy rose by +1.1 to +11.2 points (asserted: not
+    below the warm start); the sampled total reward rose by +0.26 to +0.62 and its format, accuracy and
+    reasoning parts each by at least +0.057. "All answers" rose on 9 of the 10 runs (-0.7 to +11.3):
+    asserted only not to fall by more than 3 points."""
     import demo
 
     table = demo.main(["--output-dir", str(tmp_path)])
     warm, rl = table["warm start (sft-full)"], table["rarl (RL from the warm start)"]
-    assert warm["format_rate"]["mean"] == rl["format_rate"]["mean"] == 1.0
-    assert rl["closed"]["mean"] >= warm["closed"]["mean"] + 0.04  # 4 of the 89 closed questions
-    assert rl["reasoning"]["mean"] >= warm["reasoning"]["mean"] + 0.007  # half the measured rise
-    # on the sampled training completions the total reward and each learned component rose
-    rise = json.loads((tmp_path / "summary.json").read_text())["per_seed"]["0"]["rarl (RL from the warm start)"]["rise"]
-    assert rise["reward"] > 0.1
+    assert rl["format_rate"]["mean"] >= 0.98  # 100% on every run; warm starts ranged 72.7% to 100%
+    assert rl["closed"]["mean"] >= warm["closed"]["mean"]
+    assert rl["final"]["mean"] >= warm["final"]["mean"] - 0.03
+    result = json.loads((tmp_path / "summary.json").read_text())["per_seed"]["0"]["rarl (RL from the warm start)"]
+    assert result["step"] in (25, 50, 75, 100, 125, 150)  # chosen on validation among the saved checkpoints
+    rise = result["rise"]  # on the sampled training completions: last 20 steps minus the first 20
+    assert rise["reward"] > 0.15
     assert min(rise["reward/format"], rise["reward/accuracy"], rise["reward/reasoning"]) > 0.02
     assert (tmp_path / "seed-0" / "rarl" / "curves.png").stat().st_size > 10_000
