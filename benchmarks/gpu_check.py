@@ -460,11 +460,12 @@ def write_json(path: Path, result: dict) -> None:
 
 
 def print_table(result: dict) -> None:
-    print(f"\n{'phase':<12} {'status':<8} {'seconds':>8}  figures")
+    width = max(len(name) for name in ["phase", *result["phases"]])
+    print(f"\n{'phase':<{width}} {'status':<8} {'seconds':>8}  figures")
     for name, entry in result["phases"].items():
         what = entry.get("figures", {}).get("summary") or entry.get("reason", "")
-        print(f"{name:<12} {entry['status']:<8} {entry['seconds']:>8.1f}  {what[:150]}")
-    print(f"{'total':<12} {'':<8} {result['seconds']:>8.1f}  -> {result['output']}")
+        print(f"{name:<{width}} {entry['status']:<8} {entry['seconds']:>8.1f}  {what[:150]}")
+    print(f"{'total':<{width}} {'':<8} {result['seconds']:>8.1f}  -> {result['output']}")
 
 
 def parse_args(argv=None) -> argparse.Namespace:

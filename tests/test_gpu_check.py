@@ -82,8 +82,8 @@ def test_gpu_check_runs_every_phase_at_toy_size_on_cpu(tmp_path):
                            str(output)], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     phases = json.loads(output.read_text())["phases"]
-    assert list(phases) == ["environment", "processor", "step", "evaluate", "torchrun", "trl"]
-    for name in ("environment", "processor", "step", "evaluate", "torchrun"):
+    assert list(phases) == ["environment", "processor", "step", "evaluate", "torchrun", "trl", "step-hf-static"]
+    for name in ("environment", "processor", "step", "evaluate", "torchrun", "step-hf-static"):
         assert phases[name]["status"] == "ok", (name, phases[name].get("reason"))
     assert phases["environment"]["figures"]["torch"] == torch.__version__
     processor = phases["processor"]["figures"]
@@ -95,6 +95,11 @@ def test_gpu_check_runs_every_phase_at_toy_size_on_cpu(tmp_path):
     step = phases["step"]["figures"]
     assert step["settings"]["rows"] == 2 and step["ours_step_seconds"] > 0
     assert step["overhead_ratio"] == step["ours_step_seconds"] / step["baseline_step_seconds"]
+    # the engine against HF generate, both sides timed in the same process
+    assert step["engine_generate_speedup"] == pytest.approx(
+        step["ours_hf_phases"]["generate"]["seconds"] / step["ours_phases"]["generate"]["seconds"])
+    assert phases["step-hf-static"]["figures"]["engine_step_speedup"] == pytest.approx(
+        phases["step-hf-static"]["figures"]["ours_hf_step_seconds"] / phases["step-hf-static"]["figures"]["ours_step_seconds"])
     evaluate = phases["evaluate"]["figures"]
     assert evaluate["questions"] == 2 and evaluate["tokens_per_s"] > 0
     torchrun = phases["torchrun"]["figures"]
