@@ -51,6 +51,7 @@ RL = ["--prompts-per-step", "8", "--group-size", "8", "--mini-batch-size", "64",
       "--beta", "0.04", "--schedule", "constant", "--warmup-ratio", "0"]
 WARM_START_STEPS, RL_STEPS, SAVE_EVERY = 600, 150, 25
 TRAIN_SPLIT, VALIDATION_SPLIT = "train[:616]", "train[616:]"  # of the 716 synthetic training questions
+WARM = "warm start (sft-full)"  # the warm start's row in every table
 EVALUATION = ["--prompt", "explanation", "--max-new-tokens", "64", "--batch-size", "50", "--judge", "none"]
 # The paper's Table 3 reports the final answer and the reasoning; so does the demo, offline: answers
 # right over all questions (closed: exact, open: exact match), and the reasoning's BERTScore F1 against
@@ -88,9 +89,8 @@ def run_seed(seed: int, methods: list[str], out: Path, warm_steps: int, rl_steps
     steps = ["--max-steps", str(warm_steps), "--save-steps", str(warm_steps)]
     warm = run_train(COMMON + WARM_START + steps + ["--split", TRAIN_SPLIT, "--seed", str(seed),
                                                     "--output-dir", str(seed_dir / "warm-start")])
-    results = {"warm start (sft-full)": run_evaluate(warm, seed_dir / "eval-warm-start")}
-    results["warm start (sft-full)"]["validation"] = {
-        0: run_evaluate(warm, seed_dir / "validation-warm-start", VALIDATION_SPLIT)["final"]}
+    results = {WARM: run_evaluate(warm, seed_dir / "eval-warm-start")}
+    results[WARM]["validation"] = {0: run_evaluate(warm, seed_dir / "validation-warm-start", VALIDATION_SPLIT)["final"]}
     for method in methods:
         run_dir = seed_dir / method
         save_every = min(SAVE_EVERY, rl_steps)
@@ -165,15 +165,14 @@ def summarise(per_seed: dict[int, dict[str, dict]]) -> tuple[dict, str]:
 def gain_lines(per_seed: dict[int, dict[str, dict]]) -> list[str]:
     """Per seed, each RL model's "All answers" minus its warm start's, in points: the checkpoint chosen
     on validation (its step) and the last one; then the mean and the worst seed."""
-    warm = "warm start (sft-full)"
     models = [model for model, result in next(iter(per_seed.values())).items() if "last" in result]  # RL runs
     if not models:
         return []
     lines = ["", "All answers, RL minus its warm start, in points (checkpoint chosen on validation / last checkpoint):", "",
              "| Model | " + " | ".join(f"seed {s}" for s in per_seed) + " | mean | worst |", "|---" * (len(per_seed) + 3) + "|"]
     for model in models:
-        chosen = [100 * (per_seed[s][model]["final"] - per_seed[s][warm]["final"]) for s in per_seed]
-        last = [100 * (per_seed[s][model]["last"]["final"] - per_seed[s][warm]["final"]) for s in per_seed]
+        chosen = [100 * (per_seed[s][model]["final"] - per_seed[s][WARM]["final"]) for s in per_seed]
+        last = [100 * (per_seed[s][model]["last"]["final"] - per_seed[s][WARM]["final"]) for s in per_seed]
         cells = [f"{c:+.1f} (step {per_seed[s][model]['step']}) / {l:+.1f}" for s, c, l in zip(per_seed, chosen, last)]
         lines.append(f"| {model} | " + " | ".join(cells) + f" | {statistics.fmean(chosen):+.1f} / {statistics.fmean(last):+.1f}"
                      f" | {min(chosen):+.1f} / {min(last):+.1f} |")
@@ -194,11 +193,13 @@ def main(argv: list[str] | None = None) -> dict:
     table, markdown = summarise(per_seed)
     write_atomic(args.output_dir / "summary.json", json.dumps({"per_seed": per_seed, "table": table}, indent=2))
     write_atomic(args.output_dir / "summary.md", markdown)
-    warm = "warm start (sft-full)"
-    runs = {f"{model.split()[0]}, seed {seed}": (results[warm]["validation"], result)
-            for seed, results in per_seed.items() for model, result in results.items() if "last" in result}
-    plot_validation({label: {**warm_curve, **result["validation"]} for label, (warm_curve, result) in runs.items()},
-                    {label: result["step"] for label, (_, result) in runs.items()}, args.output_dir / "validation.png",
+    curves, chosen = {}, {}  # per RL run: validation score by step (0: its warm start), the step chosen
+    for seed, results in per_seed.items():
+        for model, result in results.items():
+            if "last" in result:
+                label = f"{model.split()[0]}, seed {seed}"
+                curves[label], chosen[label] = {**results[WARM]["validation"], **result["validation"]}, result["step"]
+    plot_validation(curves, chosen, args.output_dir / "validation.png",
                     f"synthetic:{VALIDATION_SPLIT}, answers right at each checkpoint (* the one chosen)")
     print("\n" + markdown)
     for seed, results in per_seed.items():

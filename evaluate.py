@@ -108,8 +108,7 @@ def make_generate_fn(args: argparse.Namespace) -> GenerateFn:
 
     import torch
 
-    check_model_source(args.model)
-    with phase(f"model {args.model}"):
+    with phase(f"model {args.model}"):  # predict() checked the model source before anything was generated
         policy = load_policy(args.model, device=torch.device(args.device) if args.device else None)
 
     def generate(samples, system_prompt):

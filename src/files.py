@@ -1,9 +1,10 @@
 """Crash-safe files: append-only JSONL and atomic whole-file writes, for every result the project keeps.
 
-Predictions, judge replies and a training run's metrics.jsonl / completions.jsonl are appended one
-JSON line at a time and fsync'ed, so a killed run loses at most the line being written; configs,
-summaries and checkpoint files are written whole, atomically. On the next start `read_jsonl` notices such a torn last line
-and cuts it off; a malformed line anywhere else is real corruption and raises, naming file and line.
+Predictions, judge replies and a training run's metrics.jsonl / completions.jsonl are appended as
+JSON lines and fsync'ed, so a killed run loses at most the lines being written; configs, summaries
+and checkpoint files are written whole, atomically. On the next start `read_jsonl` notices a torn
+last line and cuts it off; a malformed line anywhere else is real corruption and raises, naming file
+and line.
 A write that fails (a full disk) raises a `WriteError` naming the file and saying whether the disk
 is full; what was on disk before stays as it was.
 """
@@ -142,4 +143,3 @@ def changed_settings(path: Path, current: dict, may_change: tuple[str, ...] = ()
     saved, now = leaves(json.loads(path.read_text())), leaves(current)
     return [f"{key}: {saved[key]!r} -> {value!r}" for key, value in now.items()
             if key not in may_change and key in saved and saved[key] != value]
-

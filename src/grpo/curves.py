@@ -40,6 +40,14 @@ def pyplot():
     return plt
 
 
+def save(plt, fig, out_path: str | Path) -> Path:
+    fig.tight_layout()
+    out_path = Path(out_path)
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+    return out_path
+
+
 def plot_curves(metrics_path: str | Path, out_path: str | Path, title: str = "", window: int = 10) -> Path:
     plt = pyplot()
     records = read_metrics(metrics_path)
@@ -56,11 +64,7 @@ def plot_curves(metrics_path: str | Path, out_path: str | Path, title: str = "",
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.suptitle(title or str(metrics_path), fontsize=10)
-    fig.tight_layout()
-    out_path = Path(out_path)
-    fig.savefig(out_path, dpi=110)
-    plt.close(fig)
-    return out_path
+    return save(plt, fig, out_path)
 
 
 def plot_validation(curves: dict[str, dict[int, float]], chosen: dict[str, int], out_path: str | Path,
@@ -78,9 +82,4 @@ def plot_validation(curves: dict[str, dict[int, float]], chosen: dict[str, int],
     ax.set_ylabel("validation answers right (%)", fontsize=9)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    out_path = Path(out_path)
-    fig.savefig(out_path, dpi=110)
-    plt.close(fig)
-    return out_path
-
+    return save(plt, fig, out_path)

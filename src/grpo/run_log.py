@@ -67,8 +67,8 @@ def _remedy(step: int, resume_step: int) -> str:
 
 
 class MetricsLog:
-    """A JSONL file of records that carry their "step" (metrics.jsonl, completions.jsonl), appended and
-    flushed per record.
+    """A JSONL file of records that carry their "step" (metrics.jsonl, completions.jsonl), appended a
+    step at a time and forced to disk.
 
     On resume from step S the lines of steps after S (written after the checkpoint, before the crash)
     are cut off, so the file reads as if the run had never stopped; `rows_per_step` is how many lines

@@ -136,8 +136,7 @@ def prepare_run(policy: Policy, cfg: TrainConfig, samples: list[Sample], per_ran
     updates_per_step = 1 if cfg.is_sft else cfg.loss.num_iterations
     scheduler = make_scheduler(optimizer, total_steps * updates_per_step, cfg.optim.warmup_ratio, cfg.optim.schedule)
     return Run(cfg=cfg, policy=policy, lora=lora, reference=reference, samples=samples, optimizer=optimizer,
-               scheduler=scheduler, params=params, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
-               scorer=None)
+               scheduler=scheduler, params=params, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
 
 
 def batch_for_step(step: int, num_samples: int, batch_size: int, seed: int) -> tuple[int, list[int]]:
