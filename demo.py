@@ -5,7 +5,7 @@
 
 A random tiny model cannot produce the <think>/<answer> format by chance, so RL starts from a warm
 start made by the same command: a short supervised run (sft-full) that learns the format and part of
-the answers. Both train on the first 616 training questions; the last 100 are a validation split that
+the answers. Both train on the first 616 training questions; the other 600 are a validation split that
 chooses the RL checkpoint (as the paper keeps a checkpoint every 100 steps "to capture peak
 performance"), so the test set is read once per model and never chooses anything. Each stage is the
 project's own command, run in-process and printed as a command line:
@@ -50,7 +50,7 @@ RL = ["--prompts-per-step", "8", "--group-size", "8", "--mini-batch-size", "64",
       "--lora-targets", "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
       "--beta", "0.04", "--schedule", "constant", "--warmup-ratio", "0"]
 WARM_START_STEPS, RL_STEPS, SAVE_EVERY = 600, 150, 25
-TRAIN_SPLIT, VALIDATION_SPLIT = "train[:616]", "train[616:]"  # of the 716 synthetic training questions
+TRAIN_SPLIT, VALIDATION_SPLIT = "train[:616]", "train[616:]"  # of the 1,216 synthetic training questions
 WARM = "warm start (sft-full)"  # the warm start's row in every table
 EVALUATION = ["--prompt", "explanation", "--max-new-tokens", "64", "--batch-size", "50", "--judge", "none"]
 # The paper's Table 3 reports the final answer and the reasoning; so does the demo, offline: answers
@@ -78,9 +78,9 @@ def run_evaluate(model: Path, output_dir: Path, split: str = "test") -> dict:
     right = closed["accuracy"] * closed["n"] + open_["exact_match"] * open_["n"]
     by_kind = {**{kind: m["accuracy"] for kind, m in closed["by_task"].items()},     # presence, side, ...
                **{kind: m["exact_match"] for kind, m in open_["by_task"].items()}}   # count, location
-    return {"format_rate": metrics["format_rate"], "closed": closed["accuracy"], "open": open_["exact_match"],
-            "final": right / (closed["n"] + open_["n"]), "reasoning": metrics["reasoning"]["bertscore_f1"],
-            "by_kind": dict(sorted(by_kind.items()))}
+    return {"n": metrics["n"], "format_rate": metrics["format_rate"], "closed": closed["accuracy"],
+            "open": open_["exact_match"], "final": right / (closed["n"] + open_["n"]),
+            "reasoning": metrics["reasoning"]["bertscore_f1"], "by_kind": dict(sorted(by_kind.items()))}
 
 
 def run_seed(seed: int, methods: list[str], out: Path, warm_steps: int, rl_steps: int) -> dict[str, dict]:
@@ -145,8 +145,8 @@ def summarise(per_seed: dict[int, dict[str, dict]]) -> tuple[dict, str]:
             values = [per_seed[s][model][key] for s in per_seed]
             table[model][key] = {"mean": statistics.fmean(values),
                                  "std": statistics.pstdev(values) if len(values) > 1 else 0.0, "values": values}
-    seeds = ", ".join(str(s) for s in per_seed)
-    lines = [f"Held-out synthetic test set (150 questions), greedy decoding, seeds {seeds}: mean ± std over seeds.",
+    seeds, questions = ", ".join(str(s) for s in per_seed), next(iter(per_seed.values()))[models[0]]["n"]
+    lines = [f"Held-out synthetic test set ({questions} questions), greedy decoding, seeds {seeds}: mean ± std over seeds.",
              "", "| Model | " + " | ".join(label for _, label, _ in ROWS) + " |", "|---" * (len(ROWS) + 1) + "|"]
     for model, cells in table.items():
         lines.append(f"| {model} | " + " | ".join(

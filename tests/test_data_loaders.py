@@ -519,7 +519,7 @@ def test_a_split_may_select_rows_like_a_python_slice():
     whole = load_dataset("synthetic", None, "train")
     held_out, kept = load_dataset("synthetic", None, "train[616:]"), load_dataset("synthetic", None, "train[:616]")
     assert [s.id for s in kept] + [s.id for s in held_out] == [s.id for s in whole]
-    assert len(held_out) == 100 and [s.id for s in load_dataset("synthetic", None, "test[-5:]")] == \
+    assert len(held_out) == 600 and [s.id for s in load_dataset("synthetic", None, "test[-5:]")] == \
         [s.id for s in load_dataset("synthetic", None, "test")][-5:]
     with pytest.raises(DatasetError, match=r"expected NAME or NAME\[START:STOP\]"):
         load_dataset("synthetic", None, "train[1:2:3]")

@@ -105,7 +105,7 @@ def test_split_sizes_reasoning_share_and_answer_types(tmp_path):
 def test_default_location_follows_rarl_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("RARL_CACHE", str(tmp_path))
     samples = load_dataset("synthetic", None, "test")
-    assert len(samples) == 150
+    assert len(samples) == 1000
     assert samples[0].image == str(tmp_path / "synthetic-seed0" / "images" / "test-00000.png")
 
 

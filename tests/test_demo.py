@@ -16,12 +16,13 @@ def test_moving_average_is_a_trailing_mean_that_keeps_every_point():
 def test_summary_reports_mean_and_spread_over_seeds():
     import demo
 
-    per_seed = {s: {"warm": {"format_rate": f, "closed": c, "open": o, "final": a, "reasoning": r}}
+    per_seed = {s: {"warm": {"n": 1000, "format_rate": f, "closed": c, "open": o, "final": a, "reasoning": r}}
                 for s, (f, c, o, a, r) in enumerate([(1.0, 0.5, 0.2, 0.38, 0.91), (1.0, 0.7, 0.4, 0.58, 0.93)])}
     table, markdown = demo.summarise(per_seed)
     assert table["warm"]["closed"]["mean"] == pytest.approx(0.6)
     assert table["warm"]["closed"]["std"] == pytest.approx(0.1)  # population std of 0.5 and 0.7
     assert "| warm | 100.0% ± 0.0 | 60.0% ± 10.0 | 30.0% ± 10.0 | 48.0% ± 10.0 | 92.0 ± 1.0 |" in markdown
+    assert markdown.startswith("Held-out synthetic test set (1000 questions), greedy decoding, seeds 0, 1:")
     assert "RL minus its warm start" not in markdown  # no RL run, no gain table
 
 
@@ -36,7 +37,7 @@ def test_summary_reports_each_seeds_gain_the_chosen_step_and_the_worst_seed():
     import demo
 
     def metrics(final):
-        return {"format_rate": 1.0, "closed": 0.7, "open": 0.4, "final": final, "reasoning": 0.9}
+        return {"n": 1000, "format_rate": 1.0, "closed": 0.7, "open": 0.4, "final": final, "reasoning": 0.9}
 
     warm, rl = "warm start (sft-full)", "rarl (RL from the warm start)"
     per_seed = {0: {warm: metrics(0.60), rl: {**metrics(0.64), "step": 75, "last": metrics(0.58)}},
@@ -62,10 +63,10 @@ def test_demo_runs_every_stage_and_writes_its_report(tmp_path):
         summary_path = tmp_path / "seed-0" / f"eval-{method}" / "summary.json"
         metrics = json.loads(summary_path.read_text())["groups"][0]["metrics"]
         closed, open_ = metrics["closed"], metrics["open"]
-        assert metrics["n"] == closed["n"] + open_["n"] == 150
+        assert metrics["n"] == closed["n"] + open_["n"] == 1000
         right = closed["accuracy"] * closed["n"] + open_["exact_match"] * open_["n"]
         row = table[f"{method} (RL from the warm start)"]
-        assert row["final"]["mean"] == pytest.approx(right / 150)
+        assert row["final"]["mean"] == pytest.approx(right / 1000)
         assert row["reasoning"]["mean"] == pytest.approx(metrics["reasoning"]["bertscore_f1"])
     assert "| Model | Format | Closed acc. | Open exact match |" in (tmp_path / "summary.md").read_text()
     # re-running finds every stage on disk and returns the same table
@@ -74,22 +75,22 @@ def test_demo_runs_every_stage_and_writes_its_report(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_rl_raises_closed_accuracy_and_every_reward_above_its_warm_start(tmp_path):
-    """The README's first command at its full budget (seed 0, ~5 minutes on 2 cores).
+def test_demo_rl_ends_above_its_warm_start_and_every_reward_rises(tmp_path):
+    """The README's first command at its full budget (seed 0, ~6 minutes on 2 cores).
 
     It asserts only what held on every one of the 10 runs measured (seeds 0-4 x 1 and 2 threads, one
     2-core Xeon, torch 2.13 CPU; docs/DEMO.md), each with a margin below the worst run: format 100%
-    after RL (warm starts 72.7% to 100%); closed accuracy rose by +1.1 to +11.2 points (asserted: not
-    below the warm start); the sampled total reward rose by +0.26 to +0.62 and its format, accuracy and
-    reasoning parts each by at least +0.057. "All answers" rose on 9 of the 10 runs (-0.7 to +11.3):
-    asserted only not to fall by more than 3 points."""
+    after RL (warm starts 67.8% to 100%); all answers right rose by +1.5 to +11.1 points on the 1,000
+    test questions (asserted: above the warm start) and closed accuracy by +0.7 to +13.6 (asserted: not
+    below it); the sampled total reward rose by +0.26 to +0.62 and its format, accuracy and reasoning
+    parts each by at least +0.057."""
     import demo
 
     table = demo.main(["--output-dir", str(tmp_path)])
     warm, rl = table["warm start (sft-full)"], table["rarl (RL from the warm start)"]
-    assert rl["format_rate"]["mean"] >= 0.98  # 100% on every run; warm starts ranged 72.7% to 100%
+    assert rl["format_rate"]["mean"] >= 0.98  # 100% on every run; warm starts ranged 67.8% to 100%
+    assert rl["final"]["mean"] > warm["final"]["mean"]
     assert rl["closed"]["mean"] >= warm["closed"]["mean"]
-    assert rl["final"]["mean"] >= warm["final"]["mean"] - 0.03
     result = json.loads((tmp_path / "summary.json").read_text())["per_seed"]["0"]["rarl (RL from the warm start)"]
     assert result["step"] in (25, 50, 75, 100, 125, 150)  # chosen on validation among the saved checkpoints
     rise = result["rise"]  # on the sampled training completions: last 20 steps minus the first 20
