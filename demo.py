@@ -146,7 +146,8 @@ def summarise(per_seed: dict[int, dict[str, dict]]) -> tuple[dict, str]:
             table[model][key] = {"mean": statistics.fmean(values),
                                  "std": statistics.pstdev(values) if len(values) > 1 else 0.0, "values": values}
     seeds, questions = ", ".join(str(s) for s in per_seed), next(iter(per_seed.values()))[models[0]]["n"]
-    lines = [f"Held-out synthetic test set ({questions} questions), greedy decoding, seeds {seeds}: mean ± std over seeds.",
+    lines = [f"Held-out synthetic test set ({questions} questions), greedy decoding, seeds {seeds}: "
+             "mean ± std over seeds.",
              "", "| Model | " + " | ".join(label for _, label, _ in ROWS) + " |", "|---" * (len(ROWS) + 1) + "|"]
     for model, cells in table.items():
         lines.append(f"| {model} | " + " | ".join(
