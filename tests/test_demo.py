@@ -78,11 +78,11 @@ def test_demo_runs_every_stage_and_writes_its_report(tmp_path):
 def test_demo_rl_raises_closed_accuracy_and_every_reward_without_losing_answers(tmp_path):
     """The README's first command at its full budget (seed 0; 6 minutes on a 2-core Xeon, 21 on an EPYC).
 
-    It asserts only what held on every one of the 11 runs measured (seeds 0-4 x 1 and 2 threads on one
-    2-core Xeon, seed 0 x 2 threads on a 2-core AMD EPYC; torch 2.13 CPU; docs/DEMO.md), each with a
+    It asserts only what held on every one of the 12 runs measured (seeds 0-4 x 1 and 2 threads on one
+    2-core Xeon, seeds 0 and 1 x 2 threads on a 2-core AMD EPYC; torch 2.13 CPU; docs/DEMO.md), each with a
     margin below the worst run: format 100% after RL (warm starts 67.8% to 100%); closed accuracy rose
     by +0.7 to +13.6 points on the 1,000 test questions (asserted: not below the warm start); all answers
-    right moved by -0.3 to +11.1 (above the warm start on 10 of the 11; asserted: not more than 2 points
+    right moved by -0.3 to +11.1 (above the warm start on 11 of the 12; asserted: not more than 2 points
     below it, a loss RL at these settings has not shown); the sampled total reward rose by +0.26 to
     +0.62 and its format, accuracy and reasoning parts each by at least +0.057."""
     import demo
