@@ -197,6 +197,18 @@ def test_dtype_auto_resolves_by_device_and_a_resume_refuses_another_dtype(tmp_pa
         check_same_settings(tmp_path / "config.json", cpu.resolved())
 
 
+def test_evaluate_runs_in_bf16_and_an_output_folder_keeps_one_dtype(tmp_path):
+    import evaluate
+    from src.cli.errors import UserError
+
+    argv = ["--model", "tiny", "--datasets", "synthetic:test", "--limit", "2", "--prompt", "reasoning",
+            "--max-new-tokens", "4", "--judge", "none", "--device", "cpu", "--output-dir", str(tmp_path)]
+    evaluate.main(argv + ["--dtype", "bfloat16"])
+    assert json.loads((tmp_path / "run.json").read_text())["generation"]["dtype"] == "bfloat16"
+    with pytest.raises(UserError, match="'bfloat16' -> 'float32'"):  # auto on a CPU
+        evaluate.main(argv)
+
+
 # ---- through train.py --------------------------------------------------------------------------------------
 
 def train(tmp_path: Path, name: str, *flags: str) -> Path:
