@@ -153,7 +153,7 @@ def verify(phase: str, work: Work, output: str) -> dict:
             assert "resumed from" in output and "checkpoint-2" in output, "train.py --resume did not resume"
         new = lines[steps - (2 if phase == "train" else 1):]
         return {"steps": [{k: round(m[k], 3) for k in m if k.startswith("time/") or k == "peak_memory_mb"}
-                          for m in new]}
+                          | {k: float(f"{m[k]:.3g}") for k in ("rollout_logp_diff", "rollout_kl")} for m in new]}
     if phase == "evaluate":
         predictions = work.eval / "predictions" / "silvar-med-test-reasoning.jsonl"
         records = [json.loads(line) for line in predictions.read_text().splitlines()]
