@@ -156,8 +156,10 @@ def test_bf16_weights_update_like_fp32_at_lr_1e_6_through_master_weights():
     # the same steps up to fp32's own rounding of |w| ~ 0.05 (spacing 4e-9), 40 times; the steps add up to 4e-5
     torch.testing.assert_close(master - weight.to(BF16).float(), fp32.detach() - weight, rtol=0, atol=5e-8)
     assert torch.equal(bf16.detach(), master.to(BF16))
-    assert (bf16.detach() != weight.to(BF16)).float().mean() > 0.05  # 40 steps of 1e-6 cross some bf16 steps
-    assert (pure.detach() != weight.to(BF16)).float().mean() < 0.02  # pure bf16 AdamW: only weights near 0 move
+    # 40 steps of 1e-6 carry 8.7% of the bf16 weights across a rounding step; pure bf16 AdamW moves only the
+    # 2.0% near 0, where bf16's spacing is finer than 1e-6
+    moved, moved_pure = ((p.detach() != weight.to(BF16)).float().mean() for p in (bf16, pure))
+    assert moved_pure < 0.03 and moved > 0.06, (moved, moved_pure)
 
 
 def test_master_weights_survive_a_checkpoint_round_trip():
