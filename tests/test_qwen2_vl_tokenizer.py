@@ -39,8 +39,8 @@ PUBLISHED_IDS = [
       33, 529, 11, 29881, 6954, 32574, 369, 18448, 11434, 45451, 320, 45, 23236, 8, 323, 18448, 11434, 23470, 320,
       30042, 38, 8, 448, 916, 220, 18, 17, 10, 80669, 4119, 304, 220, 16, 15, 15, 10, 15459, 323, 5538, 94130,
       2897, 1948, 619, 706, 11, 5355, 51, 21584, 323, 94986, 13]),
-    ("🤗 Transformers 提供了可以轻松地下载并且训练先进的预训练模型的 API 和工具。使用预训练模型可以减少计算消耗和碳排放，"
-     "并且节省从头训练所需要的时间和资源。",
+    ("🤗 Transformers 提供了可以轻松地下载并且训练先进的预训练模型的 API 和工具。"
+     "使用预训练模型可以减少计算消耗和碳排放，并且节省从头训练所需要的时间和资源。",
      [144834, 80532, 93685, 83744, 34187, 73670, 104261, 29490, 62189, 103937, 104034, 102830, 98841, 104034, 104949,
       9370, 5333, 58143, 102011, 1773, 37029, 98841, 104034, 104949, 73670, 101940, 100768, 104997, 33108, 100912,
       105054, 90395, 100136, 106831, 45181, 64355, 104034, 113521, 101975, 33108, 85329, 1773]),
@@ -113,7 +113,9 @@ def test_vocab_and_merges_encode_as_the_packaged_tokenizer_json(tokenizer):
     from tokenizers import Tokenizer
 
     packaged = Tokenizer.from_file(str(qwen_bpe_files() / "tokenizer.json"))
-    texts = [*INFERENCE_PROMPTS.values(), *(p.replace("<think>", "").replace("</think>", "") for p in TRAINING_PROMPTS.values()),
+    # the training prompts without <think> and </think>: tokenizer.json holds Qwen3's added tokens for them
+    without_think = [p.replace("<think>", "").replace("</think>", "") for p in TRAINING_PROMPTS.values()]
+    texts = [*INFERENCE_PROMPTS.values(), *without_think,
              "Is there a 12.5 mm nodule in the left lower lobe?\n\n  No;  the CT  (axial, 2019-04-01) is normal.\r\n",
              "Ｔ2-weighted MRI: hyperintense lesion ≥3 cm — café, naïve, Ǆ, e\u0301, 肺部 CT 显示 结节？ 🫁🩻",
              "def f(x):\n\treturn x**2  # 0123456789\n\n\n"]
