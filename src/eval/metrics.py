@@ -23,7 +23,7 @@ from collections import defaultdict
 from typing import Protocol, Sequence
 
 from src.eval.predictions import record_sample
-from src.rewards.accuracy import best_bertscore
+from src.rewards.open_answers import best_bertscore
 from src.rewards.answers import choice_correct, closed_correct, normalize_text
 from src.rewards.format import format_reward
 
