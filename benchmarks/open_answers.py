@@ -150,7 +150,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="BERTScore model (default: the embedded MiniLM, as the issue measured)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--output", type=Path, help="also write the figures as JSON")
-    parser.add_argument("--write-fixture", type=Path, help="write the first --data file's open questions here, and stop")
+    parser.add_argument("--write-fixture", type=Path,
+                        help="write the first --data file's open questions here, and stop")
     return parser.parse_args(argv)
 
 
@@ -171,7 +172,7 @@ def main(argv=None) -> dict:
         figures = measure(build_pairs(rows), scorer)
         report["files"][name] = {"path": str(path), "open_questions": len(rows), "groups": figures}
         print(f"\n{name}: {len(rows)} open questions ({path}); BERTScore model {scorer.model_name}")
-        print(f"| pairs | n | BERTScore mean | clinical mean | BERTScore >= 0.7 | clinical >= 0.7 |\n|---|---|---|---|---|---|")
+        print("| pairs | n | BERTScore mean | clinical mean | BERTScore >= 0.7 | clinical >= 0.7 |\n" + "|---" * 6 + "|")
         for group, entry in figures.items():
             b, c = entry["bertscore"], entry["clinical"]
             if entry["pairs"]:

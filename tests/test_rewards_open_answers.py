@@ -10,6 +10,7 @@ from src.data.sample import Sample
 from src.rewards.accuracy import accuracy_rewards
 from src.rewards.open_answers import (AXES, TERMS, Axis, ClinicalRules, baseline, contradiction, names_position,
                                       open_answer_scores, read_answer, rescale, side_error)
+from tests.test_rewards_total import CountingScorer
 
 GARBAGE = bytes(range(256)).decode("latin-1")
 
@@ -56,7 +57,8 @@ def test_different_answers_read_differently(a, b):
 
 
 @pytest.mark.parametrize("a, b, axis", [
-    ("Left Lung", "Right Lung", "side"), ("left", "bilateral", "side"), ("right effusion", "bilateral effusions", "side"),
+    ("Left Lung", "Right Lung", "side"), ("left", "bilateral", "side"),
+    ("right effusion", "bilateral effusions", "side"),
     ("Left Lung, Right", "Right Lung", "side"),          # parts pooled: left and right together read as bilateral
     ("Upper Right Lobe", "Left Lobe", "side"), ("right upper lobe", "right lower lobe", "vertical"),
     ("superior", "inferior", "vertical"), ("upper pole", "inferior pole", "vertical"), ("IVC", "SVC", "vertical"),
@@ -160,15 +162,6 @@ def test_the_best_reference_counts_and_empty_or_odd_answers_score_zero_without_r
 def test_bertscore_method_is_the_best_f1_over_references(scorer):
     scores = open_answer_scores(["left lung", ""], [["right lung", "lung"], ["lung"]], scorer, "bertscore")
     assert scores == [pytest.approx(max(f1(scorer, "left lung", "right lung"), f1(scorer, "left lung", "lung"))), 0.0]
-
-
-class CountingScorer:
-    def __init__(self, scorer):
-        self.scorer, self.calls = scorer, 0
-
-    def score(self, candidates, references):
-        self.calls += 1
-        return self.scorer.score(candidates, references)
 
 
 def test_one_scorer_call_per_batch_after_the_baseline(scorer):

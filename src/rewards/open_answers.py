@@ -9,7 +9,7 @@ bertscore  BERTScore F1 (paper sec. 2.2.2). Tolerant of wording, and almost blin
            all-MiniLM-L6-v2 "Left Lung" for "Right Lung" scores 0.885 (docs/REWARDS.md has the figures).
 clinical   both answers are first read through RULES (below): lowercase, no punctuation, no articles or
            lead-ins ("It is", "on the"), singular forms, number words as digits, equivalent terms as one
-           (TERMS: "computed tomography" -> "ct", "X-ray" -> "xray"). Then, in this order:
+           (TERMS: "computed tomography" -> "ct", "X-ray" -> "xray"), word order aside. Then, in order:
              1. the same reading                         -> 1.0
              2. a contradiction on an axis (AXES): the   -> 0.0  ("left lung" for "right lung", "upper" for
                 two name different values of it                  "lower", "large bowel" for "small bowel",
@@ -18,8 +18,8 @@ clinical   both answers are first read through RULES (below): lowercase, no punc
                                                             reference names an axis the answer leaves out
            b is the scorer's own mean F1 between unrelated answers (BASELINE_ANSWERS), so 0 means "no
            closer than an unrelated answer" whatever the model: BERTScore's baseline rescaling (Zhang et
-           al., 2020, sec. 4) with medical answers as the unrelated pairs. The halving makes leaving the side
-           out earn less than guessing it: a coin-flip guess averages 0.5.
+           al., 2020) with medical answers as the unrelated pairs. The halving makes leaving the side out
+           earn less than guessing it: a coin-flip guess averages 0.5.
            Multi-part answers ("Lung, Spinal Cord", "heart and liver") are sets: parts are split at
            , ; / and "and"; each part is scored against each reference part as above, and the answer
            gets the F1 of the two sets (precision: each answer part's best match; recall: each
