@@ -153,7 +153,8 @@ def test_the_best_reference_counts_and_empty_or_odd_answers_score_zero_without_r
     assert clinical(scorer, "left", "right", "left") == 1.0
     assert clinical(scorer, "", "left") == 0.0 and clinical(scorer, "   ", "left") == 0.0
     assert open_answer_scores(["left"], [[]], scorer, "clinical") == [0.0]
-    for odd in (GARBAGE, "lesion " * 15_000, "?!", "左肺"):
+    assert len(read_answer(", ".join(f"organ {i}" for i in range(1000))).parts) == 16  # MAX_PARTS
+    for odd in (GARBAGE, "lesion " * 15_000, ", ".join(f"organ {i}" for i in range(1000)), "?!", "左肺"):
         for method in ("bertscore", "clinical"):
             score = open_answer_scores([odd], [["left lung"]], scorer, method)[0]
             assert 0.0 <= score <= 1.0

@@ -118,6 +118,9 @@ FILLERS = ("plane", "view", "scan", "image", "imaging", "film", "side", "sided",
 """Dropped anywhere (compared in singular form): "axial plane" is "axial", "right side" is "right",
 "T2-weighted" is "t2", "the patient's left" is "left"."""
 
+MAX_PARTS = 16
+"""Parts read per answer; more are left out (so a 512-token list of guesses costs at most 16 x the
+reference's parts BERTScore pairs, and still scores low: most of its 16 parts match nothing)."""
 OMISSION_FACTOR = 0.5
 """Multiplies the rescaled BERTScore of an answer that leaves out an axis the reference names."""
 
@@ -275,7 +278,8 @@ def _key(words: Sequence[str]) -> tuple[str, ...]:
 
 
 def read_answer(text: str, rules: ClinicalRules = RULES) -> Answer:
-    """Read an answer: split into parts at , ; / and "and", each part canonical (see the module doc)."""
+    """Read an answer: split into parts at , ; / and "and" (the first MAX_PARTS), each part canonical
+    (see the module doc)."""
     text = re.sub(r"\bw/o\b", " without ", text, flags=re.IGNORECASE)
     text = re.sub(r"\bw/", " with ", text, flags=re.IGNORECASE).replace("&", " and ")
     parts: list[list[str]] = []
@@ -296,6 +300,7 @@ def read_answer(text: str, rules: ClinicalRules = RULES) -> Answer:
                 current = []
             else:
                 current.append(word)
+    parts = parts[:MAX_PARTS]
     readings: dict[tuple[str, ...], Reading] = {}  # a part said twice counts once
     for part in parts:
         readings.setdefault(_key(part), _reading(part, rules))
