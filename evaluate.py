@@ -46,6 +46,7 @@ from src.eval.predictions import GenerateFn, prediction_ids, run_predictions  # 
 from src.eval.report import render_report  # noqa: E402
 from src.eval.summary import Group, build_summary  # noqa: E402
 from src.models.generation import ENGINES  # noqa: E402
+from src.models.loading import DTYPES, resolve_dtype  # noqa: E402
 from src.models.prompt_length import PromptLimit  # noqa: E402
 from src.rewards.bertscore import load_bertscorer  # noqa: E402
 from src.rewards.open_answers import METHODS as OPEN_ANSWER_SCORES  # noqa: E402
@@ -76,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sampler: 'engine' (static KV cache, src/models/engine.py) or 'hf' (transformers' generate, "
                         "the reference; greedy outputs are the same token for token)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--dtype", choices=DTYPES, default="auto",
+                   help="the weights' dtype: auto (bfloat16 on CUDA, float32 on CPU), bfloat16 or float32; run.json "
+                        "records what it resolved to, and an output folder keeps one dtype")
     p.add_argument("--bertscore-model", help="default: roberta-large if cached locally, else the embedded MiniLM")
     p.add_argument("--open-answer-score", choices=OPEN_ANSWER_SCORES, default="bertscore",
                    help="open answers are scored by exact match and BERTScore F1 (the paper's), and with 'clinical' "
@@ -113,7 +117,8 @@ def make_generate_fn(args: argparse.Namespace) -> GenerateFn:
     import torch
 
     with phase(f"model {args.model}"):  # predict() checked the model source before anything was generated
-        policy = load_policy(args.model, device=torch.device(args.device) if args.device else None)
+        policy = load_policy(args.model, device=torch.device(args.device) if args.device else None,
+                             dtype=resolve_dtype(args.dtype, args.device))
 
     def generate(samples, system_prompt):
         return generate_completions(policy, samples, system_prompt, max_new_tokens=args.max_new_tokens,
@@ -262,7 +267,7 @@ def main(argv: list[str] | None = None) -> dict:
     backends = judge_backends(args)
     sheet = human_sheet(args.import_human_sheet)
     generation = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
-                  "engine": args.rollout_engine}
+                  "engine": args.rollout_engine, "dtype": str(resolve_dtype(args.dtype, args.device)).removeprefix("torch.")}
     check_run_settings(args.output_dir, {"model": args.model, "generation": generation})
     groups = predict(args, sets, lazy_generate_fn(args))
     records = [record for group in groups for record in group.records]

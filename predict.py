@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=512, help="longest reply, in tokens")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto",  # loading.DTYPES, without torch
+                   help="the weights' dtype: auto (bfloat16 on CUDA, float32 on CPU), bfloat16 or float32")
     p.add_argument("--json", action="store_true", help="print one JSON object {think, answer, completion}")
     return p
 
@@ -74,10 +76,11 @@ def main(argv: list[str] | None = None) -> Prediction:
     check_model_source(args.model)
     import torch
 
-    from src.models.loading import load_policy
+    from src.models.loading import load_policy, resolve_dtype
 
     with phase(f"model {args.model}"):
-        policy = load_policy(args.model, device=torch.device(args.device) if args.device else None)
+        policy = load_policy(args.model, device=torch.device(args.device) if args.device else None,
+                             dtype=resolve_dtype(args.dtype, args.device))
     result = predict(policy, args.image, args.question, args.prompt, args.max_new_tokens, args.temperature)
     if args.json:
         print(json.dumps({"think": result.think, "answer": result.answer, "completion": result.completion},

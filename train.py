@@ -51,7 +51,7 @@ def check_before_loading(cfg: TrainConfig) -> None:
 
 def main(argv: list[str] | None = None) -> Path:
     parser = build_parser(__doc__)
-    cfg = config_from_args(parse_args(parser, argv))
+    cfg = config_from_args(parse_args(parser, argv)).resolved()  # --dtype auto: the dtype it is on this device
     check_before_loading(cfg)
     final = train(cfg)
     if is_main():

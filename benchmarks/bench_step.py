@@ -57,7 +57,7 @@ from src.models import engine
 from src.models.completions import END_TOKENS, VISION_TOKENS, token_ids
 from src.models.generation import prompt_batch
 from src.models.inputs import PromptBatch, repeat_rows, select_rows, with_completions
-from src.models.loading import Policy, default_dtype, load_policy
+from src.models.loading import DTYPES, Policy, load_policy, resolve_dtype
 from src.models.lora import disabled_adapters, lora_layers
 from src.rewards.total import score_completions
 
@@ -112,7 +112,7 @@ def bench_config(args: argparse.Namespace, rollout_engine: str = "engine") -> Tr
     """The paper's settings (LoRA r 8 / alpha 16 on q,k,v,o; beta 0.04; one update per rollout)."""
     return TrainConfig(
         run=RunConfig(method="grpo", output_dir=os.devnull, device=args.device),
-        model=ModelConfig(model=args.model, gradient_checkpointing=args.gradient_checkpointing),
+        model=ModelConfig(model=args.model, gradient_checkpointing=args.gradient_checkpointing, dtype=args.dtype),
         rollout=RolloutConfig(group_size=args.group_size, max_completion_length=args.length,
                               rollout_engine=rollout_engine),
         loss=LossConfig(beta=0.04),
@@ -126,6 +126,7 @@ class Phases:
 
     def __init__(self, device: torch.device):
         self.device = device
+        self.decoding = ""  # how the sampler ran ("cuda graph", "eager", "hf generate", ...)
         self.seconds: dict[str, float] = {}
         self.peak: dict[str, int] = {}
         self._started: dict[str, float] = {}
@@ -203,6 +204,7 @@ def our_step(run: trainer.Run, samples: list[Sample], prompt_names: list[str], a
     trainer.grpo_update(run, rollout, advantages, ref_logp, None)
     for hook in hooks:
         hook.remove()
+    phases.decoding = rollout.decoding
     if not bool(rollout.truncated.all()):
         raise RuntimeError("a completion ended early: the step did not decode max_completion_length tokens")
     return phases
@@ -221,6 +223,7 @@ def baseline_step(run: trainer.Run, prompts: PromptBatch, optimizer: torch.optim
     length, temperature, mb = cfg.rollout.max_completion_length, cfg.rollout.temperature, cfg.optim.mini_batch_size
     rows = [list(range(s, min(s + mb, prompts.input_ids.shape[0]))) for s in range(0, prompts.input_ids.shape[0], mb)]
     phases = Phases(run.policy.device)
+    phases.decoding = "hf generate"
     model.eval()
     with phases.phase("generate"):
         out = model.generate(
@@ -272,7 +275,8 @@ def summarise(runs: list[Phases], tokens: dict[str, int | None]) -> dict:
         seconds = statistics.median(r.seconds[name] for r in runs)
         phases[name] = dict(seconds=seconds, tokens_per_s=tokens[name] / seconds if tokens[name] else None,
                             peak_mib=max(r.peak[name] for r in runs) / MIB)
-    return dict(phases=phases, step_seconds=statistics.median(sum(r.seconds.values()) for r in runs))
+    return dict(phases=phases, step_seconds=statistics.median(sum(r.seconds.values()) for r in runs),
+                decoding=runs[0].decoding)
 
 
 def print_table(result: dict) -> None:
@@ -289,6 +293,7 @@ def print_table(result: dict) -> None:
         print(f"{name:<10}" + " |".join(cells))
     print(f"{'step':<10}" + " |".join(f" {result[side]['step_seconds']:>10.3f} {'':>21}" for side in SIDES))
     ratio = result["engine_over_hf"]
+    print(f"sampler: ours {result['ours']['decoding']}, ours_hf {result['ours_hf']['decoding']}")
     print(f"engine / hf generate: generate phase {ratio['generate']:.3f} (speed-up {1 / ratio['generate']:.2f}x), "
           f"step {ratio['step']:.3f} (speed-up {1 / ratio['step']:.2f}x)")
     print(f"overhead (ours / baseline): {result['overhead_ratio']:.3f}")
@@ -302,6 +307,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=MODELS, default="tiny")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=DTYPES, default="auto",
+                        help="the model's dtype: auto (bfloat16 on CUDA, float32 on CPU); LoRA factors are float32")
     parser.add_argument("--prompts", type=int, default=4, help="B, prompts per step (paper scale: 4)")
     parser.add_argument("--group-size", type=int, default=8, help="G, completions per prompt (paper scale: 8)")
     parser.add_argument("--length", type=int, default=512, help="L, tokens every completion is forced to")
@@ -324,12 +331,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> dict:
+def main(argv=None, report=None) -> dict:
+    """Run the benchmark; `report(name, value)`, when given, receives each run's phase seconds as soon as
+    it is measured (benchmarks/gpu_check.py records them, so a run cut short keeps them)."""
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    dtype = default_dtype(device)
+    dtype = resolve_dtype(args.dtype, device)
     policy = build_policy(args.model, device, dtype)
     samples = bench_samples(args.prompts, args.image_size)
     prompt_names = [list(TRAINING_PROMPTS)[i % len(TRAINING_PROMPTS)] for i in range(args.prompts)]
@@ -342,15 +351,18 @@ def main(argv=None) -> dict:
     baseline_optimizer = torch.optim.AdamW(run.params, lr=1e-5)
     ours, ours_hf, baseline = [], [], []
     for repeat in range(args.repeats + 1):  # run 0 is the warm-up of each; the three alternate
-        ours.append(our_step(run, samples, prompt_names, args))
-        ours_hf.append(our_step(hf_run, samples, prompt_names, args))
-        baseline.append(baseline_step(run, prompts, baseline_optimizer))
+        for side, runs, measure in (("ours", ours, lambda: our_step(run, samples, prompt_names, args)),
+                                    ("ours_hf", ours_hf, lambda: our_step(hf_run, samples, prompt_names, args)),
+                                    ("baseline", baseline, lambda: baseline_step(run, prompts, baseline_optimizer))):
+            runs.append(measure())
+            if report is not None:
+                report(f"{side}_run{repeat}", {"seconds": dict(runs[-1].seconds), "decoding": runs[-1].decoding})
     rows, prompt_len, length = prompts.input_ids.shape[0], prompts.input_ids.shape[1], args.length
     model_tokens = rows * (prompt_len + length)
     tokens = dict(generate=rows * length, score=rows * length, reference=model_tokens, policy=model_tokens,
                   optimizer=None)
     result = dict(
-        settings={**vars(args), "rows": rows, "prompt_tokens": prompt_len, "dtype": str(dtype)},
+        settings={**vars(args), "rows": rows, "prompt_tokens": prompt_len, "dtype": str(dtype).removeprefix("torch.")},
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
         torch=torch.__version__,
         ours=summarise(ours[1:], tokens), ours_hf=summarise(ours_hf[1:], tokens),

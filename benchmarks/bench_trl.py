@@ -10,7 +10,7 @@ per B x G batch, LoRA r 8 / alpha 16 / no dropout (as our RL runs) on the langua
 hand-written, TRL's through PEFT), beta 0.04 with the reference as the adapter-disabled model,
 one update per generation, sequence-mean aggregation (TRL loss_type "grpo"), AdamW lr 1e-5, constant
 schedule, gradient clipping at 1.0, temperature 1.0 without top-k / top-p, the same gradient
-checkpointing setting, bf16 on GPU (fp32 on CPU). Our step is bench_step's (the trainer's own
+checkpointing setting, the same --dtype (auto: bf16 on GPU, fp32 on CPU; TRL's bf16 flag follows it). Our step is bench_step's (the trainer's own
 functions); TRL's step is the wall time between its on_step_begin and on_step_end callbacks, which
 spans generation, scoring, the reference and policy passes and the optimizer step. Medians over
 --repeats steps after one warm-up step; ratio = TRL step / our step.
@@ -32,16 +32,18 @@ from PIL import Image
 from benchmarks import bench_step
 from src.memory import synchronize
 from src.data.prompts import TRAINING_PROMPTS, build_messages
+from src.grpo import trainer
 from src.models.completions import END_TOKENS, VISION_TOKENS, token_ids
-from src.models.loading import default_dtype
+from src.models.loading import resolve_dtype
 from src.rewards.total import RewardWeights, score_completions
 
 
 def import_trl():
+    """TRL, or an ImportError that says how to install it (main turns it into the command's exit message)."""
     try:
         import trl
     except ImportError as error:
-        raise SystemExit(f"this benchmark needs TRL ({error}); install it with `pip install -e .[bench]`") from error
+        raise ImportError(f"this benchmark needs TRL ({error}); install it with `pip install -e .[bench]`") from error
     return trl
 
 
@@ -91,7 +93,8 @@ def trl_steps(args: argparse.Namespace, device: torch.device) -> tuple[list[floa
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    policy = bench_step.build_policy(args.model, device, default_dtype(device))
+    dtype = resolve_dtype(args.dtype, device)
+    policy = bench_step.build_policy(args.model, device, dtype)
     samples = bench_step.bench_samples(args.prompts, args.image_size)
     prompt_names = [list(TRAINING_PROMPTS)[i % len(TRAINING_PROMPTS)] for i in range(args.prompts)]
     rows = args.prompts * args.group_size
@@ -102,7 +105,7 @@ def trl_steps(args: argparse.Namespace, device: torch.device) -> tuple[list[floa
         gradient_accumulation_steps=rows // args.mini_batch_size, num_generations=args.group_size,
         max_completion_length=args.length, temperature=1.0, top_p=1.0, top_k=0, beta=0.04, epsilon=0.2,
         loss_type="grpo", learning_rate=1e-5, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0,
-        gradient_checkpointing=args.gradient_checkpointing, bf16=device.type == "cuda", use_cpu=device.type == "cpu",
+        gradient_checkpointing=args.gradient_checkpointing, bf16=dtype == torch.bfloat16, use_cpu=device.type == "cpu",
         remove_unused_columns=False, seed=0,
         generation_kwargs=dict(min_new_tokens=args.length, suppress_tokens=token_ids(tokenizer, VISION_TOKENS),
                                eos_token_id=token_ids(tokenizer, END_TOKENS)),
@@ -131,17 +134,22 @@ def trl_steps(args: argparse.Namespace, device: torch.device) -> tuple[list[floa
 
 
 def our_steps(args: argparse.Namespace, device: torch.device) -> list[float]:
-    policy = bench_step.build_policy(args.model, device, default_dtype(device))
+    policy = bench_step.build_policy(args.model, device, resolve_dtype(args.dtype, device))
     samples = bench_step.bench_samples(args.prompts, args.image_size)
     prompt_names = [list(TRAINING_PROMPTS)[i % len(TRAINING_PROMPTS)] for i in range(args.prompts)]
-    run = bench_step.make_run(policy, bench_step.bench_config(args), samples)
+    cfg = bench_step.bench_config(args)
+    torch.manual_seed(cfg.run.seed)  # LoRA A's init, as trainer.setup seeds it
+    run = trainer.prepare_run(policy, cfg, samples)
     return [sum(bench_step.our_step(run, samples, prompt_names, args).seconds.values())
             for _ in range(args.repeats + 1)]
 
 
 def main(argv=None) -> dict:
     args = bench_step.parse_args(argv)
-    import_trl()  # fail before spending minutes on our side
+    try:
+        import_trl()  # fail before spending minutes on our side
+    except ImportError as error:
+        raise SystemExit(str(error)) from None
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

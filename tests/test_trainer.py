@@ -103,25 +103,26 @@ def test_rollout_pairs_every_completion_with_its_own_prompt_and_image(tiny_polic
 def test_update_log_probs_are_the_ones_the_completions_were_sampled_with(tiny_policy):
     """pi_theta in the loss must be the model generate() drew from, row by row and image by image (a batch
     that paired completions with another row's image would train on the wrong pixels). Compared with
-    generate's raw logits: its scores have the vision tokens suppressed, which the loss does not do
-    (the same choice as TRL; a trained policy gives those tokens next to no mass)."""
+    generate's own scores, which have the vision tokens suppressed: the loss bans the same ids, so both
+    are the distribution the tokens were drawn from."""
     model, tok = tiny_policy.model, tiny_policy.tokenizer
     samples = [_sample(1, (112, 112)), _sample(2, (56, 168))]
     batch = prompt_batch(tiny_policy, samples, [TRAINING_PROMPTS["explanation"]] * 2)
     prompts = repeat_rows(batch, 2)
     end_ids = token_ids(tok, END_TOKENS)
+    banned = token_ids(tok, VISION_TOKENS)
     torch.manual_seed(0)
     with torch.no_grad():
         out = model.generate(**prompts.model_kwargs, max_new_tokens=10, do_sample=True, temperature=1.0, top_k=0,
                              top_p=1.0, eos_token_id=end_ids, pad_token_id=tok.pad_token_id,
-                             suppress_tokens=token_ids(tok, VISION_TOKENS), output_logits=True,
-                             return_dict_in_generate=True)
+                             suppress_tokens=banned, output_scores=True, return_dict_in_generate=True)
         ids = out.sequences[:, prompts.input_ids.shape[1]:]                                   # [4, L]
         mask, _ = completion_mask(ids, end_ids)
-        sampled = torch.stack(out.logits, 1).log_softmax(-1).gather(2, ids.unsqueeze(2)).squeeze(2)
+        sampled = torch.stack(out.scores, 1).log_softmax(-1).gather(2, ids.unsqueeze(2)).squeeze(2)
         ids = ids.masked_fill(~mask, tok.pad_token_id)
-        trained = completion_logprobs(model, encode_prompts(model, batch), [0, 0, 1, 1], ids, mask)  # [4, L]
-    torch.testing.assert_close(trained[mask], sampled[mask], rtol=0, atol=1e-4)
+        trained = completion_logprobs(model, encode_prompts(model, batch), [0, 0, 1, 1], ids, mask,
+                                      banned=torch.tensor(banned))                           # [4, L]
+    torch.testing.assert_close(trained[mask], sampled[mask], rtol=0, atol=1e-5)
 
 
 def test_first_step_has_zero_kl_unit_ratio_and_changes_only_lora(tmp_path):

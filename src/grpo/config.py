@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from src.cli.config_file import add_config_option
 from src.cli.help import HelpFormatter, escape
 from src.grpo.loss import AGGREGATIONS
-from src.models.loading import DEFAULT_MODEL
+from src.models.loading import DEFAULT_MODEL, DTYPES, default_device, resolve_dtype
 from src.models.lora import LoRAConfig
 from src.rewards.open_answers import METHODS as OPEN_ANSWER_SCORES
 from src.rewards.total import RewardWeights
@@ -38,6 +38,9 @@ class ModelConfig:
                                             "methods refuse dropout, so that every RL pass sees the same policy)")
     lora_targets: tuple[str, ...] = flag(LoRAConfig.targets, "language-model linear layers that get an adapter")
     gradient_checkpointing: bool = flag(True, "recompute activations in backward (less memory, ~30% slower)")
+    dtype: str = flag("auto", "the weights' dtype: bfloat16, float32, or auto (bfloat16 on CUDA, float32 on CPU; "
+                              "config.json records what it resolved to, and --resume keeps it). LoRA factors and "
+                              "the -full methods' optimizer copies are float32 in any case", choices=DTYPES)
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,15 @@ class TrainConfig:
         if self.optim.learning_rate is not None:
             return self.optim.learning_rate
         return 1e-5 if self.uses_lora else 1e-6
+
+    def resolved(self) -> TrainConfig:
+        """This config with `--dtype auto` replaced by the dtype it stands for on the run's device, so
+        that config.json records what the run computes in and a resume on another kind of device
+        cannot change it silently (--resume refuses a changed dtype)."""
+        if self.model.dtype != "auto":
+            return self
+        dtype = resolve_dtype("auto", self.run.device or default_device())
+        return dataclasses.replace(self, model=dataclasses.replace(self.model, dtype=str(dtype).removeprefix("torch.")))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

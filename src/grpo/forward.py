@@ -15,8 +15,11 @@ from src.models.encoded_prompts import EncodedPrompts
 
 
 def completion_logprobs(model, prompts: EncodedPrompts, prompt_index: Sequence[int], completion_ids: torch.Tensor,
-                        completion_mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+                        completion_mask: torch.Tensor, temperature: float = 1.0,
+                        banned: torch.Tensor | None = None) -> torch.Tensor:
     """log pi(o_t | q, o_<t) for every completion token: [N, L] fp32 (padding positions hold junk; mask them).
+    With `banned` ids (a rollout's: the ids its sampler never draws) pi is the softmax over the other
+    ids, the distribution the completions were drawn from.
 
     Row i is prompt `prompt_index[i]` followed by completion i; the prompt's image features are the
     ones computed once for the step. Position P-1 (the assistant header's last token) predicts
@@ -26,7 +29,8 @@ def completion_logprobs(model, prompts: EncodedPrompts, prompt_index: Sequence[i
     inputs = prompts.inputs(model, prompt_index, completion_ids, completion_mask)
     hidden = model.model.language_model(**inputs, use_cache=False).last_hidden_state  # [N, P+L, H]
     hidden = hidden[:, prompt_len - 1 : -1]                                     # [N, L, H]
-    return linear_logprobs(hidden, model.lm_head.weight, completion_ids, temperature=temperature)  # [N, L]
+    return linear_logprobs(hidden, model.lm_head.weight, completion_ids, temperature=temperature,
+                           banned=banned)                                       # [N, L]
 
 
 def minibatches(num_rows: int, size: int) -> Iterator[list[int]]:
@@ -38,6 +42,6 @@ def minibatches(num_rows: int, size: int) -> Iterator[list[int]]:
 def rollout_logprobs(model, rollout, temperature: float, mini_batch_size: int) -> torch.Tensor:
     """log pi of every completion token of a rollout (a src.grpo.rollout.Rollout), mini-batch by
     mini-batch, without building a graph: the reference and old-policy passes. [N, L] fp32."""
-    parts = [completion_logprobs(model, rollout.prompts, *rollout.rows(rows), temperature)
+    parts = [completion_logprobs(model, rollout.prompts, *rollout.rows(rows), temperature, rollout.banned)
              for rows in minibatches(rollout.completion_ids.shape[0], mini_batch_size)]
     return torch.cat(parts)                                                     # [N, L]

@@ -1,4 +1,5 @@
-"""Per-token KL to the reference policy: eq. 3 of the paper, the k3 estimator.
+"""Per-token KL with the k3 estimator: eq. 3 of the paper (the policy against the reference), and the
+same estimate between the sampler and the trainer (are the rollouts on-policy?).
 
 k3 is from John Schulman, "Approximating KL Divergence" (http://joschu.net/blog/kl-approx.html):
 with x = log pi_ref(t) - log pi(t) for a token t sampled from pi,
@@ -26,3 +27,22 @@ def k3_kl(logp: Tensor, ref_logp: Tensor) -> Tensor:
     # expm1(x) - x equals exp(x) - x - 1 but keeps its digits for small x, where policy ~ reference
     # (the usual case), and its rounding can never produce a negative value.
     return torch.expm1(log_ratio) - log_ratio  # [N, L]
+
+
+def sampler_mismatch(train_logp: Tensor, sampler_logp: Tensor, mask: Tensor) -> Tensor:
+    """How far the trainer's log-probs of the sampled tokens are from the sampler's, summed over the
+    completion tokens: [sum |log p_sampler - log p_train|, sum k3]. Divided by the token count these
+    are metrics.jsonl's rollout_logp_diff and rollout_kl.
+
+    Both sides compute the same policy (same weights, temperature and banned ids), so in fp32 the
+    difference is float rounding (~1e-6); in bf16 the sampler's decode path and the training forward
+    round differently, and a large value means the update treats off-policy samples as on-policy.
+    The tokens were drawn from the sampler, so k3 with x = log p_train - log p_sampler estimates
+    KL(sampler || trainer).
+
+    train_logp, sampler_logp: [N, L] fp32; mask: [N, L] bool, the completion tokens. Returns [2] fp32.
+    """
+    mask = mask.float()                                                                    # [N, L]
+    diff = (sampler_logp.float() - train_logp.float()).abs()                               # [N, L]
+    kl = k3_kl(sampler_logp, train_logp)                                                   # [N, L]
+    return torch.stack([(diff * mask).sum(), (kl * mask).sum()])                           # [2]

@@ -18,10 +18,12 @@ import torch
 from torch import Tensor
 
 
-def scaled_chunk(logits: Tensor, temperature: float) -> Tensor:
+def scaled_chunk(logits: Tensor, temperature: float, banned: Tensor | None = None) -> Tensor:
     """A fresh copy of logits / temperature in fp32 (float64 if the logits are: so that float64
-    tests check the math exactly). Fresh, so the helpers below may work on it in place."""
-    return logits.to(torch.promote_types(logits.dtype, torch.float32), copy=True).div_(temperature)
+    tests check the math exactly), -inf at the `banned` ids. Fresh, so the helpers below may work on
+    it in place."""
+    scaled = logits.to(torch.promote_types(logits.dtype, torch.float32), copy=True).div_(temperature)
+    return scaled if banned is None else scaled.index_fill_(-1, banned, float("-inf"))
 
 
 def target_logprob(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
@@ -44,7 +46,8 @@ def logits_grad(logits: Tensor, lse: Tensor, targets: Tensor, grad_out: Tensor) 
 
 class _LinearLogprobs(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float, chunk_size: int):
+    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float, chunk_size: int,
+                banned: Tensor | None):
         dtype = torch.promote_types(hidden.dtype, torch.float32)
         logp = torch.empty(targets.shape, dtype=dtype, device=hidden.device)  # [T]
         lse = torch.empty_like(logp)  # [T]
@@ -52,11 +55,11 @@ class _LinearLogprobs(torch.autograd.Function):
             rows = slice(start, start + chunk_size)
             # The matmul runs in the inputs' dtype, as the model's own lm_head would (GPU kernels
             # accumulate bf16 products in fp32); the softmax math is fp32.
-            logits = scaled_chunk(hidden[rows] @ weight.T, temperature)  # [c, V] fp32
+            logits = scaled_chunk(hidden[rows] @ weight.T, temperature, banned)  # [c, V] fp32
             logp[rows], lse[rows] = target_logprob(logits, targets[rows])
             del logits  # free it before the next chunk is built, not after
         ctx.save_for_backward(hidden, weight, targets, lse)
-        ctx.temperature, ctx.chunk_size = temperature, chunk_size
+        ctx.temperature, ctx.chunk_size, ctx.banned = temperature, chunk_size, banned
         return logp
 
     @staticmethod
@@ -69,7 +72,7 @@ class _LinearLogprobs(torch.autograd.Function):
         grad_weight = torch.zeros_like(weight, dtype=lse.dtype) if need_weight else None  # [V, H]
         for start in range(0, hidden.shape[0], ctx.chunk_size):
             rows = slice(start, start + ctx.chunk_size)
-            logits = scaled_chunk(hidden[rows] @ weight.T, ctx.temperature)  # [c, V] fp32, recomputed
+            logits = scaled_chunk(hidden[rows] @ weight.T, ctx.temperature, ctx.banned)  # [c, V] fp32, recomputed
             grad_logits = logits_grad(logits, lse[rows], targets[rows], grad_out[rows])  # [c, V]
             grad_logits = grad_logits.div_(ctx.temperature).to(hidden.dtype)  # through z = h W^T / temp
             if need_hidden:
@@ -79,11 +82,12 @@ class _LinearLogprobs(torch.autograd.Function):
             del logits, grad_logits
         if need_weight:
             grad_weight = grad_weight.to(weight.dtype)
-        return grad_hidden, grad_weight, None, None, None
+        return grad_hidden, grad_weight, None, None, None, None
 
 
 def linear_logprobs(
-    hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float = 1.0, chunk_size: int = 512
+    hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float = 1.0, chunk_size: int = 512,
+    banned: Tensor | None = None,
 ) -> Tensor:
     """log softmax(hidden @ weight.T / temperature)[target] in fp32, never holding [T, V] logits.
 
@@ -95,8 +99,11 @@ def linear_logprobs(
             forward and in backward. Smaller saves memory but costs GPU time: each chunk rereads
             all of W, doing chunk_size flops per byte of it, and an H100 needs ~300 per byte to
             stay compute-bound.
+    banned: [k] token ids with probability 0 (logit -inf), as the sampler never draws them: the
+            softmax is then over the other ids, the distribution completions were drawn from
+            (src/models/sampling.py). No target may be a banned id.
     Returns fp32 (float64 for float64 inputs) of targets' shape. Gradients flow to hidden, and to
-    weight when it requires grad.
+    weight when it requires grad (none to the banned logits).
     """
     if hidden.shape[:-1] != targets.shape or hidden.shape[-1] != weight.shape[1]:
         raise ValueError(
@@ -104,5 +111,5 @@ def linear_logprobs(
             f"weight {tuple(weight.shape)}, targets {tuple(targets.shape)}"
         )
     flat_hidden = hidden.reshape(-1, hidden.shape[-1])  # [T, H]
-    logp = _LinearLogprobs.apply(flat_hidden, weight, targets.reshape(-1), temperature, chunk_size)  # [T]
+    logp = _LinearLogprobs.apply(flat_hidden, weight, targets.reshape(-1), temperature, chunk_size, banned)  # [T]
     return logp.view(targets.shape)  # [N, L] or [T]

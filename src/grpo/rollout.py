@@ -14,6 +14,7 @@ import torch
 
 from src.data.prompts import TRAINING_PROMPTS
 from src.data.sample import Sample
+from src.models.completions import VISION_TOKENS, token_ids
 from src.models.encoded_prompts import EncodedPrompts, encode_prompts
 from src.models.generation import prompt_batch, sample_groups
 from src.models.loading import Policy
@@ -28,7 +29,10 @@ class Rollout:
     completion_ids: torch.Tensor    # [N, L]
     completion_mask: torch.Tensor   # [N, L] bool: sampled tokens, up to and including the end token
     truncated: torch.Tensor         # [N] bool: hit max_completion_length without an end token
+    sampler_logp: torch.Tensor      # [N, L] fp32 log-prob each token was drawn with, by the sampler (0 on padding)
+    banned: torch.Tensor            # [k] ids never drawn (vision tokens): probability 0 in every log-prob
     texts: list[str]                # [N] decoded completions
+    decoding: str = ""              # how the sampler ran ("cuda graph", "eager", ...)
 
     def rows(self, rows: Sequence[int]) -> tuple[list[int], torch.Tensor, torch.Tensor]:
         """(prompt of each row, completion_ids [n, L], completion_mask [n, L]) of rows `rows`."""
@@ -44,6 +48,8 @@ def sample_rollout(policy: Policy, samples: Sequence[Sample], prompt_names: Sequ
     prompts = encode_prompts(policy.model, batch)                               # vision tower once per image
     completions = sample_groups(policy, batch, prompts, group_size=group_size, max_new_tokens=max_completion_length,
                                 temperature=temperature, engine_name=engine)   # N rows
+    banned = torch.tensor(token_ids(policy.tokenizer, VISION_TOKENS), device=policy.device)
     return Rollout(prompts=prompts, prompt_index=[row // group_size for row in range(len(completions.texts))],
                    completion_ids=completions.ids, completion_mask=completions.mask, truncated=completions.truncated,
-                   texts=completions.texts)
+                   sampler_logp=completions.logprobs, banned=banned, texts=completions.texts,
+                   decoding=completions.decoding)

@@ -36,6 +36,7 @@ from src.grpo.distributed import (
     rank_share, reduce_metrics, sampling_seed, sum_over_ranks,
 )
 from src.grpo.forward import completion_logprobs, minibatches, rollout_logprobs
+from src.grpo.kl import sampler_mismatch
 from src.grpo.loss import grpo_loss, token_weights
 from src.grpo.optim import make_optimizer, make_scheduler, optimizer_step
 from src.grpo.preflight import check_training_prompts
@@ -45,7 +46,9 @@ from src.grpo.run_log import MetricsLog, PhaseTimer, check_run_log, grpo_metrics
 from src.grpo.tensorboard_log import TensorBoardLog
 from src.files import changed_settings, write_atomic
 from src.memory import peak_bytes
-from src.models.loading import Policy, base_model_name, enable_gradient_checkpointing, freeze_vision, load_policy
+from src.models.loading import (
+    Policy, base_model_name, enable_gradient_checkpointing, freeze_vision, load_policy, resolve_dtype,
+)
 from src.models.lora import LoRAConfig, inject_lora, lora_layers, mark_only_lora_as_trainable, merge_and_unload
 from src.rewards.total import score_completions
 
@@ -111,7 +114,7 @@ def setup(cfg: TrainConfig) -> Run:
         samples = training_samples(cfg)
     check_batch_split(len(samples), cfg.optim.prompts_per_step)
     with phase(f"model {cfg.model.model}", enabled=is_main()):
-        policy = load_policy(cfg.model.model, device=device)
+        policy = load_policy(cfg.model.model, device=device, dtype=resolve_dtype(cfg.model.dtype, device))
     run = prepare_run(policy, cfg, samples, per_rank_sampling=rank_device is not None)
     if not cfg.is_sft:
         from src.rewards.bertscore import load_bertscorer
@@ -178,7 +181,9 @@ def grpo_step(run: Run, samples: list[Sample], prompt_names: list[str]) -> tuple
 
 def grpo_update(run: Run, rollout: Rollout, advantages: torch.Tensor, ref_logp: torch.Tensor | None,
                 old_logp: torch.Tensor | None) -> dict[str, float]:
-    """num_iterations optimizer updates on one rollout (eq. 1); returns the last update's statistics.
+    """num_iterations optimizer updates on one rollout (eq. 1); returns the last update's statistics,
+    and how far the first update's log-probs are from the sampler's (rollout_logp_diff, rollout_kl:
+    token means over the completion tokens, src/grpo/kl.py), measured on the update's own forward pass.
 
     Every token's weight in the loss is fixed up front over the global batch (all mini-batches, all
     ranks), so each mini-batch's loss is its weighted sum and the accumulated gradient is the batch's.
@@ -187,15 +192,20 @@ def grpo_update(run: Run, rollout: Rollout, advantages: torch.Tensor, ref_logp: 
     mask = rollout.completion_mask                                                         # [N, L] in the loss
     if cfg.rollout.mask_truncated:  # a cut-off completion was never judged on a finished answer
         mask = mask & ~rollout.truncated.unsqueeze(1)                                       # [N, L]
-    batch = sum_over_ranks({"completions": mask.shape[0], "tokens": mask.sum().item()})   # the global batch
+    batch = sum_over_ranks({"completions": mask.shape[0], "tokens": mask.sum().item(),
+                            "sampled_tokens": rollout.completion_mask.sum().item()})        # the global batch
     weights = token_weights(mask, cfg.loss.aggregation, batch["completions"], batch["tokens"],
                             cfg.rollout.max_completion_length)                              # [N, L]
+    mismatch = torch.zeros(2, device=mask.device)  # summed |log p_sampler - log p_train| and k3, first update
     model.train()  # for gradient checkpointing; RL has no dropout (TrainConfig), so every pass sees one policy
-    for _ in range(cfg.loss.num_iterations):
+    for iteration in range(cfg.loss.num_iterations):
         run.optimizer.zero_grad(set_to_none=True)
         totals = {"loss": 0.0, "kl": 0.0, "ratio_mean": 0.0, "clipfrac_low": 0.0, "clipfrac_high": 0.0}
         for rows in minibatches(mask.shape[0], cfg.optim.mini_batch_size):
-            logp = completion_logprobs(model, rollout.prompts, *rollout.rows(rows), cfg.rollout.temperature)  # [n, L]
+            logp = completion_logprobs(model, rollout.prompts, *rollout.rows(rows), cfg.rollout.temperature,
+                                       rollout.banned)                                     # [n, L]
+            if iteration == 0:  # the weights that sampled: the trainer's log-probs against the sampler's
+                mismatch += sampler_mismatch(logp.detach(), rollout.sampler_logp[rows], rollout.completion_mask[rows])
             # eq. 1 with eq. 3: ratio = exp(logp - old_logp), min(ratio A, clip(ratio) A) - beta k3(logp, ref_logp)
             loss, stats = grpo_loss(logp, None if old_logp is None else old_logp[rows],
                                     None if ref_logp is None else ref_logp[rows], advantages[rows], weights[rows],
@@ -207,7 +217,8 @@ def grpo_update(run: Run, rollout: Rollout, advantages: torch.Tensor, ref_logp: 
             for name, value in stats.as_floats().items():
                 totals[name] += value * token_share
         grad_norm = optimizer_step(run.params, run.optimizer, run.scheduler, cfg.optim.max_grad_norm)
-    totals = sum_over_ranks(totals)
+    logp_diff, rollout_kl = (mismatch / max(1, batch["sampled_tokens"])).tolist()
+    totals = sum_over_ranks({**totals, "rollout_logp_diff": logp_diff, "rollout_kl": rollout_kl})
     totals["grad_norm"] = grad_norm
     return totals
 
@@ -248,6 +259,7 @@ def train(cfg: TrainConfig) -> Path:
     """
     from src.grpo.sft import sft_step
 
+    cfg = cfg.resolved()  # --dtype auto as what it stands for here: config.json records that
     out = Path(cfg.run.output_dir)
     completion_rows = cfg.optim.prompts_per_step * cfg.rollout.group_size  # completions.jsonl lines per step
     checkpoint = resume_checkpoint(out) if cfg.run.resume else None  # skips (and names) damaged checkpoints

@@ -25,7 +25,9 @@ class Completions:
     ids: torch.Tensor         # [N, L] long, pad after the end token
     mask: torch.Tensor        # [N, L] bool, True up to and including the end token
     truncated: torch.Tensor   # [N] bool, no end token within max_new_tokens
+    logprobs: torch.Tensor    # [N, L] fp32 log-prob each token was drawn with (src/models/sampling.py), 0 after the end
     texts: list[str]          # decoded without special tokens
+    decoding: str = ""        # how the sampler ran, for logs ("cuda graph", "eager", "hf generate", ...)
 
     @property
     def lengths(self) -> torch.Tensor:  # [N] tokens per completion, end token included

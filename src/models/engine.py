@@ -13,6 +13,9 @@ What it does, and what `model.generate` on B * G repeated rows does instead:
 4. end-of-sequence is checked on the host every `check_every` steps, and decoding stops when every row
    has ended. Eager decoding then drops the rows that ended (they cost a decode step nothing from there
    on); a captured graph has fixed shapes, so there an ended row keeps producing padding until the end.
+If capturing the graph fails, decoding runs eagerly (the same tokens, slower) and says so: a warning,
+and `Completions.decoding` names the error. Each token comes with the log-probability it was drawn
+with (src/models/sampling.py), which the trainer compares with its own forward pass every step.
 LoRA runs as the side path of each adapted projection, the same computation as in the training forward,
 so the sampling policy is the trained one up to float rounding (merging B A into bf16 weights would
 round small adapter updates away).
@@ -23,6 +26,8 @@ token for token the one of transformers' generate (tests/test_engine.py).
 Shape legend: B prompts, G completions per prompt, N = B * G rows, P prompt tokens, L new tokens.
 """
 from __future__ import annotations
+
+import warnings
 
 import torch
 
@@ -39,7 +44,8 @@ class DecodeStep:
 
     token [r]: the token fed next; step []: its index in the completion; done [r]: the row has ended;
     rows [r]: which of the N completions each of the r rows still decoding is; out [N, L]: the
-    completion tokens so far (padding after the end); cache: the static KV cache.
+    completion tokens so far (padding after the end); logp [N, L] fp32: the log-probability each was
+    drawn with (0 after the end); cache: the static KV cache.
     """
 
     def __init__(self, model, rows: int, prompt_length: int, max_new_tokens: int, temperature: float,
@@ -52,11 +58,12 @@ class DecodeStep:
         self.step = torch.zeros((), dtype=torch.long, device=device)
         self.done = torch.zeros(rows, dtype=torch.bool, device=device)
         self.out = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
+        self.logp = torch.zeros(rows, max_new_tokens, dtype=torch.float32, device=device)
         self.first_position = torch.zeros(rows, dtype=torch.long, device=device)
         self.rows = torch.arange(rows, device=device)
 
     def start(self, prompt_cache: StaticKVCache, prompt_mask: torch.Tensor, group_size: int,
-              next_position: torch.Tensor, first: torch.Tensor) -> None:
+              next_position: torch.Tensor, first: torch.Tensor, first_logp: torch.Tensor) -> None:
         """Load the prefilled prompts (each into its G rows) and the first sampled token of every row."""
         self.cache.fill_prompts(prompt_cache, prompt_mask.bool(), group_size)
         self.first_position.copy_(next_position.repeat_interleave(group_size))      # [N]
@@ -64,6 +71,8 @@ class DecodeStep:
         self.step.zero_()
         self.out.fill_(self.pad_id)
         self.out[:, 0] = first
+        self.logp.zero_()
+        self.logp[:, 0] = first_logp
         self.done.copy_(self.ends(first))
 
     def ends(self, token: torch.Tensor) -> torch.Tensor:
@@ -78,10 +87,13 @@ class DecodeStep:
         embeds = self.model.get_input_embeddings()(self.token).unsqueeze(1)           # [N, 1, H]
         visible = self.cache.visible[:, None, None, :]                                # [N, 1, 1, P+L]
         hidden = decoder.forward(self.model, embeds, position, self.cache, index, visible, kv_length)
-        token = next_tokens(self.model.lm_head(hidden[:, -1]), self.temperature, self.banned)  # [N]
+        token, logp = next_tokens(self.model.lm_head(hidden[:, -1]), self.temperature, self.banned)  # [N], [N]
         token = torch.where(self.done, self.pad_id, token)                            # padding after the end
+        logp = torch.where(self.done, 0.0, logp)
         self.step += 1
-        self.out.index_put_((self.rows, self.step.expand_as(self.rows)), token)  # out[rows, step] = token
+        at = (self.rows, self.step.expand_as(self.rows))
+        self.out.index_put_(at, token)                                                # out[rows, step] = token
+        self.logp.index_put_(at, logp)
         self.done |= self.ends(token)
         self.token.copy_(token)
 
@@ -112,21 +124,27 @@ def prefill(model, prompts: EncodedPrompts) -> tuple[StaticKVCache, torch.Tensor
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: EncodedPrompts, *, group_size: int, max_new_tokens: int,
-             temperature: float, stop_at_end: bool = True, check_every: int = 8) -> Completions:
+             temperature: float, stop_at_end: bool = True, check_every: int = 8,
+             cuda_graph: bool | None = None) -> Completions:
     """G completions of each of the B prompts (row b * G + g is completion g of prompt b). The model must
     be in eval mode (no dropout while sampling). stop_at_end=False bans the end tokens too, so that every
-    row decodes exactly max_new_tokens tokens (benchmarks)."""
+    row decodes exactly max_new_tokens tokens (benchmarks). cuda_graph: replay decode steps from a CUDA
+    graph (default: on CUDA devices); False decodes eagerly."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     device = prompts.input_ids.device
     rows, width = len(prompts) * group_size, prompts.input_ids.shape[1]
     end_list = token_ids(tokenizer, END_TOKENS)
     end_ids = torch.tensor(end_list, device=device)
     banned = torch.tensor(token_ids(tokenizer, VISION_TOKENS) + ([] if stop_at_end else end_list), device=device)
     step = DecodeStep(model, rows, width, max_new_tokens, temperature, banned, end_ids, tokenizer.pad_token_id)
-    run_step = CapturedStep(step) if captures(device) else None  # captured before `start`: see CapturedStep
+    capture = captures(device) if cuda_graph is None else cuda_graph
+    # one token is the prefill's alone: no decode step to capture (its warm-up would write past `out`)
+    run_step, decoding = capture_or_eager(step) if capture and max_new_tokens > 1 else (None, "eager")
 
     prompt_cache, logits = prefill(model, prompts)                                          # [B, V]
-    first = next_tokens(logits.repeat_interleave(group_size, 0), temperature, banned)       # [N]
-    step.start(prompt_cache, prompts.attention_mask, group_size, prompts.next_position, first)
+    first, first_logp = next_tokens(logits.repeat_interleave(group_size, 0), temperature, banned)  # [N], [N]
+    step.start(prompt_cache, prompts.attention_mask, group_size, prompts.next_position, first, first_logp)
     del prompt_cache
     decoded = 1
     while decoded < max_new_tokens:
@@ -145,5 +163,18 @@ def generate(model, tokenizer, prompts: EncodedPrompts, *, group_size: int, max_
     mask, truncated = completion_mask(ids, end_list)
     length = int(mask.sum(1).max())                 # as generate: up to the longest completion's end
     ids, mask = ids[:, :length].masked_fill(~mask[:, :length], tokenizer.pad_token_id), mask[:, :length]
-    return Completions(ids=ids, mask=mask, truncated=truncated,
-                       texts=tokenizer.batch_decode(ids, skip_special_tokens=True))
+    logp = step.logp[:, :length].masked_fill(~mask, 0.0)                                   # [N, L]
+    return Completions(ids=ids, mask=mask, truncated=truncated, logprobs=logp,
+                       texts=tokenizer.batch_decode(ids, skip_special_tokens=True), decoding=decoding)
+
+
+def capture_or_eager(step: DecodeStep) -> tuple[CapturedStep | None, str]:
+    """The step captured as a CUDA graph, or None (eager decoding) when capture fails: then the
+    warning and the returned description name the error, and the completions are the same, slower.
+    A failed capture has run the step on unset state at most once; `start` resets all of it."""
+    try:
+        return CapturedStep(step), "cuda graph"
+    except Exception as error:  # noqa: BLE001 - any capture failure: decode eagerly rather than not at all
+        reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        warnings.warn(f"CUDA graph capture of the decode step failed ({reason}); decoding eagerly", stacklevel=3)
+        return None, f"eager (CUDA graph capture failed: {reason})"

@@ -23,22 +23,60 @@ from src.models.inputs import PromptBatch, build_prompt_batch, repeat_rows
 ENGINES = ("engine", "hf")
 
 
+class DrawnDistribution:
+    """A logits processor that is the whole of what generate does to the logits, and keeps the
+    log-probability of each token generate then draws.
+
+    It bans the vision tokens (and whatever a min_new_tokens processor banned before it) and divides
+    by the temperature itself; generate runs with temperature 1, no top-k / top-p and no
+    suppress_tokens, so its other processors change nothing and their order does not matter. Each
+    call sees the token drawn after the previous call (the last of input_ids): its log-probability
+    is read from the previous call's distribution. `logprobs(sequences)` adds the last token's.
+    Greedy (temperature 0) keeps the unscaled distribution's log-probabilities, as the engine does.
+    """
+
+    def __init__(self, banned: list[int], temperature: float):
+        self.banned, self.temperature = banned, temperature
+        self.previous: torch.Tensor | None = None     # [N, V] log-softmax of the last call's distribution
+        self.drawn: list[torch.Tensor] = []           # one [N] per token drawn so far
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.previous is not None:
+            self.drawn.append(self.previous.gather(1, input_ids[:, -1:]).squeeze(1))        # [N]
+        banned = torch.tensor(self.banned, device=scores.device)
+        scores = scores.float().index_fill(-1, banned, float("-inf"))                        # [N, V] fp32
+        if self.temperature > 0:
+            scores = scores / self.temperature
+        self.previous = scores.log_softmax(-1)
+        return scores
+
+    def logprobs(self, sequences: torch.Tensor) -> torch.Tensor:
+        """[N, L]: the log-probability of each of the L tokens generate drew (the last L of sequences)."""
+        last = self.previous.gather(1, sequences[:, -1:]).squeeze(1)
+        return torch.stack(self.drawn + [last], 1)
+
+
 @torch.no_grad()
 def hf_generate(model, tokenizer, prompts: PromptBatch, max_new_tokens: int, temperature: float) -> Completions:
     """One completion per prompt row with transformers' generate; temperature 0 means greedy decoding."""
+    from transformers import LogitsProcessorList
+
     end_ids = token_ids(tokenizer, END_TOKENS)
-    sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else \
-        dict(do_sample=False)
+    distribution = DrawnDistribution(token_ids(tokenizer, VISION_TOKENS), temperature)
+    sampling = dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0) if temperature > 0 else \
+        dict(do_sample=False)  # temperature 1 for generate: `distribution` applies the real one
     out = model.generate(
         **prompts.model_kwargs, max_new_tokens=max_new_tokens, eos_token_id=end_ids,
-        pad_token_id=tokenizer.pad_token_id, suppress_tokens=token_ids(tokenizer, VISION_TOKENS),
+        pad_token_id=tokenizer.pad_token_id, logits_processor=LogitsProcessorList([distribution]),
         use_cache=True, **sampling,
     )
     ids = out[:, prompts.input_ids.shape[1]:]                                    # [N, L]
     mask, truncated = completion_mask(ids, end_ids)
     ids = ids.masked_fill(~mask, tokenizer.pad_token_id)
+    logprobs = distribution.logprobs(out).masked_fill(~mask, 0.0)                # [N, L]
     texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
-    return Completions(ids=ids, mask=mask, truncated=truncated, texts=texts)
+    return Completions(ids=ids, mask=mask, truncated=truncated, logprobs=logprobs, texts=texts,
+                       decoding="hf generate")
 
 
 def sample_groups(policy, batch: PromptBatch, encoded: EncodedPrompts, *, group_size: int, max_new_tokens: int,

@@ -5,7 +5,7 @@
 - a hub id such as "Qwen/Qwen2-VL-2B-Instruct" (the default) or a local copy of it;
 - a directory saved by train.py: a PEFT-format adapter (adapter_config.json) whose base model is read
   from the adapter's config, or a full fine-tuned model (config.json).
-bf16 on GPU, fp32 on CPU; flash_attention_2 when flash-attn is installed (and a GPU is there), else sdpa.
+Weights load in the dtype asked for (`--dtype`: auto is bf16 on GPU, fp32 on CPU); flash_attention_2 when flash-attn is installed (and a GPU is there), else sdpa.
 The image processor is loaded on its own: `AutoProcessor` would pull in the video processor, which
 needs torchvision.
 """
@@ -40,8 +40,21 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+DTYPES = ("auto", "bfloat16", "float32")  # what --dtype accepts
+
+
 def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def resolve_dtype(name: str | None, device: torch.device | str | None = None) -> torch.dtype:
+    """A --dtype value as a torch dtype: "auto" (or None) is bf16 on CUDA and fp32 elsewhere (bf16
+    also runs on a CPU, slowly where it lacks bf16 instructions, when asked for by name)."""
+    if name in (None, "auto"):
+        return default_dtype(torch.device(device) if device is not None else default_device())
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; expected one of {DTYPES}")
+    return getattr(torch, name)
 
 
 def attention_implementation(device: torch.device) -> str:

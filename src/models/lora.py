@@ -8,6 +8,13 @@ of GRPO's KL term (eq. 3), with no second copy of the weights in memory.
 
 Names follow PEFT so that adapters saved by `src.models.peft_io` load in `peft.PeftModel`:
 the wrapped linear keeps its weights under `base_layer`, the factors are `lora_A` / `lora_B`.
+
+Precision: the factors are fp32 whatever the base's dtype, as PEFT keeps them
+(`autocast_adapter_dtype`). AdamW moves a LoRA weight by about lr = 1e-5 per step, and bf16 keeps
+8 significant bits: at |w| ~ 1e-2 its spacing is ~6e-5, so a bf16 factor would round most updates
+away and stop learning (on a 1536 x 1536 layer, 10 steps at 1e-5 changed 16% of a bf16 lora_A's
+entries against 100% in fp32). The side path casts its input up to fp32 and adds its fp32 delta to
+the base output before rounding once to the base's dtype; merging computes W0 + s B A in fp32 too.
 """
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ import torch
 from torch import nn
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+ADAPTER_DTYPE = torch.float32  # the factors' dtype under any base (see the module docstring)
 
 
 @dataclass(frozen=True)
@@ -37,13 +45,13 @@ class LoRAConfig:
 
 
 class LoRALinear(nn.Module):
-    """nn.Linear plus a low-rank update; `merge()` folds B A into W0, `unmerge()` takes it out again."""
+    """nn.Linear plus a low-rank update in fp32; `merge()` folds B A into W0, `unmerge()` takes it out again."""
 
     def __init__(self, base_layer: nn.Linear, r: int, alpha: float, dropout: float = 0.0):
         super().__init__()
         self.base_layer = base_layer
         self.r, self.scale = r, alpha / r
-        factory = dict(device=base_layer.weight.device, dtype=base_layer.weight.dtype)
+        factory = dict(device=base_layer.weight.device, dtype=ADAPTER_DTYPE)  # fp32 under a bf16 base too
         self.lora_A = nn.Linear(base_layer.in_features, r, bias=False, **factory)
         self.lora_B = nn.Linear(r, base_layer.out_features, bias=False, **factory)
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -57,24 +65,33 @@ class LoRALinear(nn.Module):
         nn.init.zeros_(self.lora_B.weight)
 
     def delta_weight(self) -> torch.Tensor:
-        return (self.lora_B.weight @ self.lora_A.weight) * self.scale  # [out, r] @ [r, in] -> [out, in]
+        """s B A in fp32: [out, r] @ [r, in] -> [out, in]."""
+        return (self.lora_B.weight @ self.lora_A.weight) * self.scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base_layer(x)
+        y = self.base_layer(x)                                             # [..., out], the base's dtype
         if self.merged or self.disabled:
             return y
-        return y + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scale
+        x = self.lora_dropout(x.to(self.lora_A.weight.dtype))              # [..., in] fp32
+        delta = self.lora_B(self.lora_A(x)) * self.scale                   # [..., out] fp32
+        return (y + delta).to(y.dtype)  # one rounding to the base's dtype, after the sum
 
     @torch.no_grad()
     def merge(self) -> None:
+        """W0 <- round(W0 + s B A), the sum in fp32. In bf16 that rounding is what a merged model
+        serves: updates smaller than W0's bf16 spacing are lost (src/models/export.py merges so)."""
         if not self.merged:
-            self.base_layer.weight += self.delta_weight().to(self.base_layer.weight.dtype)
+            weight = self.base_layer.weight
+            weight.copy_(weight.float() + self.delta_weight())
             self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
+        """W0 <- round(W0 - s B A): exact in fp32 up to rounding; in bf16 the last bits of W0 drift
+        (copy the weights back instead where they must be bit for bit, as bench_step does)."""
         if self.merged:
-            self.base_layer.weight -= self.delta_weight().to(self.base_layer.weight.dtype)
+            weight = self.base_layer.weight
+            weight.copy_(weight.float() - self.delta_weight())
             self.merged = False
 
     def extra_repr(self) -> str:

@@ -6,6 +6,8 @@ A PEFT LoRA directory holds
   names prefixed with "base_model.model." (the PeftModel wrapper and its LoraModel), with the adapter
   name ("default") left out: `...q_proj.lora_A.weight`.
 Our LoRALinear uses the same `lora_A` / `lora_B` / `base_layer` names, so the mapping is the prefix.
+The factors are saved as they train, in fp32 whatever the base's dtype (PEFT loads them so too, with its
+default autocast_adapter_dtype); a file in another dtype loads into the fp32 factors.
 """
 from __future__ import annotations
 
