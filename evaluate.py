@@ -28,7 +28,7 @@ import logging  # noqa: E402
 from dataclasses import asdict  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from src.cli.checks import check_model_source, check_writable  # noqa: E402
+from src.cli.checks import check_model_source, check_writable, number  # noqa: E402
 from src.cli.config_file import add_config_option, parse_args as parse_with_config  # noqa: E402
 from src.cli.errors import UserError, run_main  # noqa: E402
 from src.cli.help import HelpFormatter  # noqa: E402
@@ -66,11 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", choices=["both", *INFERENCE_PROMPTS, *TRAINING_PROMPTS], default="both",
                    help="system prompt: the paper's inference prompts of sec. 3.3 (reasoning, non-reasoning, or "
                         "both), or a training prompt of App. A (as the paper's Table 2 evaluates CV-Bench)")
-    p.add_argument("--limit", type=int, help="only the first N questions of each dataset (quick runs)")
+    p.add_argument("--limit", type=number(int, min=1), help="only the first N questions of each dataset (quick runs)")
     p.add_argument("--skip-bad-rows", action="store_true", help="skip unusable dataset rows instead of failing")
-    p.add_argument("--max-new-tokens", type=int, default=512, help="longest completion, in tokens")
-    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy")
-    p.add_argument("--batch-size", type=int, default=8, help="questions per generation batch")
+    p.add_argument("--max-new-tokens", type=number(int, min=1), default=512, help="longest completion, in tokens")
+    p.add_argument("--temperature", type=number(float, min=0), default=0.0, help="sampling temperature; 0 = greedy")
+    p.add_argument("--batch-size", type=number(int, min=1), default=8, help="questions per generation batch")
     p.add_argument("--rollout-engine", choices=ENGINES, default="engine",
                    help="sampler: 'engine' (static KV cache, src/models/engine.py) or 'hf' (transformers' generate, "
                         "the reference; greedy outputs are the same token for token)")
@@ -82,15 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge-base-url", action="append", default=[],
                    help="URL (all judges) or MODEL=URL: an OpenAI-compatible server such as vLLM or Ollama "
                         "(e.g. http://localhost:8000/v1), or a Gemini endpoint root ending in /v1beta")
-    p.add_argument("--judge-concurrency", type=int, default=8, help="judge requests in flight at once")
-    p.add_argument("--judge-max-attempts", type=int, default=6, help="tries per request on 429, 5xx and timeouts")
-    p.add_argument("--judge-retry-delay", type=float, default=1.0, help="first backoff delay in seconds (doubles)")
-    p.add_argument("--judge-timeout", type=float, default=60.0, help="seconds per judge request")
-    p.add_argument("--judge-parse-attempts", type=int, default=3, help="asks per prompt while the reply is unparseable")
+    p.add_argument("--judge-concurrency", type=number(int, min=1), default=8, help="judge requests in flight at once")
+    p.add_argument("--judge-max-attempts", type=number(int, min=1), default=6, help="tries per request on 429, 5xx and timeouts")
+    p.add_argument("--judge-retry-delay", type=number(float, min=0), default=1.0, help="first backoff delay in seconds (doubles)")
+    p.add_argument("--judge-timeout", type=number(float, gt=0), default=60.0, help="seconds per judge request")
+    p.add_argument("--judge-parse-attempts", type=number(int, min=1), default=3, help="asks per prompt while the reply is unparseable")
     p.add_argument("--judge-json", action="store_true",
                    help="ask for JSON output (response_format json_object / responseMimeType application/json); "
                         "off by default, as in the paper")
-    p.add_argument("--judge-max-tokens", type=int,
+    p.add_argument("--judge-max-tokens", type=number(int, min=1),
                    help="cap on each judge reply, thinking included (default: the provider's own limit)")
     p.add_argument("--export-human-sheet", action="store_true", help="write OUTPUT/human_sheet.csv for clinicians")
     p.add_argument("--import-human-sheet", type=Path, help="a filled sheet: adds the Human Evaluation column")

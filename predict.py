@@ -20,7 +20,7 @@ import json  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from src.cli.checks import check_model_source  # noqa: E402
+from src.cli.checks import check_model_source, number  # noqa: E402
 from src.cli.config_file import add_config_option, parse_args  # noqa: E402
 from src.cli.errors import UserError, run_main  # noqa: E402
 from src.cli.help import HelpFormatter  # noqa: E402
@@ -47,8 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", type=Path, required=True, help="the image file (any format Pillow reads)")
     p.add_argument("--question", required=True, help="the question about the image")
     p.add_argument("--prompt", choices=list(PROMPTS), default="reasoning", help="system prompt")
-    p.add_argument("--max-new-tokens", type=int, default=512, help="longest reply, in tokens")
-    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy")
+    p.add_argument("--max-new-tokens", type=number(int, min=1), default=512, help="longest reply, in tokens")
+    p.add_argument("--temperature", type=number(float, min=0), default=0.0, help="sampling temperature; 0 = greedy")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--json", action="store_true", help="print one JSON object {think, answer, completion}")
     return p
