@@ -15,6 +15,8 @@ Everything lands under --output-dir (docs/EVALUATION.md describes each file):
 A re-run with the same --output-dir generates and judges only what is missing. Every flag may also be
 set in a YAML or TOML file given with --config (command-line flags override it). Everything cheap
 (datasets, output folder, judge keys, the model's whereabouts) is checked before any weights load.
+One run at a time holds --output-dir; SIGINT or SIGTERM stops after the batch or judge requests in
+progress, keeping everything done, and exits (143 for SIGTERM, 130 for Ctrl-C): run again to go on.
 """
 from __future__ import annotations
 
@@ -48,6 +50,7 @@ from src.eval.summary import Group, build_summary  # noqa: E402
 from src.models.generation import ENGINES  # noqa: E402
 from src.models.prompt_length import PromptLimit  # noqa: E402
 from src.rewards.bertscore import load_bertscorer  # noqa: E402
+from src.run_guard import hold_folder, stop_signals  # noqa: E402
 
 SYSTEM_PROMPTS = {**INFERENCE_PROMPTS, **TRAINING_PROMPTS}
 PAPER_DATASETS = "silvar-med:test,vqa-rad:test,slake:test,vqa-med-2019:test,path-vqa:test"
@@ -254,6 +257,12 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     check_writable(args.output_dir)
+    with hold_folder(args.output_dir), stop_signals():
+        return run_evaluation(args)
+
+
+def run_evaluation(args: argparse.Namespace) -> dict:
+    """main() once the output folder is this run's."""
     sets = load_eval_sets(args)
     backends = judge_backends(args)
     sheet = human_sheet(args.import_human_sheet)

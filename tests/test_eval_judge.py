@@ -4,6 +4,8 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -322,6 +324,32 @@ def test_a_fatal_answer_stops_the_run_keeps_what_was_judged_and_resumes(tmp_path
         rerun = judge_records(records, backend, JudgeCache(tmp_path / "cache.jsonl"), retry, 1, 2)
     assert len(server.bodies) == 7 and rerun.new_replies == 4
     assert all(v.status == "ok" for v in rerun.verdicts)
+
+
+def test_sigterm_while_judging_sends_nothing_more_keeps_the_replies_and_a_rerun_asks_the_rest(tmp_path, monkeypatch):
+    from src.eval import judging
+    from src.run_guard import Interrupted, stop_signals
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    records, real_ask, calls = [record(f"question {i}") for i in range(4)], judging.ask, []
+
+    async def ask_then_sigterm(*args):
+        calls.append(args)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives while the first request is in flight
+        return await real_ask(*args)
+
+    monkeypatch.setattr(judging, "ask", ask_then_sigterm)
+    with JudgeServer(KEY) as server:
+        backend = make_backend("gpt-4o-mini", base_url=f"{server.url}/v1")
+        cache, retry = tmp_path / "cache.jsonl", RetryPolicy(max_attempts=2, base_delay=0.01)
+        with stop_signals(), pytest.raises(Interrupted, match=rf"^SIGTERM: stopped judging with gpt-4o-mini: 1 of 4 "
+                                                              rf"new judgments are kept in {cache}; run the same"):
+            judge_records(records, backend, JudgeCache(cache), retry, concurrency=1, parse_attempts=1)
+        assert len(server.bodies) == 1 and len(read_jsonl(cache)) == 1
+        monkeypatch.setattr(judging, "ask", real_ask)
+        rerun = judge_records(records, backend, JudgeCache(cache), retry, concurrency=1, parse_attempts=1)
+    assert len(server.bodies) == 4 and rerun.new_replies == 3 and all(v.status == "ok" for v in rerun.verdicts)
 
 
 def test_evaluate_exits_with_the_fatal_message_and_keeps_the_cache(tmp_path, monkeypatch):

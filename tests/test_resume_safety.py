@@ -1,6 +1,6 @@
-"""Resume when files are damaged or hostile: cut log lines, corrupt checkpoints, a checkpoint that would run
-code, a full disk. Every failure names its file (and line), nothing already on disk changes, and what can be
-rebuilt is rebuilt bit-identically."""
+"""Resume when files are damaged or hostile or the run is stopped: cut log lines, corrupt checkpoints, a
+checkpoint that would run code, SIGTERM, a full disk. Every failure names its file (and line), nothing already
+on disk changes, and what can be rebuilt is rebuilt bit-identically."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,6 +10,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from src.grpo.checkpoint import (
     CheckpointError, checkpoint_problem, load_checkpoint, resume_checkpoint, rng_state, set_rng_state,
 )
 from src.grpo.run_log import MetricsLog, RunLogError, read_metrics
+from src.run_guard import Interrupted
 from tests.test_trainer import tiny_config
 
 ROWS = 8  # completions.jsonl lines per step in tiny_config: 2 prompts x group of 4
@@ -186,6 +188,36 @@ def assert_same_weights(a: Path, b: Path) -> None:
     wa, wb = load_file(a / "adapter_model.safetensors"), load_file(b / "adapter_model.safetensors")
     assert wa.keys() == wb.keys()
     assert all(torch.allclose(wa[k], wb[k], rtol=1e-6, atol=1e-8) for k in wa)
+
+
+def test_sigterm_finishes_the_step_saves_it_and_the_resumed_run_ends_as_if_never_stopped(
+        finished_run, tmp_path, monkeypatch):
+    """A scheduler's preemption during step 3, between the checkpoints of steps 2 and 4 (Ctrl-C takes the
+    same path: tests/test_evaluate.py)."""
+    cfg, number = tiny_config(tmp_path), signal.SIGTERM
+    out, real_step, steps = Path(cfg.run.output_dir), trainer.grpo_step, []
+
+    def step_that_gets_the_signal(run, samples, names):
+        steps.append(len(steps) + 1)
+        if len(steps) == 3:
+            os.kill(os.getpid(), number)
+        return real_step(run, samples, names)
+
+    monkeypatch.setattr(trainer, "grpo_step", step_that_gets_the_signal)
+    name = signal.Signals(number).name
+    with pytest.raises(Interrupted, match=rf"^{name}: stopped after step 3 of 4, saved as {out / 'checkpoint-3'}; "
+                                          "continue with the same command and --resume") as stop:
+        trainer.train(cfg)
+    assert stop.value.exit_status == 128 + number and steps == [1, 2, 3]
+    assert signal.getsignal(number) is signal.SIG_DFL  # the handler lives as long as the run
+    assert checkpoint_problem(out / "checkpoint-3") is None
+    assert [m["step"] for m in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]
+    monkeypatch.undo()
+    assert trainer.train(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, resume=True))) == \
+        out / "checkpoint-4"
+    straight = Path(finished_run.run.output_dir)
+    assert_same_weights(straight / "checkpoint-4", out / "checkpoint-4")
+    assert read_metrics(out / "completions.jsonl") == read_metrics(straight / "completions.jsonl")
 
 
 # ---- damaged checkpoints --------------------------------------------------------------------------------

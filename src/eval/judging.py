@@ -13,7 +13,8 @@ Only "ok" records enter the percentages; the others are counted and reported, ne
 
 A fatal answer (a refused key, a retired model, no quota: src/eval/judge_errors.py) stops the run:
 no new request is sent, the requests in flight finish and are cached, and JudgeFatalError says what
-the provider answered, how to fix it, and that a re-run resumes from the cache.
+the provider answered, how to fix it, and that a re-run resumes from the cache. A stop signal
+(src/run_guard.py) stops it the same way and raises Interrupted.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from src.eval.judge_client import (JSON_MODE_INSTRUCTION, Backend, JudgeFatalErr
                                    RetryPolicy, ask)
 from src.eval.judge_models import is_local
 from src.eval.judge_prompt import UnparseableReply, judge_prompt, parse_judgment
+from src.run_guard import Interrupted, signal_name, stop_requested
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,8 @@ async def _fill_cache(
     async def judge(http: httpx.AsyncClient, key: str, prompt: str, require_reasoning: bool) -> None:
         nonlocal received
         async with limit:
+            if stop_requested() is not None:
+                stop.set()  # send nothing more; the requests in flight finish and are cached
             try:
                 entry = await _ask_until_parseable(http, backend, prompt, require_reasoning, retry, parse_attempts,
                                                    stop)
@@ -131,11 +135,15 @@ async def _fill_cache(
         tasks = [asyncio.create_task(judge(http, key, *value)) for key, value in wanted.items()]
         for task in tqdm(asyncio.as_completed(tasks), total=len(tasks), desc=f"judge {backend.model}"):
             await task
+    asked = sum(cache.get(key) is not None for key in wanted)
     if fatal:
-        asked = sum(cache.get(key) is not None for key in wanted)
         raise JudgeFatalError(f"{fatal[0]} The run stopped at this answer: {asked} of {len(wanted)} new judgments "
                               f"were made and are kept in {cache.path}; a re-run asks only the {len(wanted) - asked} "
                               "left.")
+    if stop_requested() is not None:
+        raise Interrupted(stop_requested(), f"{signal_name(stop_requested())}: stopped judging with {backend.model}: "
+                                            f"{asked} of {len(wanted)} new judgments are kept in {cache.path}; run "
+                                            "the same command again to ask only the rest")
     return errors, received
 
 
