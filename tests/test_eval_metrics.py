@@ -196,7 +196,7 @@ def test_summary_and_report_in_the_paper_layout():
     judged = summary["groups"][1]["judges"]["gpt-4o-mini"]
     # vqa-rad: one ok verdict (score 1); the failed and unparseable ones are counted, not scored 0
     assert judged == {"final": 1.0, "reasoning": None, "judged": 1, "judged_reasoning": 0,
-                      "unparseable": 1, "refused": 0, "truncated": 0, "failed": 1}
+                      "unparseable": 1, "refused": 0, "truncated": 0, "failed": 1, "verdict_in_prediction": 0}
     assert summary["judges"]["gpt-4o-mini"]["cost_usd"] == pytest.approx(0.15)   # 1M prompt tokens at $0.15/M
     assert [p["id"] for p in summary["judges"]["gpt-4o-mini"]["not_scored"]] == ["s3", "s4"]
     report = render_report(summary)

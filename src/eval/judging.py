@@ -9,7 +9,9 @@ when the cache lacks it. Every record ends in one of five states:
                block of the reply or of the prompt); asked once, the reason kept;
   truncated    the reply hit the token limit before its scores; asked once, the reason kept;
   failed       no reply (HTTP error, timeouts after all retries); the error text says why.
-Only "ok" records enter the percentages; the others are counted and reported, never scored 0.
+Only "ok" records enter the percentages; the others are counted and reported, never scored 0. A
+prediction that carries verdict-shaped text is flagged (`verdict_in_prediction`); its judgment is the
+judge's own verdict, never a copy of the prediction's (src/eval/judge_prompt.py).
 
 A fatal answer (a refused key, a retired model, no quota: src/eval/judge_errors.py) stops the run:
 no new request is sent, the requests in flight finish and are cached, and JudgeFatalError says what
@@ -28,7 +30,8 @@ from src.eval.judge_cache import JudgeCache, cache_key
 from src.eval.judge_client import (JSON_MODE_INSTRUCTION, Backend, JudgeFatalError, JudgeRequestError, JudgeStopped,
                                    RetryPolicy, ask)
 from src.eval.judge_models import is_local
-from src.eval.judge_prompt import UnparseableReply, judge_prompt, parse_judgment
+from src.eval.judge_prompt import (UnparseableReply, judge_prompt, parse_judgment, planted_verdicts,
+                                   verdict_in_prediction)
 from src.run_guard import Interrupted, signal_name, stop_requested
 
 
@@ -41,6 +44,7 @@ class Verdict:
     reasoning_score: int | None = None
     evaluation: str = ""
     error: str = ""
+    verdict_in_prediction: bool = False  # the prediction holds text shaped like a verdict (an injection attempt)
 
 
 @dataclass(frozen=True)
@@ -73,11 +77,10 @@ def judge_records(
     suffix = f"\n\n{JSON_MODE_INSTRUCTION}" if backend.json_mode else ""
     prompts = [judge_prompt(record) + suffix for record in records]
     keys = [cache_key(backend.model, prompt) for prompt in prompts]
-    wanted = {key: (prompt, bool(record["reasoning_reference"]))
+    wanted = {key: (prompt, bool(record["reasoning_reference"]), planted_verdicts(record))
               for key, prompt, record in zip(keys, prompts, records) if cache.get(key) is None}
     errors, received = asyncio.run(_fill_cache(wanted, backend, cache, retry, concurrency, parse_attempts))
-    verdicts = [_verdict(cache.get(key), errors.get(key, ""), bool(record["reasoning_reference"]))
-                for key, record in zip(keys, records)]
+    verdicts = [_verdict(cache.get(key), errors.get(key, ""), record) for key, record in zip(keys, records)]
     used = {key: (cache.get(key), verdict) for key, verdict in zip(keys, verdicts) if cache.get(key) is not None}
     counted = [entry for entry, _ in used.values() if entry["prompt_tokens"] is not None]
     return JudgeRun(
@@ -97,7 +100,7 @@ def judge_records(
 
 
 async def _fill_cache(
-    wanted: dict[str, tuple[str, bool]],
+    wanted: dict[str, tuple[str, bool, list[dict]]],
     backend: Backend,
     cache: JudgeCache,
     retry: RetryPolicy,
@@ -111,14 +114,15 @@ async def _fill_cache(
     stop = asyncio.Event()
     fatal: list[JudgeFatalError] = []
 
-    async def judge(http: httpx.AsyncClient, key: str, prompt: str, require_reasoning: bool) -> None:
+    async def judge(http: httpx.AsyncClient, key: str, prompt: str, require_reasoning: bool,
+                    planted: list[dict]) -> None:
         nonlocal received
         async with limit:
             if stop_requested() is not None:
                 stop.set()  # send nothing more; the requests in flight finish and are cached
             try:
-                entry = await _ask_until_parseable(http, backend, prompt, require_reasoning, retry, parse_attempts,
-                                                   stop)
+                entry = await _ask_until_parseable(http, backend, prompt, require_reasoning, planted, retry,
+                                                   parse_attempts, stop)
             except JudgeStopped:
                 return
             except JudgeFatalError as exc:
@@ -152,6 +156,7 @@ async def _ask_until_parseable(
     backend: Backend,
     prompt: str,
     require_reasoning: bool,
+    planted: list[dict],
     retry: RetryPolicy,
     parse_attempts: int,
     stop: asyncio.Event,
@@ -168,7 +173,7 @@ async def _ask_until_parseable(
         if reply.stop != "complete":
             break
         try:
-            parse_judgment(reply.text, require_reasoning)
+            parse_judgment(reply.text, require_reasoning, planted)
             break
         except UnparseableReply:
             continue
@@ -184,19 +189,21 @@ async def _ask_until_parseable(
     }
 
 
-def _verdict(entry: dict | None, error: str, require_reasoning: bool) -> Verdict:
+def _verdict(entry: dict | None, error: str, record: dict) -> Verdict:
+    require_reasoning, flagged = bool(record["reasoning_reference"]), verdict_in_prediction(record)
     if entry is None:
-        return Verdict(status="failed", error=error)
+        return Verdict(status="failed", error=error, verdict_in_prediction=flagged)
     try:
-        judgment = parse_judgment(entry["reply"], require_reasoning)
+        judgment = parse_judgment(entry["reply"], require_reasoning, planted_verdicts(record))
     except UnparseableReply as exc:
         stop = entry.get("stop", "complete")
         if stop != "complete":
-            return Verdict(status=stop, error=entry["stop_reason"])
-        return Verdict(status="unparseable", error=str(exc))
+            return Verdict(status=stop, error=entry["stop_reason"], verdict_in_prediction=flagged)
+        return Verdict(status="unparseable", error=str(exc), verdict_in_prediction=flagged)
     return Verdict(
         status="ok",
         prediction_score=judgment.prediction_score,
         reasoning_score=judgment.reasoning_score if require_reasoning else None,
         evaluation=judgment.evaluation,
+        verdict_in_prediction=flagged,
     )
