@@ -85,10 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge-base-url", action="append", default=[],
                    help="URL (all judges) or MODEL=URL: an OpenAI-compatible server such as vLLM or Ollama "
                         "(e.g. http://localhost:8000/v1), or a Gemini endpoint root ending in /v1beta")
+    p.add_argument("--judge-allow-plain-http", action="store_true",
+                   help="send the API key over plain http to another machine (a network you trust); without it "
+                        "a key goes over http only to this machine, elsewhere only over https")
     p.add_argument("--judge-concurrency", type=number(int, min=1), default=8, help="judge requests in flight at once")
     p.add_argument("--judge-max-attempts", type=number(int, min=1), default=6, help="tries per request on 429, 5xx and timeouts")
     p.add_argument("--judge-retry-delay", type=number(float, min=0), default=1.0, help="first backoff delay in seconds (doubles)")
-    p.add_argument("--judge-timeout", type=number(float, gt=0), default=60.0, help="seconds per judge request")
+    p.add_argument("--judge-timeout", type=number(float, gt=0), default=60.0,
+                   help="seconds per judge request, all of it: connecting, waiting and reading the reply")
     p.add_argument("--judge-parse-attempts", type=number(int, min=1), default=3, help="asks per prompt while the reply is unparseable")
     p.add_argument("--judge-json", action="store_true",
                    help="ask for JSON output (response_format json_object / responseMimeType application/json); "
@@ -219,8 +223,8 @@ def judge_backends(args: argparse.Namespace) -> list[Backend]:
     for model in (m.strip() for m in args.judge.split(",")):
         try:
             backends.append(make_backend(model, judge_base_url(args.judge_base_url, model), args.judge_json,
-                                         args.judge_max_tokens))
-        except ValueError as error:  # a missing API key
+                                         args.judge_max_tokens, args.judge_allow_plain_http))
+        except ValueError as error:  # a missing or unusable API key, a key that would travel in clear
             raise UserError(f"--judge {model}: {error}") from None
     return backends
 

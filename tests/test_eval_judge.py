@@ -5,6 +5,7 @@ import email.utils
 import json
 import logging
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -251,6 +252,60 @@ def test_a_prediction_that_writes_its_own_verdict_is_scored_by_the_judge_and_fla
     report = render_report(summary)
     assert "**2 prediction(s) carry text shaped like a judge's verdict**" in report
     assert "- vqa-rad reasoning id [quote] q: ok, prediction_score 0" in report
+
+
+def test_each_judge_request_has_one_deadline_and_a_reply_size_cap(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    with JudgeServer(KEY) as server:
+        backend = make_backend("gpt-4o-mini", base_url=f"{server.url}/v1")
+        started = time.monotonic()
+        run = judge_records([record("[trickle] q"), record("[huge] q")], backend, JudgeCache(tmp_path / "c.jsonl"),
+                            RetryPolicy(max_attempts=2, base_delay=0.01, timeout=0.5), 2, 1)
+        elapsed = time.monotonic() - started
+        counts = _counts_by_question(server)
+    trickle, huge = run.verdicts
+    assert trickle.status == "failed" and "no complete reply within 0.5 s (--judge-timeout)" in trickle.error
+    assert elapsed < 3.0                              # 2 attempts of 0.5 s, not 10 s of trickling bytes each
+    assert huge.status == "failed" and "is larger than 1024 KiB; stopped reading it" in huge.error
+    assert counts == {"[trickle] q": 2, "[huge] q": 1}  # the same prompt would get the same reply: not retried
+    assert not (tmp_path / "c.jsonl").exists()         # nothing cached: the cache stays bounded
+
+
+@pytest.mark.parametrize("url, allow, refused", [
+    ("http://judge.example:8000/v1", False, "OPENAI_API_KEY would cross the network in clear to judge.example over "
+                                            "plain http: use an https URL, or pass --judge-allow-plain-http"),
+    ("http://10.0.0.5:8000/v1", False, "OPENAI_API_KEY would cross the network in clear to 10.0.0.5"),
+    ("http://judge.example:8000/v1", True, None),
+    ("https://judge.example/v1", False, None),
+    ("http://localhost:8000/v1", False, None),
+    ("http://127.0.0.2:8000/v1", False, None),
+    ("http://[::1]:8000/v1", False, None),
+    ("localhost:8000/v1", False, "judge URL localhost:8000/v1 is not an http(s) URL with a host"),
+])
+def test_a_key_goes_over_plain_http_only_to_this_machine_unless_allowed(monkeypatch, url, allow, refused):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    if refused is None:
+        assert make_backend("llama3", base_url=url, allow_plain_http=allow).secret == KEY
+    else:
+        with pytest.raises(ValueError, match=re.escape(refused)):
+            make_backend("llama3", base_url=url, allow_plain_http=allow)
+    monkeypatch.delenv("OPENAI_API_KEY")
+    make_backend("llama3", base_url="http://judge.example:8000/v1")  # no key, nothing to protect
+    with pytest.raises(ValueError, match="the password in the URL would cross the network in clear to judge.example"):
+        make_backend("llama3", base_url="http://me:pa55w0rd-s3cret@judge.example/v1")
+
+
+def test_credentials_in_a_judge_url_never_reach_a_log_line_or_an_error(tmp_path, monkeypatch, caplog):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    caplog.set_level(logging.INFO)
+    with JudgeServer(KEY) as server:
+        url = server.url.replace("http://", "http://me:pa55w0rd-s3cret@") + "/v1"
+        backend = make_backend("llama3", base_url=url)
+        with pytest.raises(JudgeFatalError) as error:  # the server wants a Bearer key; Basic credentials get 401
+            judge_records([record("q")], backend, JudgeCache(tmp_path / "c.jsonl"), RetryPolicy(max_attempts=1), 1, 1)
+    assert "HTTP Request: POST http://***@127.0.0.1" in caplog.text   # httpx's INFO line, scrubbed
+    assert "pa55w0rd" not in caplog.text + str(error.value) + _all_text_under(tmp_path)
+    assert "s3cret" not in caplog.text + str(error.value)
 
 
 def test_a_wrong_key_stops_the_run_without_retrying_or_leaking(tmp_path, monkeypatch, caplog):
