@@ -60,12 +60,18 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
 
 def read_config(parser: argparse.ArgumentParser, path: Path) -> dict:
     """{argparse dest: value} for every key of the file, each checked against its flag."""
+    return config_values(parser, load_file(path), path)
+
+
+def config_values(parser: argparse.ArgumentParser, raw: dict, path: Path) -> dict:
+    """{argparse dest: value} for every key of `raw`, the mapping read from `path` (named in errors),
+    each checked against its flag: name, section, type, range and choices."""
     by_name = {option[2:].replace("-", "_"): action
                for action in parser._actions for option in action.option_strings
                if option.startswith("--") and not _negative(action, option)}
     sections = {group.title: {id(a) for a in group._group_actions} for group in parser._action_groups}
     values = {}
-    for key, value, section in _entries(load_file(path), sections):
+    for key, value, section in _entries(raw, sections):
         action = by_name.get(key.replace("-", "_"))
         if action is None or action.dest in ("help", "config"):
             raise UserError(f"{path}: unknown setting {key!r}; the settings are the flags of --help")
@@ -85,14 +91,14 @@ def load_file(path: Path) -> dict:
         else:
             raw = yaml.load(path.read_text(), Loader=UniqueKeyLoader)  # noqa: S506 - safe_load's loader, stricter
     except DuplicateKey as error:
-        raise UserError(f"--config {path}: {error}") from None
+        raise UserError(f"{path}: {error}") from None
     except (tomllib.TOMLDecodeError, yaml.YAMLError, UnicodeDecodeError) as error:
-        raise UserError(f"--config {path}: not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: "
+        raise UserError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: "
                         f"{' '.join(str(error).split())}") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise UserError(f"--config {path}: expected a mapping of settings, found {type(raw).__name__}")
+        raise UserError(f"{path}: expected a mapping of settings, found {type(raw).__name__}")
     return raw
 
 
