@@ -26,8 +26,8 @@ from pathlib import Path
 import yaml
 
 try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli package
+    import tomllib  # novermin (3.11+; 3.10 takes tomli below)
+except ImportError:  # Python 3.10: the same parser, as the tomli package
     import tomli as tomllib
 
 from src.cli.errors import UserError
