@@ -50,6 +50,7 @@ from src.eval.summary import Group, build_summary  # noqa: E402
 from src.models.generation import ENGINES  # noqa: E402
 from src.models.prompt_length import PromptLimit  # noqa: E402
 from src.rewards.bertscore import load_bertscorer  # noqa: E402
+from src.rewards.open_answers import METHODS as OPEN_ANSWER_SCORES  # noqa: E402
 from src.run_guard import hold_folder, stop_signals  # noqa: E402
 
 SYSTEM_PROMPTS = {**INFERENCE_PROMPTS, **TRAINING_PROMPTS}
@@ -79,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the reference; greedy outputs are the same token for token)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--bertscore-model", help="default: roberta-large if cached locally, else the embedded MiniLM")
+    p.add_argument("--open-answer-score", choices=OPEN_ANSWER_SCORES, default="bertscore",
+                   help="open answers are scored by exact match and BERTScore F1 (the paper's), and with 'clinical' "
+                        "also by the clinical score (docs/REWARDS.md); the side-error rate is always reported")
     p.add_argument("--judge", default="none",
                    help="'none', or comma-separated judge models: gpt-* and others via OpenAI chat completions "
                         "(OPENAI_API_KEY), gemini-* via Gemini generateContent (GEMINI_API_KEY or GOOGLE_API_KEY)")
@@ -279,9 +283,10 @@ def run_evaluation(args: argparse.Namespace) -> dict:
         export_human_sheet(records, args.output_dir / "human_sheet.csv")
     with phase("BERTScore model"):
         scorer = load_bertscorer(args.bertscore_model, device=args.device)
-    metrics = [no_judge_metrics(group.records, scorer) for group in groups]
+    metrics = [no_judge_metrics(group.records, scorer, args.open_answer_score) for group in groups]
     judge_runs = judge(args, backends, groups)
-    run = {"model": args.model, "generation": generation, "bertscore_model": scorer.model_name}
+    run = {"model": args.model, "generation": generation, "bertscore_model": scorer.model_name,
+           "open_answer_score": args.open_answer_score}
     summary = build_summary(run, groups, metrics, judge_runs, sheet)
     write_atomic(args.output_dir / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False))
     write_atomic(args.output_dir / "report.md", render_report(summary))

@@ -25,7 +25,7 @@ prefill, so the ratio is an upper bound).
 
 Models: `tiny` (the embedded test model) or `qwen2-vl-2b-random`: Qwen2-VL-2B-Instruct's exact
 architecture with random weights, built on the device in bf16, so nothing is downloaded
-(benchmarks/qwen2_vl_2b.py: its config, and a tokenizer whose special tokens have the real ids).
+(benchmarks/qwen2_vl_2b.py: its config and its tokenizer).
 """
 from __future__ import annotations
 

@@ -5,8 +5,8 @@
     python -m benchmarks.real_size --phases checks,peft # again, from what an earlier run left in --work-dir
 
 No real weights are needed: benchmarks/qwen2_vl_2b.py writes Qwen2-VL-2B-Instruct's architecture with
-random weights as an ordinary model directory (bf16, 4.4 GB, kept in --work-dir), with a tokenizer whose
-special tokens have the real ids and the real image processor limits. The phases run the commands users
+random weights as an ordinary model directory (bf16, 4.4 GB, kept in --work-dir), with its tokenizer
+and the real image processor limits. The phases run the commands users
 run, each in its own process, so that its seconds and peak resident memory are its own:
 
   build     the model directory (once; a later run reuses it)

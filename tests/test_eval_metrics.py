@@ -52,13 +52,17 @@ def test_closed_accuracy_keeps_unmatched_predictions_in_the_denominator():
 def test_closed_and_open_metrics_per_task():
     records = [rec(0, "yes", "yes", task="presence"), rec(1, "no", "yes", task="presence"),
                rec(2, "yes", "yes", task="side"), rec(3, "two", "two", "open", task="count"),
-               rec(4, "two", "two lesions", "open", task="count"), rec(5, "upper left", "upper left", "open")]
+               rec(4, "two", "two lesions", "open", task="count"), rec(5, "upper left", "lower left", "open",
+               task="location"), rec(6, "upper left", "upper left", "open")]
     assert closed_metrics(records[:3])["by_task"] == {"presence": {"n": 2, "accuracy": 0.5},
                                                       "side": {"n": 1, "accuracy": 1.0}}
-    # exact match per task; the record without a task is left out of by_task, not out of the total
+    # exact match and side errors per task; the record without a task is left out of by_task, not out of the total
     metrics = open_metrics(records[3:], FakeScorer())
-    assert metrics["by_task"] == {"count": {"n": 2, "exact_match": 0.5}}
-    assert metrics["exact_match"] == pytest.approx(2 / 3)
+    assert metrics["by_task"] == {"count": {"n": 2, "exact_match": 0.5, "side_error_rate": 0.0},
+                                  "location": {"n": 1, "exact_match": 0.0, "side_error_rate": 1.0}}
+    assert metrics["exact_match"] == pytest.approx(2 / 4)
+    # "lower left" for "upper left" is the one side error; two references name a side or position
+    assert (metrics["side_errors"], metrics["side_error_rate"], metrics["side_questions"]) == (1, 0.25, 2)
 
 
 def test_token_recall_and_exact_match_take_the_best_reference():

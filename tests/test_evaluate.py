@@ -210,3 +210,32 @@ def test_cli_value_parsing():
     assert evaluate.judge_base_url(urls, "gemini-1.5-flash") == "http://g/v1beta"
     assert evaluate.judge_base_url(urls, "llama3") == "http://localhost:8000/v1"
     assert evaluate.judge_base_url([], "gpt-4o-mini") is None
+
+
+def test_open_answers_get_a_side_error_rate_and_on_request_the_clinical_score(tmp_path, fake, monkeypatch):
+    root = tmp_path / "data"
+    (root / "vqa-rad" / "images").mkdir(parents=True)
+    random_image(16, 16).save(root / "vqa-rad" / "images" / "synpic1.jpg")
+    rows = [{"qid": 1, "image_name": "synpic1.jpg", "question": "Which lung?", "answer": "Right lung",
+             "answer_type": "OPEN"},
+            {"qid": 2, "image_name": "synpic1.jpg", "question": "Which lung?", "answer": "left lung",
+             "answer_type": "OPEN"}]
+    (root / "vqa-rad" / "testset.json").write_text(json.dumps(rows))
+    monkeypatch.setattr(evaluate, "make_generate_fn",   # the model says "The left lung." to everything
+                        lambda args: lambda samples, prompt: ["<think>t</think><answer>The left lung.</answer>"] * 2)
+
+    def evaluate_open(out: str, *extra: str) -> tuple[dict, str]:
+        summary = evaluate.main(["--model", "fake/model", "--data-root", str(root), "--output-dir", str(tmp_path / out),
+                                 "--datasets", "vqa-rad:test", "--prompt", "reasoning", "--judge", "none", *extra])
+        return summary, (tmp_path / out / "report.md").read_text()
+
+    # qid 1: left for right, a side error (clinical 0); qid 2: the same answer as read (clinical 1)
+    summary, report = evaluate_open("clinical", "--open-answer-score", "clinical")
+    open_ = summary["groups"][0]["metrics"]["open"]
+    assert (open_["side_errors"], open_["side_error_rate"], open_["side_questions"]) == (1, 0.5, 2)
+    assert open_["clinical"] == 0.5 and summary["open_answer_score"] == "clinical"
+    assert "Open clinical | Open side errors |" in report and "| 0.5000 | 50.00% (1 of 2) |" in report
+    summary, report = evaluate_open("paper")              # the default: the paper's metrics and the side errors
+    open_ = summary["groups"][0]["metrics"]["open"]
+    assert "clinical" not in open_ and open_["side_error_rate"] == 0.5 and summary["open_answer_score"] == "bertscore"
+    assert "Open clinical" not in report and "| 50.00% (1 of 2) |" in report

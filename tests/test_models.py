@@ -197,25 +197,6 @@ def _png(image: Image.Image, path):
     return path
 
 
-def test_matches_qwen2vl_processor_where_torchvision_exists(tiny_policy):
-    pytest.importorskip("torchvision")
-    from transformers import Qwen2VLProcessor
-
-    processor = Qwen2VLProcessor(image_processor=tiny_policy.image_processor, tokenizer=tiny_policy.tokenizer,
-                                 chat_template=tiny_policy.tokenizer.chat_template)
-    convs = [chat("Is there a lesion?"), chat("How many lesions are there?")]
-    images = [random_image(112, 112, 1), random_image(60, 200, 2)]
-    texts = [processor.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in convs]
-    reference = processor(text=texts, images=images, padding=True, padding_side="left", return_tensors="pt")
-    ours = build_prompt_batch(tiny_policy.tokenizer, tiny_policy.image_processor, convs, images)
-    assert torch.equal(ours.input_ids, reference["input_ids"])
-    assert torch.equal(ours.attention_mask, reference["attention_mask"])
-    assert torch.equal(ours.pixel_values, reference["pixel_values"])
-    assert torch.equal(ours.image_grid_thw, reference["image_grid_thw"])
-    if "mm_token_type_ids" in reference:
-        assert torch.equal(ours.mm_token_type_ids.long(), reference["mm_token_type_ids"].long())
-
-
 def _build_tiny(cache_dir: str, queue) -> None:
     queue.put(str(ensure_tiny(seed=3, cache_dir=cache_dir)))
 

@@ -8,10 +8,17 @@ open token recall  |reference tokens ∩ prediction tokens| / |reference tokens|
                    normalised words (normalize_text), best over the alternative references.
 open exact match   normalised prediction equals a normalised reference.
 open BERTScore F1  between the answer text and each reference, best over references.
+open side errors   answers whose side or position words contradict every reference ("left lung" for
+                   "right lung", "upper" for "lower": src.rewards.open_answers.side_error), as a count
+                   and a rate over all open questions; side_questions counts the open questions whose
+                   reference names a side or position (where such an error is possible).
+open clinical      with open_answer_score="clinical": the clinical score, best over references
+                   (src.rewards.open_answers; docs/REWARDS.md).
 choice accuracy    the extracted option letter equals the reference letter (choice_correct); in total
                    over all questions pooled (how the paper's Table 2 total relates to its per-task
                    columns on CV-Bench's 788/650/600/600 questions).
-by task            closed accuracy, open exact match and choice accuracy also per `task` (question kind).
+by task            closed accuracy, open exact match, side-error rate (and clinical score) and choice
+                   accuracy also per `task` (question kind).
 reasoning BERTScore F1 between the <think> text and the reference reasoning, where one exists; a
                    missing or empty think scores 0.
 format rate        fraction of completions in exactly the <think>...</think><answer>...</answer> form
@@ -23,9 +30,9 @@ from collections import defaultdict
 from typing import Protocol, Sequence
 
 from src.eval.predictions import record_sample
-from src.rewards.accuracy import best_bertscore
 from src.rewards.answers import choice_correct, closed_correct, normalize_text
 from src.rewards.format import format_reward
+from src.rewards.open_answers import best_bertscore, names_position, open_answer_scores, side_error
 
 
 class Scorer(Protocol):
@@ -57,36 +64,46 @@ def exact_match(prediction: str, references: Sequence[str]) -> bool:
     return bool(predicted) and any(predicted == normalize_text(r) for r in references)
 
 
-def by_task(records: list[dict], values: Sequence[float], name: str) -> dict:
-    """{task: {"n": questions, name: mean of their values}} over the records that carry a task."""
-    grouped: dict[str, list[float]] = defaultdict(list)
-    for record, value in zip(records, values):
+def by_task(records: list[dict], values: dict[str, Sequence[float]]) -> dict:
+    """{task: {"n": questions, name: mean of their values for each name}} over the records that carry a task."""
+    grouped: dict[str, list[int]] = defaultdict(list)
+    for k, record in enumerate(records):
         if record["task"]:
-            grouped[record["task"]].append(value)
-    return {task: {"n": len(group), name: mean(group)} for task, group in sorted(grouped.items())}
+            grouped[record["task"]].append(k)
+    return {task: {"n": len(rows), **{name: mean([column[k] for k in rows]) for name, column in values.items()}}
+            for task, rows in sorted(grouped.items())}
 
 
 def closed_metrics(records: list[dict]) -> dict:
     correct = [closed_correct(r["answer"], record_sample(r)) for r in records]
-    return {"n": len(records), "accuracy": mean(correct), "by_task": by_task(records, correct, "accuracy")}
+    return {"n": len(records), "accuracy": mean(correct), "by_task": by_task(records, {"accuracy": correct})}
 
 
-def open_metrics(records: list[dict], scorer: Scorer) -> dict:
+def open_metrics(records: list[dict], scorer: Scorer, open_answer_score: str = "bertscore") -> dict:
+    """Open-question metrics; open_answer_score="clinical" adds the clinical score (one more scorer call)."""
     references = [[r["reference"], *r["alternatives"]] for r in records]
     answers = [r["answer"] for r in records]
     exact = [exact_match(a, refs) for a, refs in zip(answers, references)]
-    return {
+    side = [side_error(a, refs) for a, refs in zip(answers, references)]
+    metrics = {
         "n": len(records),
         "token_recall": mean([token_recall(a, refs) for a, refs in zip(answers, references)]),
         "exact_match": mean(exact),
         "bertscore_f1": mean(best_bertscore(scorer, answers, references)),
-        "by_task": by_task(records, exact, "exact_match"),
+        "side_errors": sum(side),
+        "side_error_rate": mean(side),
+        "side_questions": sum(names_position(refs) for refs in references),
     }
+    per_task = {"exact_match": exact, "side_error_rate": side}
+    if open_answer_score == "clinical":
+        per_task["clinical"] = open_answer_scores(answers, references, scorer, "clinical")
+        metrics["clinical"] = mean(per_task["clinical"])
+    return {**metrics, "by_task": by_task(records, per_task)}
 
 
 def choice_metrics(records: list[dict]) -> dict:
     correct = [choice_correct(r["answer"], record_sample(r)) for r in records]
-    return {"n": len(records), "accuracy": mean(correct), "by_task": by_task(records, correct, "accuracy")}
+    return {"n": len(records), "accuracy": mean(correct), "by_task": by_task(records, {"accuracy": correct})}
 
 
 def reasoning_metrics(records: list[dict], scorer: Scorer) -> dict:
@@ -99,7 +116,7 @@ def format_rate(records: list[dict]) -> float | None:
     return mean([format_reward(r["completion"]) == 1.0 for r in records])
 
 
-def no_judge_metrics(records: list[dict], scorer: Scorer) -> dict:
+def no_judge_metrics(records: list[dict], scorer: Scorer, open_answer_score: str = "bertscore") -> dict:
     """All judge-free metrics of one dataset under one prompt; a section is present only if non-empty."""
     metrics: dict = {"n": len(records), "format_rate": format_rate(records)}
     closed = [r for r in records if r["answer_type"] == "closed"]
@@ -109,7 +126,7 @@ def no_judge_metrics(records: list[dict], scorer: Scorer) -> dict:
     if closed:
         metrics["closed"] = closed_metrics(closed)
     if open_:
-        metrics["open"] = open_metrics(open_, scorer)
+        metrics["open"] = open_metrics(open_, scorer, open_answer_score)
     if choice:
         metrics["choice"] = choice_metrics(choice)
     if reasoned:

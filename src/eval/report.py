@@ -17,9 +17,10 @@ CV_BENCH_TASKS = ("Count", "Relation", "Depth", "Distance")
 def render_report(summary: dict) -> str:
     generation = summary["generation"]
     decoding = "greedy" if generation["temperature"] == 0 else f"sampling at temperature {generation['temperature']}"
+    clinical = " Open answers also by the clinical score (docs/REWARDS.md)." if _clinical(summary) else ""
     lines = [f"# Evaluation of `{summary['model']}`", "",
              f"Generation: {decoding}, at most {generation['max_new_tokens']} new tokens. "
-             f"BERTScore model: `{summary['bertscore_model']}`.", ""]
+             f"BERTScore model: `{summary['bertscore_model']}`.{clinical}", ""]
     if summary["judges"] or _has_human(summary):
         lines += _paper_table(summary) + _judge_details(summary)
     lines += _metrics_table(summary) + _choice_table(summary)
@@ -110,20 +111,34 @@ def _cost(totals: dict) -> str:
     return f"≈ ${totals['cost_usd']:.4f}"
 
 
+def _clinical(summary: dict) -> bool:
+    return summary.get("open_answer_score") == "clinical"
+
+
 def _metrics_table(summary: dict) -> list[str]:
-    lines = ["## Metrics without a judge", "",
-             _row(["Dataset", "Prompt", "n", "Format", "Closed acc. (n)", "Open recall", "Open EM",
-                   "Open BERTScore F1 (n)", "Choice acc. (n)", "Reasoning BERTScore F1 (n)"]),
-             _row(["---"] * 10)]
+    clinical = _clinical(summary)
+    header = ["Dataset", "Prompt", "n", "Format", "Closed acc. (n)", "Open recall", "Open EM", "Open BERTScore F1 (n)",
+              *(["Open clinical"] if clinical else []), "Open side errors", "Choice acc. (n)",
+              "Reasoning BERTScore F1 (n)"]
+    lines = ["## Metrics without a judge", "", _row(header), _row(["---"] * len(header))]
     for group in summary["groups"]:
         m = group["metrics"]
         closed, open_, choice, reasoning = (m.get(k, {}) for k in ("closed", "open", "choice", "reasoning"))
         lines.append(_row([
             _dataset(group), group["prompt"], str(m["n"]), pct(m["format_rate"]),
             _with_n(closed, "accuracy"), pct(open_.get("token_recall")), pct(open_.get("exact_match")),
-            _with_n(open_, "bertscore_f1", f1), _with_n(choice, "accuracy"), _with_n(reasoning, "bertscore_f1", f1),
+            _with_n(open_, "bertscore_f1", f1), *([f1(open_.get("clinical"))] if clinical else []),
+            _side_errors(open_), _with_n(choice, "accuracy"), _with_n(reasoning, "bertscore_f1", f1),
         ]))
     return lines + [""]
+
+
+def _side_errors(open_: dict) -> str:
+    """The side-error rate over all open answers, with the count of errors and of the open questions
+    that name a side or position: "2.50% (3 of 40)"."""
+    if "side_error_rate" not in open_:
+        return "—"
+    return f"{pct(open_['side_error_rate'])} ({open_['side_errors']} of {open_['side_questions']})"
 
 
 def _with_n(section: dict, key: str, fmt=None) -> str:

@@ -17,6 +17,7 @@ from src.cli.help import HelpFormatter, escape
 from src.grpo.loss import AGGREGATIONS
 from src.models.loading import DEFAULT_MODEL
 from src.models.lora import LoRAConfig
+from src.rewards.open_answers import METHODS as OPEN_ANSWER_SCORES
 from src.rewards.total import RewardWeights
 from src.models.generation import ENGINES
 
@@ -103,6 +104,9 @@ class RewardConfig:
     reasoning_weight: float = flag(1.0, "weight of the reasoning reward (rarl only)")
     bertscore_model: str | None = flag(None, "BERTScore model (default: roberta-large when available offline, "
                                              "else the embedded all-MiniLM-L6-v2)")
+    open_answer_score: str = flag("bertscore", "accuracy reward of open answers: bertscore (the paper's BERTScore F1) "
+                                               "or clinical (wrong side, position, size, modality or number scores 0; "
+                                               "docs/REWARDS.md)", choices=OPEN_ANSWER_SCORES)
 
     @property
     def weights(self) -> RewardWeights:

@@ -163,7 +163,7 @@ def grpo_step(run: Run, samples: list[Sample], prompt_names: list[str]) -> tuple
     with timer("score"):  # eq. 2: rewards r_i, advantages A_i = (r_i - mean) / std within each group
         scores = score_completions(rollout.texts, [s for s in samples for _ in range(G)],
                                    rollout.completion_mask.sum(1).tolist(), run.scorer, cfg.reward.weights,
-                                   cfg.uses_reasoning_reward)
+                                   cfg.uses_reasoning_reward, cfg.reward.open_answer_score)
         rewards = torch.tensor(scores.total)                                                   # [N]
         advantages = group_advantages(rewards, G, scale=cfg.loss.advantage_scale == "group")   # [N]
     with timer("reference"):  # eq. 3's pi_ref; pi_old only if the policy moves between updates

@@ -1,7 +1,8 @@
 """Accuracy reward (RARL sec. 2.2.2): the answer against the sample's short answer.
 
 closed (yes/no and other closed sets) and choice: 1.0 or 0.0 by `closed_correct` / `choice_correct`;
-open: BERTScore F1, the best over the sample's references (VQA-Med lists alternatives).
+open: the best score over the sample's references (VQA-Med lists alternatives) by the chosen open-answer
+score: BERTScore F1 (the paper's) or the clinical score (src/rewards/open_answers.py).
 """
 from __future__ import annotations
 
@@ -9,17 +10,20 @@ from typing import TYPE_CHECKING, Sequence
 
 from src.data.sample import Sample
 from src.rewards.answers import choice_correct, closed_correct, parse_completion
+from src.rewards.open_answers import open_answer_scores
 
 if TYPE_CHECKING:  # only for annotations: importing it loads torch and transformers
     from src.rewards.bertscore import BertScorer
 
 
-def accuracy_rewards(predictions: Sequence[str], samples: Sequence[Sample], scorer: BertScorer | None) -> list[float]:
+def accuracy_rewards(predictions: Sequence[str], samples: Sequence[Sample], scorer: BertScorer | None,
+                     open_answer_score: str = "bertscore") -> list[float]:
     """Accuracy reward of each prediction, all open-question pairs scored in ONE scorer call.
 
-    predictions: completions, or answers already taken out of them (parsing is idempotent): the
-                 text scored is `parse_completion(p).answer_text`. `scorer` may be None only when no
-                 sample is open.
+    predictions:       completions, or answers already taken out of them (parsing is idempotent): the
+                       text scored is `parse_completion(p).answer_text`. `scorer` may be None only when
+                       no sample is open.
+    open_answer_score: "bertscore" (the paper's) or "clinical" (open_answers.METHODS).
     """
     if len(predictions) != len(samples):
         raise ValueError(f"{len(predictions)} predictions but {len(samples)} samples")
@@ -38,25 +42,14 @@ def accuracy_rewards(predictions: Sequence[str], samples: Sequence[Sample], scor
     if open_items:
         if scorer is None:
             raise ValueError("open questions need a BertScorer (load_bertscorer())")
-        f1 = best_bertscore(scorer, [answers[k] for k in open_items], [samples[k].references for k in open_items])
-        for k, value in zip(open_items, f1):
+        scores = open_answer_scores([answers[k] for k in open_items], [samples[k].references for k in open_items],
+                                    scorer, open_answer_score)
+        for k, value in zip(open_items, scores):
             rewards[k] = value
     return rewards
 
 
-def best_bertscore(scorer: BertScorer, candidates: Sequence[str], references: Sequence[Sequence[str]]) -> list[float]:
-    """Per candidate, the highest BERTScore F1 over its references; an empty candidate scores 0.
-
-    All (candidate, reference) pairs go to the scorer in one call, so it can batch them.
-    """
-    pairs = [(i, c, r) for i, (c, refs) in enumerate(zip(candidates, references)) if c.strip() for r in refs]
-    scores = scorer.score([c for _, c, _ in pairs], [r for _, _, r in pairs]) if pairs else []
-    best = [0.0] * len(candidates)
-    for (i, _, _), score in zip(pairs, scores):
-        best[i] = max(best[i], score)
-    return best
-
-
-def accuracy_reward(prediction: str, sample: Sample, scorer: BertScorer | None = None) -> float:
+def accuracy_reward(prediction: str, sample: Sample, scorer: BertScorer | None = None,
+                    open_answer_score: str = "bertscore") -> float:
     """Accuracy reward of one prediction (see `accuracy_rewards`)."""
-    return accuracy_rewards([prediction], [sample], scorer)[0]
+    return accuracy_rewards([prediction], [sample], scorer, open_answer_score)[0]

@@ -55,15 +55,18 @@ class RewardBreakdown:
 
 
 def score_completions(completions: Sequence[str], samples: Sequence[Sample], num_tokens: Sequence[int],
-                      scorer: BertScorer | None, weights: RewardWeights, use_reasoning: bool) -> RewardBreakdown:
+                      scorer: BertScorer | None, weights: RewardWeights, use_reasoning: bool,
+                      open_answer_score: str = "bertscore") -> RewardBreakdown:
     """Score every completion of a step: one BERTScore call for the open answers, one for the
-    reasoning. use_reasoning=False (plain GRPO) does not compute the reasoning reward at all."""
+    reasoning. use_reasoning=False (plain GRPO) does not compute the reasoning reward at all.
+    open_answer_score: how the accuracy reward scores open answers, "bertscore" (the paper's) or
+    "clinical" (src/rewards/open_answers.py)."""
     if not len(completions) == len(samples) == len(num_tokens):
         raise ValueError(f"{len(completions)} completions, {len(samples)} samples, {len(num_tokens)} token counts")
     components: dict[str, list[float | None]] = {
         "format": [format_reward(completion) for completion in completions],
         "length": [length_reward(n) for n in num_tokens],
-        "accuracy": accuracy_rewards(completions, samples, scorer),
+        "accuracy": accuracy_rewards(completions, samples, scorer, open_answer_score),
     }
     if use_reasoning:
         thinks = [parse_completion(completion).think for completion in completions]
