@@ -93,11 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="send the API key over plain http to another machine (a network you trust); without it "
                         "a key goes over http only to this machine, elsewhere only over https")
     p.add_argument("--judge-concurrency", type=number(int, min=1), default=8, help="judge requests in flight at once")
-    p.add_argument("--judge-max-attempts", type=number(int, min=1), default=6, help="tries per request on 429, 5xx and timeouts")
-    p.add_argument("--judge-retry-delay", type=number(float, min=0), default=1.0, help="first backoff delay in seconds (doubles)")
+    p.add_argument("--judge-max-attempts", type=number(int, min=1), default=6,
+                   help="tries per request on 429, 5xx and timeouts")
+    p.add_argument("--judge-retry-delay", type=number(float, min=0), default=1.0,
+                   help="first backoff delay in seconds (doubles)")
     p.add_argument("--judge-timeout", type=number(float, gt=0), default=60.0,
                    help="seconds per judge request, all of it: connecting, waiting and reading the reply")
-    p.add_argument("--judge-parse-attempts", type=number(int, min=1), default=3, help="asks per prompt while the reply is unparseable")
+    p.add_argument("--judge-parse-attempts", type=number(int, min=1), default=3,
+                   help="asks per prompt while the reply is unparseable")
     p.add_argument("--judge-json", action="store_true",
                    help="ask for JSON output (response_format json_object / responseMimeType application/json); "
                         "off by default, as in the paper")

@@ -25,8 +25,9 @@ Its behaviour for a prompt is chosen by a tag in the question text:
              a read by itself)
   [huge]     a well-formed reply of 3 MiB
 Otherwise a plain JSON reply. prediction_score is 1 when the prediction's answer (the "answer" of the
-JSON object the prompt carries) equals the ground truth's answer line, reasoning_score always 1. Requests are counted per (api, prompt), api
-being "openai" or "gemini", and every request body is kept in `bodies`.
+JSON object the prompt carries) equals the ground truth's answer line, reasoning_score always 1.
+Requests are counted per (api, prompt), api being "openai" or "gemini", and every request body is
+kept in `bodies`.
 
 Server-wide: after `fail_after` successful replies, every request gets the `failure` answer, one of
 FAILURES, in the provider's own error format (None: no failure).

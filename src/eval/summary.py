@@ -75,8 +75,9 @@ def build_summary(
 
 def _judge_totals(judge_run: JudgeRun, records: list[dict]) -> dict:
     """Token usage and cost; every reply behind the verdicts and the share that was unparseable; the
-    records not scored, and those whose prediction carries verdict-shaped text. The cost is unknown (None) when any reply came without usage or the model has
-    no price, and 0 for a judge on this machine or a private network (no per-token charge)."""
+    records not scored, and those whose prediction carries verdict-shaped text. The cost is unknown
+    (None) when any reply came without usage or the model has no price, and 0 for a judge on this
+    machine or a private network (no per-token charge)."""
     problems = [{"dataset": r["dataset"], "split": r["split"], "prompt": r["prompt"], "id": r["id"],
                  "status": v.status, "error": v.error}
                 for r, v in zip(records, judge_run.verdicts) if v.status != "ok"]
