@@ -35,9 +35,10 @@ import evaluate  # noqa: E402
 import train  # noqa: E402
 from src.cli.config_file import config_values, load_file  # noqa: E402
 from src.cli.errors import UserError, run_main  # noqa: E402
-from src.grpo.config import build_parser as build_train_parser, config_from_args  # noqa: E402
 from src.cli.help import HelpFormatter  # noqa: E402
+from src.eval.judge_keys import scrub  # noqa: E402
 from src.files import write_atomic  # noqa: E402
+from src.grpo.config import build_parser as build_train_parser, config_from_args  # noqa: E402
 from src.recipes.paper import DATASETS, TABLES, Table  # noqa: E402
 from src.recipes.tables import render_table  # noqa: E402
 
@@ -53,7 +54,7 @@ TINY_STAND_IN = {name: "synthetic" for name in (*DATASETS, "cv-bench")}
 
 
 def show(program: str, argv: list[str]) -> None:
-    print(f"\n$ python {program} " + " ".join(argv), flush=True)
+    print(f"\n$ python {program} " + scrub(" ".join(argv)), flush=True)  # no user:password@ of a judge URL
 
 
 def write_recipe(path: Path, recipe: dict) -> Path:
@@ -70,10 +71,19 @@ def run_training(recipes: Path, name: str, out: Path, changes: dict) -> Path:
 
 
 def run_evaluation(recipes: Path, name: str, evaluation: str, model: Path, out: Path, changes: dict) -> dict:
-    recipe = write_recipe(out / name / "eval.yaml", {**load_file(recipes / f"{evaluation}.yaml"), **changes})
-    argv = ["--config", str(recipe), "--model", str(model), "--output-dir", str(out / name / "eval")]
+    """Evaluate `model` with RECIPES/<evaluation>.yaml. Judge URLs go on the command line, not into the
+    recipe copy under --output-dir: a URL may carry credentials, which no result file holds."""
+    recipe = {**load_file(recipes / f"{evaluation}.yaml"), **changes}
+    urls = [url for key in ("judge_base_url", "judge-base-url") for url in _as_list(recipe.pop(key, None))]
+    path = write_recipe(out / name / "eval.yaml", recipe)
+    argv = ["--config", str(path), "--model", str(model), "--output-dir", str(out / name / "eval"),
+            *(part for url in urls for part in ("--judge-base-url", url))]
     show("evaluate.py", argv)
     return evaluate.main(argv)
+
+
+def _as_list(value) -> list:
+    return [] if value is None else value if isinstance(value, list) else [value]
 
 
 def runs_of(table: Table) -> list[str]:

@@ -64,6 +64,19 @@ def test_a_mistake_in_the_last_tables_recipe_stops_before_the_first_stage_naming
     assert not (tmp_path / "out").exists()
 
 
+def test_a_judge_url_with_credentials_reaches_evaluate_but_no_file_or_printed_line(tmp_path, monkeypatch, capsys):
+    import evaluate
+
+    seen = []
+    monkeypatch.setattr(evaluate, "main", lambda argv: seen.append(argv) or {})
+    url = "gpt-4o-mini=https://me:pa55w0rd-s3cret@judge.example/v1"
+    reproduce.run_evaluation(RECIPES, "table6/rarl", "table6/evaluate", Path("model"), tmp_path,
+                             {"judge_base_url": [url]})
+    assert seen[0][-2:] == ["--judge-base-url", url]
+    assert "pa55w0rd" not in (tmp_path / "table6/rarl/eval.yaml").read_text() + capsys.readouterr().out
+    assert load_file(tmp_path / "table6/rarl/eval.yaml")["judge"] == "gpt-4o-mini,gemini-1.5-flash"
+
+
 @pytest.mark.slow
 def test_reproduce_runs_every_table_at_tiny_scale(tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", KEY)

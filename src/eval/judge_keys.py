@@ -71,8 +71,7 @@ class LogScrubber(logging.Filter):
 
 
 LOG_SCRUBBER = LogScrubber()
-for _name in ("httpx", "httpcore"):
-    logging.getLogger(_name).addFilter(LOG_SCRUBBER)
+logging.getLogger("httpx").addFilter(LOG_SCRUBBER)  # its INFO line per request holds the URL; httpcore logs no URL
 
 
 def check_transport(base_url: str, key_name: str | None, allow_plain_http: bool) -> None:
@@ -83,7 +82,7 @@ def check_transport(base_url: str, key_name: str | None, allow_plain_http: bool)
         raise ValueError(f"judge URL {scrub(base_url)} is not an http(s) URL with a host")
     if parts.scheme == "https" or is_loopback(parts.hostname) or allow_plain_http:
         return
-    sent = [what for what, present in ((key_name, key_name), ("the password in the URL", parts.password)) if present]
+    sent = [name for name in (key_name, "the password in the URL" if parts.password else None) if name]
     if sent:
         raise ValueError(f"{' and '.join(sent)} would cross the network in clear to {parts.hostname} over plain http: "
                          f"use an https URL, or pass {ALLOW_HTTP_FLAG} if the network between is trusted")
