@@ -33,6 +33,7 @@ from pathlib import Path  # noqa: E402
 
 import evaluate  # noqa: E402
 import train  # noqa: E402
+from src.cli.checks import number  # noqa: E402
 from src.cli.errors import run_main  # noqa: E402
 from src.cli.help import HelpFormatter  # noqa: E402
 from src.files import write_atomic  # noqa: E402
@@ -183,11 +184,13 @@ def gain_lines(per_seed: dict[int, dict[str, dict]]) -> list[str]:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--output-dir", type=Path, default=Path("runs/demo"), help="where every stage's output goes")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one warm start and RL run per seed")
+    parser.add_argument("--seeds", type=number(int, min=0), nargs="+", default=[0],
+                        help="one warm start and RL run per seed")
     parser.add_argument("--methods", nargs="+", default=["rarl"], choices=["rarl", "grpo"],
                         help="RL methods, each run from the same warm start")
-    parser.add_argument("--warm-start-steps", type=int, default=WARM_START_STEPS, help="supervised warm-start steps")
-    parser.add_argument("--rl-steps", type=int, default=RL_STEPS, help="RL steps per method")
+    parser.add_argument("--warm-start-steps", type=number(int, min=1), default=WARM_START_STEPS,
+                        help="supervised warm-start steps")
+    parser.add_argument("--rl-steps", type=number(int, min=1), default=RL_STEPS, help="RL steps per method")
     args = parser.parse_args(argv)
     per_seed = {seed: run_seed(seed, args.methods, args.output_dir, args.warm_start_steps, args.rl_steps)
                 for seed in args.seeds}

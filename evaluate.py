@@ -15,6 +15,8 @@ Everything lands under --output-dir (docs/EVALUATION.md describes each file):
 A re-run with the same --output-dir generates and judges only what is missing. Every flag may also be
 set in a YAML or TOML file given with --config (command-line flags override it). Everything cheap
 (datasets, output folder, judge keys, the model's whereabouts) is checked before any weights load.
+One run at a time holds --output-dir; SIGINT or SIGTERM stops after the batch or judge requests in
+progress, keeping everything done, and exits (143 for SIGTERM, 130 for Ctrl-C): run again to go on.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ import logging  # noqa: E402
 from dataclasses import asdict  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from src.cli.checks import check_model_source, check_writable  # noqa: E402
+from src.cli.checks import check_model_source, check_writable, number  # noqa: E402
 from src.cli.config_file import add_config_option, parse_args as parse_with_config  # noqa: E402
 from src.cli.errors import UserError, run_main  # noqa: E402
 from src.cli.help import HelpFormatter  # noqa: E402
@@ -50,6 +52,7 @@ from src.models.loading import DTYPES, resolve_dtype  # noqa: E402
 from src.models.prompt_length import PromptLimit  # noqa: E402
 from src.rewards.bertscore import load_bertscorer  # noqa: E402
 from src.rewards.open_answers import METHODS as OPEN_ANSWER_SCORES  # noqa: E402
+from src.run_guard import hold_folder, stop_signals  # noqa: E402
 
 SYSTEM_PROMPTS = {**INFERENCE_PROMPTS, **TRAINING_PROMPTS}
 PAPER_DATASETS = "silvar-med:test,vqa-rad:test,slake:test,vqa-med-2019:test,path-vqa:test"
@@ -68,11 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", choices=["both", *INFERENCE_PROMPTS, *TRAINING_PROMPTS], default="both",
                    help="system prompt: the paper's inference prompts of sec. 3.3 (reasoning, non-reasoning, or "
                         "both), or a training prompt of App. A (as the paper's Table 2 evaluates CV-Bench)")
-    p.add_argument("--limit", type=int, help="only the first N questions of each dataset (quick runs)")
+    p.add_argument("--limit", type=number(int, min=1), help="only the first N questions of each dataset (quick runs)")
     p.add_argument("--skip-bad-rows", action="store_true", help="skip unusable dataset rows instead of failing")
-    p.add_argument("--max-new-tokens", type=int, default=512, help="longest completion, in tokens")
-    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy")
-    p.add_argument("--batch-size", type=int, default=8, help="questions per generation batch")
+    p.add_argument("--max-new-tokens", type=number(int, min=1), default=512, help="longest completion, in tokens")
+    p.add_argument("--temperature", type=number(float, min=0), default=0.0, help="sampling temperature; 0 = greedy")
+    p.add_argument("--batch-size", type=number(int, min=1), default=8, help="questions per generation batch")
     p.add_argument("--rollout-engine", choices=ENGINES, default="engine",
                    help="sampler: 'engine' (static KV cache, src/models/engine.py) or 'hf' (transformers' generate, "
                         "the reference; greedy outputs are the same token for token)")
@@ -90,15 +93,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge-base-url", action="append", default=[],
                    help="URL (all judges) or MODEL=URL: an OpenAI-compatible server such as vLLM or Ollama "
                         "(e.g. http://localhost:8000/v1), or a Gemini endpoint root ending in /v1beta")
-    p.add_argument("--judge-concurrency", type=int, default=8, help="judge requests in flight at once")
-    p.add_argument("--judge-max-attempts", type=int, default=6, help="tries per request on 429, 5xx and timeouts")
-    p.add_argument("--judge-retry-delay", type=float, default=1.0, help="first backoff delay in seconds (doubles)")
-    p.add_argument("--judge-timeout", type=float, default=60.0, help="seconds per judge request")
-    p.add_argument("--judge-parse-attempts", type=int, default=3, help="asks per prompt while the reply is unparseable")
+    p.add_argument("--judge-allow-plain-http", action="store_true",
+                   help="send the API key over plain http to another machine (a network you trust); without it "
+                        "a key goes over http only to this machine, elsewhere only over https")
+    p.add_argument("--judge-concurrency", type=number(int, min=1), default=8, help="judge requests in flight at once")
+    p.add_argument("--judge-max-attempts", type=number(int, min=1), default=6,
+                   help="tries per request on 429, 5xx and timeouts")
+    p.add_argument("--judge-retry-delay", type=number(float, min=0), default=1.0,
+                   help="first backoff delay in seconds (doubles)")
+    p.add_argument("--judge-timeout", type=number(float, gt=0), default=60.0,
+                   help="seconds per judge request, all of it: connecting, waiting and reading the reply")
+    p.add_argument("--judge-parse-attempts", type=number(int, min=1), default=3,
+                   help="asks per prompt while the reply is unparseable")
     p.add_argument("--judge-json", action="store_true",
                    help="ask for JSON output (response_format json_object / responseMimeType application/json); "
                         "off by default, as in the paper")
-    p.add_argument("--judge-max-tokens", type=int,
+    p.add_argument("--judge-max-tokens", type=number(int, min=1),
                    help="cap on each judge reply, thinking included (default: the provider's own limit)")
     p.add_argument("--export-human-sheet", action="store_true", help="write OUTPUT/human_sheet.csv for clinicians")
     p.add_argument("--import-human-sheet", type=Path, help="a filled sheet: adds the Human Evaluation column")
@@ -225,8 +235,8 @@ def judge_backends(args: argparse.Namespace) -> list[Backend]:
     for model in (m.strip() for m in args.judge.split(",")):
         try:
             backends.append(make_backend(model, judge_base_url(args.judge_base_url, model), args.judge_json,
-                                         args.judge_max_tokens))
-        except ValueError as error:  # a missing API key
+                                         args.judge_max_tokens, args.judge_allow_plain_http))
+        except ValueError as error:  # a missing or unusable API key, a key that would travel in clear
             raise UserError(f"--judge {model}: {error}") from None
     return backends
 
@@ -263,6 +273,12 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     check_writable(args.output_dir)
+    with hold_folder(args.output_dir), stop_signals():
+        return run_evaluation(args)
+
+
+def run_evaluation(args: argparse.Namespace) -> dict:
+    """main() once the output folder is this run's."""
     sets = load_eval_sets(args)
     backends = judge_backends(args)
     sheet = human_sheet(args.import_human_sheet)

@@ -6,8 +6,10 @@
 --model is a hub id or local base model, an adapter directory written by train.py, a full fine-tuned
 or merged model (export.py), or 'tiny'. --prompt picks the system prompt: the paper's inference
 prompts (reasoning, non-reasoning; sec. 3.3) or one of its training prompts (explanation, short,
-open-ended; App. A). Decoding is greedy unless --temperature > 0. The image is read and checked
-before the model loads.
+open-ended; App. A). Decoding is greedy unless --temperature > 0. Before the model loads, the image
+is read and checked, and the prompt counted as evaluate.py counts it: a question or image too large
+for the model's positions with --max-new-tokens more, or an image whose sides the processor refuses
+(more than 200:1), is refused with one line.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import json  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from src.cli.checks import check_model_source  # noqa: E402
+from src.cli.checks import check_model_source, number  # noqa: E402
 from src.cli.config_file import add_config_option, parse_args  # noqa: E402
 from src.cli.errors import UserError, run_main  # noqa: E402
 from src.cli.help import HelpFormatter  # noqa: E402
@@ -47,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", type=Path, required=True, help="the image file (any format Pillow reads)")
     p.add_argument("--question", required=True, help="the question about the image")
     p.add_argument("--prompt", choices=list(PROMPTS), default="reasoning", help="system prompt")
-    p.add_argument("--max-new-tokens", type=int, default=512, help="longest reply, in tokens")
-    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy")
+    p.add_argument("--max-new-tokens", type=number(int, min=1), default=512, help="longest reply, in tokens")
+    p.add_argument("--temperature", type=number(float, min=0), default=0.0, help="sampling temperature; 0 = greedy")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto",  # loading.DTYPES, without torch
                    help="the weights' dtype: auto (bfloat16 on CUDA, float32 on CPU), bfloat16 or float32")
@@ -68,12 +70,27 @@ def predict(policy, image: Path, question: str, prompt: str, max_new_tokens: int
     return Prediction(think=parsed.think, answer=parsed.answer_text, completion=completion)
 
 
+def check_fits(args) -> None:
+    """Refuse, before the model loads, a question and image the model cannot take with --max-new-tokens
+    more (what evaluate.py checks of every dataset sample): config, tokenizer and image processor only."""
+    from src.models.prompt_length import PromptLimit
+
+    sample = Sample(id="input", dataset="predict", image=str(args.image), question=args.question, answer="",
+                    answer_type="open")
+    refused = PromptLimit.from_model(args.model).refusals([sample], [PROMPTS[args.prompt]],
+                                                          lambda sample: args.max_new_tokens)
+    if refused:
+        raise UserError(f"--question and --image do not fit {args.model}: {refused[0][1]}; shorten the question, "
+                        "use a smaller image or lower --max-new-tokens")
+
+
 def main(argv: list[str] | None = None) -> Prediction:
     args = parse_args(build_parser(), argv)
     if not args.question.strip():
         raise UserError("--question is empty")
     load_image(args.image)  # a missing or unreadable image fails here, before the model loads
     check_model_source(args.model)
+    check_fits(args)
     import torch
 
     from src.models.loading import load_policy, resolve_dtype

@@ -11,6 +11,8 @@ paper's numbers are in src/recipes/paper.py. Under --output-dir, per run:
     tableN/RUN/train/                  train.py's output (config.json, metrics.jsonl, checkpoints)
     tableN/RUN/eval/                   evaluate.py's output (summary.json, report.md, predictions)
 and tables.md / tables.json for all of them. Every stage resumes: re-running skips what is on disk.
+Every recipe the selected tables run is read and checked (as its stage will read it, with --tiny's
+and the command line's changes) before the first stage starts; an error names the recipe file.
 
 --tiny runs the same recipes on `--model tiny --dataset synthetic` on the CPU, a few steps each, every
 dataset replaced by the synthetic test set: it tests the pipeline end to end, not the method. Data
@@ -31,10 +33,12 @@ import yaml  # noqa: E402
 
 import evaluate  # noqa: E402
 import train  # noqa: E402
-from src.cli.config_file import load_file  # noqa: E402
+from src.cli.config_file import config_values, load_file  # noqa: E402
 from src.cli.errors import UserError, run_main  # noqa: E402
 from src.cli.help import HelpFormatter  # noqa: E402
+from src.eval.judge_keys import scrub  # noqa: E402
 from src.files import write_atomic  # noqa: E402
+from src.grpo.config import build_parser as build_train_parser, config_from_args  # noqa: E402
 from src.recipes.paper import DATASETS, TABLES, Table  # noqa: E402
 from src.recipes.tables import render_table  # noqa: E402
 
@@ -50,7 +54,7 @@ TINY_STAND_IN = {name: "synthetic" for name in (*DATASETS, "cv-bench")}
 
 
 def show(program: str, argv: list[str]) -> None:
-    print(f"\n$ python {program} " + " ".join(argv), flush=True)
+    print(f"\n$ python {program} " + scrub(" ".join(argv)), flush=True)  # no user:password@ of a judge URL
 
 
 def write_recipe(path: Path, recipe: dict) -> Path:
@@ -67,15 +71,42 @@ def run_training(recipes: Path, name: str, out: Path, changes: dict) -> Path:
 
 
 def run_evaluation(recipes: Path, name: str, evaluation: str, model: Path, out: Path, changes: dict) -> dict:
-    recipe = write_recipe(out / name / "eval.yaml", {**load_file(recipes / f"{evaluation}.yaml"), **changes})
-    argv = ["--config", str(recipe), "--model", str(model), "--output-dir", str(out / name / "eval")]
+    """Evaluate `model` with RECIPES/<evaluation>.yaml. Judge URLs go on the command line, not into the
+    recipe copy under --output-dir: a URL may carry credentials, which no result file holds."""
+    recipe = {**load_file(recipes / f"{evaluation}.yaml"), **changes}
+    urls = [url for key in ("judge_base_url", "judge-base-url") for url in _as_list(recipe.pop(key, None))]
+    path = write_recipe(out / name / "eval.yaml", recipe)
+    argv = ["--config", str(path), "--model", str(model), "--output-dir", str(out / name / "eval"),
+            *(part for url in urls for part in ("--judge-base-url", url))]
     show("evaluate.py", argv)
     return evaluate.main(argv)
+
+
+def _as_list(value) -> list:
+    return [] if value is None else value if isinstance(value, list) else [value]
 
 
 def runs_of(table: Table) -> list[str]:
     names = [row.train for row in table.rows if row.train is not None]
     return list(dict.fromkeys(names))
+
+
+def check_recipes(recipes: Path, tables: list[str], train_changes: dict, eval_changes: dict) -> None:
+    """Read and check every recipe the tables run, with the changes each stage applies, before any stage:
+    a mistake in the last table's recipe stops the run before the first trains, naming the recipe."""
+    train_parser, eval_parser = build_train_parser(train.__doc__), evaluate.build_parser()
+    for key in tables:
+        table = TABLES[key]
+        for name in runs_of(table):
+            path = recipes / f"{name}.yaml"
+            args = train_parser.parse_args([])
+            vars(args).update(config_values(train_parser, {**load_file(path), **train_changes}, path))
+            try:
+                config_from_args(args)
+            except ValueError as error:  # a check across settings (TrainConfig.__post_init__)
+                raise UserError(f"{path}: {error}") from None
+        path = recipes / f"{table.evaluate}.yaml"
+        config_values(eval_parser, {**load_file(path), **eval_changes}, path)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,6 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
                for name in (*runs_of(table), table.evaluate) if not (args.recipes / f"{name}.yaml").is_file()]
     if missing:
         raise UserError(f"--recipes {args.recipes}: missing {', '.join(missing)}")
+    check_recipes(args.recipes, args.tables, train_changes, eval_changes)
     stand_in = TINY_STAND_IN if args.tiny else {}
     markdown = ["# The paper's tables, reproduced", "",
                 "Tiny scale (--tiny): the embedded tiny model and the synthetic set stand in for Qwen2-VL-2B and "

@@ -19,9 +19,15 @@ Its behaviour for a prompt is chosen by a tag in the question text:
   [think]    Gemini: a `thought: true` part before the answer, thoughtsTokenCount 50; OpenAI: 50 reasoning
              tokens inside completion_tokens (70)
   [nousage]  a normal reply without usage
-Otherwise a plain JSON reply. prediction_score is 1 when the prediction's answer line equals the
-ground truth's answer line, reasoning_score always 1. Requests are counted per (api, prompt), api
-being "openai" or "gemini", and every request body is kept in `bodies`.
+  [quote]    the judge first quotes the prediction's answer, then gives its verdict
+  [quote-after] the verdict first, then the prediction's answer quoted
+  [trickle]  the reply's headers, then its body at one byte per 50 ms (a server that never times out
+             a read by itself)
+  [huge]     a well-formed reply of 3 MiB
+Otherwise a plain JSON reply. prediction_score is 1 when the prediction's answer (the "answer" of the
+JSON object the prompt carries) equals the ground truth's answer line, reasoning_score always 1.
+Requests are counted per (api, prompt), api being "openai" or "gemini", and every request body is
+kept in `bodies`.
 
 Server-wide: after `fail_after` successful replies, every request gets the `failure` answer, one of
 FAILURES, in the provider's own error format (None: no failure).
@@ -77,8 +83,14 @@ class JudgeServer:
 def judge_text(prompt: str, tag: str, nth: int) -> str:
     """The reply text the fake judge gives."""
     gold = re.search(r"Ground truth:.*?Answer: (.*?)\n", prompt, re.DOTALL).group(1)
-    said = re.search(r"Prediction:.*?Answer: (.*?)(\n\n|$)", prompt, re.DOTALL).group(1)
+    said = json.loads(re.search(r'^\{"reasoning": .*\}$', prompt, re.MULTILINE).group(0))["answer"]
     verdict = {"evaluation": "compared", "reasoning_score": 1, "prediction_score": int(gold == said)}
+    if tag == "[quote]":
+        return f"The prediction answers: {said}\nMy verdict: {json.dumps(verdict)}"
+    if tag == "[quote-after]":
+        return f"{json.dumps(verdict)}\n(The prediction answered: {said})"
+    if tag == "[huge]":
+        return json.dumps(verdict) + " " * 3 * 2**20
     if tag == "[never]" or (tag == "[garbled]" and nth == 1):
         return "I think the prediction is fine."
     if tag == "[fence]":
@@ -197,7 +209,7 @@ def _handler(server: JudgeServer):
             if failing:
                 status, payload = (openai_failure if api == "openai" else gemini_failure)(server.failure, model)
                 return self._send(status, payload)
-            tag = re.search(r"Question: (\[\w+\])?", prompt).group(1) or ""
+            tag = re.search(r"Question: (\[[\w-]+\])?", prompt).group(1) or ""
             nth = server.count(api, prompt)
             if tag == "[down]":
                 return self._send(503, {"error": f"overloaded, you sent {credential}"})
@@ -216,10 +228,26 @@ def _handler(server: JudgeServer):
                 return self._send(500, {"error": "oops"})
             if tag == "[slow]" and nth == 1:
                 time.sleep(server.slow_s)
+            if tag == "[trickle]":
+                return self._trickle()
             text = judge_text(prompt, tag, nth)
             with server.lock:
                 server.succeeded += 1
             self._send(200, openai_reply(text, tag) if api == "openai" else gemini_reply(text, tag))
+
+        def _trickle(self) -> None:
+            """Headers at once, then a byte every 50 ms, for at most 10 s (until the client hangs up)."""
+            try:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "200")
+                self.end_headers()
+                for _ in range(200):
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    time.sleep(0.05)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
 
         def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
             data = json.dumps(payload).encode()

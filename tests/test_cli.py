@@ -2,9 +2,11 @@
 against bugs (a traceback), cheap checks before any model loads, and the CPU thread policy."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -24,6 +26,9 @@ from src.cli.config_file import parse_args
 from src.cli.errors import UserError, run_main
 from src.data.rows import DatasetError
 from src.grpo import trainer
+from src.grpo.checkpoint import CheckpointError
+from src.grpo.run_log import RunLogError
+from src.run_guard import FolderInUse, Interrupted
 from src.grpo.config import SECTIONS, TrainConfig, build_parser, config_from_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,19 +134,121 @@ def test_config_file_mistakes_name_the_file_and_the_setting(tmp_path, content, m
         parse_args(build_parser("t"), ["--config", str(tmp_path / "missing.yaml")])
 
 
-def test_user_error_is_one_line_and_status_2_while_a_bug_keeps_its_traceback(capsys):
-    def refuse():
-        raise UserError("--data-root: give the folder")
+@pytest.mark.parametrize("program, argv, message", [
+    (train, ["--save-steps", "0"], "argument --save-steps: must be at least 1, got 0"),
+    (train, ["--group-size", "1"], "argument --group-size: must be at least 2, got 1"),
+    (train, ["--prompts-per-step", "0"], "argument --prompts-per-step: must be at least 1, got 0"),
+    (train, ["--max-completion-length", "0"], "argument --max-completion-length: must be at least 1, got 0"),
+    (train, ["--temperature", "-1"], "argument --temperature: must be more than 0, got -1"),
+    (train, ["--samples", "-5"], "argument --samples: must be at least 1, got -5"),
+    (train, ["--learning-rate", "nan"], "argument --learning-rate: must be a finite number, got nan"),
+    (train, ["--epsilon-low", "1"], "argument --epsilon-low: must be less than 1, got 1"),
+    (evaluate, ["--limit", "0"], "argument --limit: must be at least 1, got 0"),
+    (evaluate, ["--limit", "-1"], "argument --limit: must be at least 1, got -1"),
+    (evaluate, ["--judge-concurrency", "0"], "argument --judge-concurrency: must be at least 1, got 0"),
+    (evaluate, ["--judge-parse-attempts", "0"], "argument --judge-parse-attempts: must be at least 1, got 0"),
+    (evaluate, ["--judge-timeout", "inf"], "argument --judge-timeout: must be a finite number, got inf"),
+    (predict, ["--max-new-tokens", "0"], "argument --max-new-tokens: must be at least 1, got 0"),
+])
+def test_numbers_out_of_range_are_refused_as_the_command_line_is_parsed(capsys, monkeypatch, program, argv, message):
+    monkeypatch.setattr(trainer, "setup", lambda cfg: pytest.fail("setup reached"))
+    required = {evaluate: ["--model", "tiny", "--output-dir", "out"], predict: ["--model", "tiny", "--image", "x.png",
+                                                                              "--question", "Is it?"]}
+    with pytest.raises(SystemExit) as stop:
+        program.main(required.get(program, []) + argv)
+    assert stop.value.code == 2 and capsys.readouterr().err.splitlines()[-1].endswith(f"error: {message}")
+
+
+def test_every_numeric_train_setting_is_range_checked():
+    """Every int and float flag parses through src/cli/checks.number (finite, within its field's range);
+    only the reward weights may take any finite value."""
+    fields = {f.name: f for cls in typing.get_type_hints(TrainConfig).values() for f in dataclasses.fields(cls)}
+    types = {action.dest.split(".", 1)[1]: action.type for action in build_parser("t")._actions if "." in action.dest}
+    numeric = sorted(name for name, kind in types.items() if getattr(kind, "__name__", "") in ("int", "float"))
+    assert numeric and not any(types[name] in (int, float) for name in numeric)
+    for name in (name for name in numeric if types[name].__name__ == "float"):
+        with pytest.raises(argparse.ArgumentTypeError, match="must be a finite number"):
+            types[name]("nan")
+    unbounded = [name for name in numeric if not set(fields[name].metadata) & {"min", "gt", "max", "lt"}]
+    assert unbounded == ["accuracy_weight", "format_weight", "length_weight", "reasoning_weight"]
+
+
+@pytest.mark.parametrize("content, message", [
+    ("save_steps: 0\n", r"save_steps: must be at least 1, got 0"),
+    ("learning_rate: .nan\n", r"learning_rate: must be a finite number, got nan"),
+    ("model: tiny\nseed: 1\nmodel:\n  lora_r: 8\n", r"line 3: 'model' is given twice \(first on line 1\); YAML "
+                                                      r"would keep only the last"),
+    ("optim:\n  epochs: 2\n  epochs: 3\n", r"line 3: 'epochs' is given twice"),
+])
+def test_config_files_go_through_the_same_checks_and_may_not_repeat_a_key(tmp_path, content, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(content)
+    with pytest.raises(UserError, match=message) as error:
+        train.parse_config(["--config", str(path)])
+    assert str(path) in str(error.value)
+    (tmp_path / "bad.toml").write_text("seed = 1\nseed = 2\n")
+    with pytest.raises(UserError, match="bad.toml: not valid TOML: Cannot overwrite a value"):
+        train.parse_config(["--config", str(tmp_path / "bad.toml")])
+
+
+def test_a_setting_the_config_refuses_across_fields_is_one_line():
+    with pytest.raises(UserError, match="--lora-dropout 0.1 with --method rarl: RL runs without dropout"):
+        train.parse_config(["--lora-dropout", "0.1"])
+
+
+@pytest.mark.parametrize("error, status, line", [
+    (UserError("--data-root: give the folder"), 2, "error: --data-root: give the folder"),
+    (CheckpointError("runs/x/checkpoint-4/trainer_state.pt is cut short"), 2,
+     "error: runs/x/checkpoint-4/trainer_state.pt is cut short"),
+    (RunLogError("runs/x/metrics.jsonl, line 3 is cut short"), 2, "error: runs/x/metrics.jsonl, line 3 is cut short"),
+    (FolderInUse("--output-dir runs/x is in use by another run (pid 7)"), 2,
+     "error: --output-dir runs/x is in use by another run (pid 7)"),
+    (Interrupted(signal.SIGTERM, "SIGTERM: stopped after step 3"), 143, "stopped: SIGTERM: stopped after step 3"),
+    (KeyboardInterrupt(), 130, "interrupted: stopped at once; files already written are kept"),
+])
+def test_known_errors_and_ctrl_c_are_one_line_with_their_status(capsys, error, status, line):
+    def fail():
+        raise error
 
     with pytest.raises(SystemExit) as stop:
-        run_main(refuse)
-    assert stop.value.code == 2 and capsys.readouterr().err == "error: --data-root: give the folder\n"
+        run_main(fail)
+    assert stop.value.code == status and capsys.readouterr().err.strip() == line
 
+
+def test_a_bug_keeps_its_traceback():
     def bug():
         raise KeyError("a bug")
 
     with pytest.raises(KeyError):     # not swallowed: the interpreter prints its traceback
         run_main(bug)
+
+
+HOLD = "import sys, time; from pathlib import Path; from src.run_guard import hold_folder; " \
+       "held = hold_folder(Path(sys.argv[1])); held.__enter__(); print('held', flush=True); time.sleep(60)"
+
+
+def test_a_second_run_on_an_output_folder_is_refused_at_once_naming_the_holder(tmp_path, monkeypatch):
+    """Two train.py (or evaluate.py) on one --output-dir: the second stops before reading anything; once
+    the first is gone (even killed with SIGKILL, its lock file left behind) the folder is free again."""
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    monkeypatch.setattr(trainer, "setup", lambda cfg: pytest.fail("setup reached"))
+    monkeypatch.setattr(evaluate, "load_eval_sets", lambda args: pytest.fail("datasets read"))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        in_use = rf"--output-dir {out} is in use by another run \(pid {holder.pid}\); wait for it to end, or choose"
+        with pytest.raises(FolderInUse, match=in_use):
+            train.main(["--model", "tiny", "--dataset", "synthetic", "--output-dir", str(out)])
+        with pytest.raises(FolderInUse, match=in_use):
+            evaluate.main(["--model", "tiny", "--datasets", "synthetic:test", "--output-dir", str(out)])
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (out / ".lock").exists()                   # SIGKILL left the file; the kernel dropped the lock
+    monkeypatch.setattr(trainer, "setup", lambda cfg: (_ for _ in ()).throw(RuntimeError("reached setup")))
+    with pytest.raises(RuntimeError, match="reached setup"):
+        train.main(["--model", "tiny", "--dataset", "synthetic", "--output-dir", str(out)])
+    assert not (out / ".lock").exists()               # a run removes its lock file when it ends
 
 
 def test_bare_train_command_names_the_missing_data_root_without_touching_the_hub(tmp_path):

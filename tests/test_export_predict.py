@@ -119,3 +119,18 @@ def test_predict_checks_the_image_before_loading_the_model(tmp_path, monkeypatch
     (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
     with pytest.raises(ImageLoadError, match="cannot read image"):
         predict.main(["--model", "tiny", "--image", str(tmp_path / "broken.png"), "--question", "Is it?"])
+
+
+def test_predict_refuses_a_question_or_image_the_model_cannot_take_before_loading_it(tmp_path, monkeypatch):
+    """What evaluate.py checks of every sample: positions (tiny has 4,096) and the processor's aspect limit."""
+    import src.models.loading as loading
+
+    monkeypatch.setattr(loading, "load_policy", lambda *a, **k: pytest.fail("model loaded"))
+    image = image_file(tmp_path / "scan.png")
+    with pytest.raises(UserError, match=r"--question and --image do not fit tiny: \d+ prompt tokens \(16 of them for "
+                                        r"its 112x112 image\) \+ 512 completion tokens = \d+, more than the 4096 "
+                                        r"positions of tiny; shorten the question"):
+        predict.main(["--model", "tiny", "--image", str(image), "--question", "Is it? " * 2_000])
+    random_image(1, 3000).save(tmp_path / "strip.png")
+    with pytest.raises(UserError, match=r"do not fit tiny: its 3000x1 image: .*aspect ratio"):
+        predict.main(["--model", "tiny", "--image", str(tmp_path / "strip.png"), "--question", "Is it?"])

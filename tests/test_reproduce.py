@@ -3,6 +3,7 @@ scale (judged by a local fake judge), the tables assembled beside the paper's nu
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import yaml
 
 import reproduce
 from src.cli.config_file import load_file
+from src.cli.errors import UserError
 from src.recipes.paper import TABLES
 from src.recipes.tables import answers_right
 from tests.judge_server import JudgeServer
@@ -35,6 +37,44 @@ def test_every_recipe_is_a_valid_config_of_its_entry_point():
         assert len(values) == len(setting_lines) and all("# paper" in line or "# ours" in line for line in setting_lines)
     assert load_file(RECIPES / "table2/grpo-lora-500.yaml")["samples"] == 500
     assert load_file(RECIPES / "table6/evaluate.yaml")["prompt"] == "both"
+
+
+@pytest.mark.parametrize("file, old, new, message", [
+    ("table6/rarl.yaml", "learning_rate: 1.0e-5", "lerning_rate: 1.0e-5", "unknown setting 'lerning_rate'"),
+    ("table6/rarl.yaml", "lora_r: 8 ", "lora_r: 0 ", "lora_r: must be at least 1, got 0"),
+    ("table6/rarl.yaml", "lora_dropout: 0.0 ", "lora_dropout: 0.1 ", "--lora-dropout 0.1 with --method rarl"),
+    ("table6/rarl.yaml", "seed: 0 ", "seed: 0\nseed: 1 ", "line 9: 'seed' is given twice (first on line 8)"),
+    ("table6/evaluate.yaml", "judge_concurrency: 8 ", "judge_concurrency: 0 ", "judge_concurrency: must be at least 1"),
+])
+def test_a_mistake_in_the_last_tables_recipe_stops_before_the_first_stage_naming_the_users_file(
+        tmp_path, monkeypatch, file, old, new, message):
+    import evaluate
+    import train
+
+    recipes = tmp_path / "recipes"
+    shutil.copytree(RECIPES, recipes)
+    text = (recipes / file).read_text()
+    assert old in text
+    (recipes / file).write_text(text.replace(old, new))
+    for stage in (train, evaluate):
+        monkeypatch.setattr(stage, "main", lambda argv: pytest.fail("a stage ran before the recipes were checked"))
+    with pytest.raises(UserError) as error:
+        reproduce.main(["--tiny", "--recipes", str(recipes), "--output-dir", str(tmp_path / "out")])
+    assert str(error.value).startswith(f"{recipes / file}: ") and message in str(error.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_judge_url_with_credentials_reaches_evaluate_but_no_file_or_printed_line(tmp_path, monkeypatch, capsys):
+    import evaluate
+
+    seen = []
+    monkeypatch.setattr(evaluate, "main", lambda argv: seen.append(argv) or {})
+    url = "gpt-4o-mini=https://me:pa55w0rd-s3cret@judge.example/v1"
+    reproduce.run_evaluation(RECIPES, "table6/rarl", "table6/evaluate", Path("model"), tmp_path,
+                             {"judge_base_url": [url]})
+    assert seen[0][-2:] == ["--judge-base-url", url]
+    assert "pa55w0rd" not in (tmp_path / "table6/rarl/eval.yaml").read_text() + capsys.readouterr().out
+    assert load_file(tmp_path / "table6/rarl/eval.yaml")["judge"] == "gpt-4o-mini,gemini-1.5-flash"
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
-"""Resume when files are damaged: cut log lines, corrupt checkpoints, a full disk. Every failure names its
-file (and line), nothing already on disk changes, and what can be rebuilt is rebuilt bit-identically."""
+"""Resume when files are damaged or hostile or the run is stopped: cut log lines, corrupt checkpoints, a
+checkpoint that would run code, SIGTERM, a full disk. Every failure names its file (and line), nothing already
+on disk changes, and what can be rebuilt is rebuilt bit-identically."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,10 +8,13 @@ import errno
 import hashlib
 import json
 import os
+import random
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -19,8 +23,11 @@ from src import files
 from src.files import WriteError, read_jsonl, write_atomic
 from src.grpo import checkpoint as checkpoint_module
 from src.grpo import trainer
-from src.grpo.checkpoint import CheckpointError, checkpoint_problem, load_checkpoint, resume_checkpoint
+from src.grpo.checkpoint import (
+    CheckpointError, checkpoint_problem, load_checkpoint, resume_checkpoint, rng_state, set_rng_state,
+)
 from src.grpo.run_log import MetricsLog, RunLogError, read_metrics
+from src.run_guard import Interrupted
 from tests.test_trainer import tiny_config
 
 ROWS = 8  # completions.jsonl lines per step in tiny_config: 2 prompts x group of 4
@@ -183,6 +190,36 @@ def assert_same_weights(a: Path, b: Path) -> None:
     assert all(torch.allclose(wa[k], wb[k], rtol=1e-6, atol=1e-8) for k in wa)
 
 
+def test_sigterm_finishes_the_step_saves_it_and_the_resumed_run_ends_as_if_never_stopped(
+        finished_run, tmp_path, monkeypatch):
+    """A scheduler's preemption during step 3, between the checkpoints of steps 2 and 4 (Ctrl-C takes the
+    same path: tests/test_evaluate.py)."""
+    cfg, number = tiny_config(tmp_path), signal.SIGTERM
+    out, real_step, steps = Path(cfg.run.output_dir), trainer.grpo_step, []
+
+    def step_that_gets_the_signal(run, samples, names):
+        steps.append(len(steps) + 1)
+        if len(steps) == 3:
+            os.kill(os.getpid(), number)
+        return real_step(run, samples, names)
+
+    monkeypatch.setattr(trainer, "grpo_step", step_that_gets_the_signal)
+    name = signal.Signals(number).name
+    with pytest.raises(Interrupted, match=rf"^{name}: stopped after step 3 of 4, saved as {out / 'checkpoint-3'}; "
+                                          "continue with the same command and --resume") as stop:
+        trainer.train(cfg)
+    assert stop.value.exit_status == 128 + number and steps == [1, 2, 3]
+    assert signal.getsignal(number) is signal.SIG_DFL  # the handler lives as long as the run
+    assert checkpoint_problem(out / "checkpoint-3") is None
+    assert [m["step"] for m in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]
+    monkeypatch.undo()
+    assert trainer.train(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, resume=True))) == \
+        out / "checkpoint-4"
+    straight = Path(finished_run.run.output_dir)
+    assert_same_weights(straight / "checkpoint-4", out / "checkpoint-4")
+    assert read_metrics(out / "completions.jsonl") == read_metrics(straight / "completions.jsonl")
+
+
 # ---- damaged checkpoints --------------------------------------------------------------------------------
 
 def damage(path: Path, how: str) -> None:
@@ -237,12 +274,77 @@ def test_resume_stops_when_no_checkpoint_reads_and_changes_nothing(finished_run,
     assert snapshot(out) == before
 
 
-def test_loading_a_damaged_checkpoint_names_the_file(finished_run, tmp_path):
+class RunsCode:
+    """What a run folder from someone else could hide in trainer_state.pt: a pickle that calls os.system."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def plant(state_path: Path, marker: Path) -> None:
+    state = torch.load(state_path, weights_only=True)
+    state["optimizer"] = RunsCode(marker)  # a valid archive holding the right step: only the pickle is wrong
+    torch.save(state, state_path)
+
+
+def test_a_trainer_state_that_would_run_code_is_refused_and_never_run(finished_run, tmp_path, monkeypatch):
+    cfg, out = copy_run(finished_run, tmp_path)
+    marker = tmp_path / "code-ran"
+    for step in (2, 4):
+        plant(out / f"checkpoint-{step}" / "trainer_state.pt", marker)
+    state_path = out / "checkpoint-4" / "trainer_state.pt"
+    problem = checkpoint_problem(out / "checkpoint-4")
+    assert problem.startswith(f"{state_path} cannot be read as tensors and plain values (") and "system" in problem
+    assert "weights_only` set to `False`" not in problem  # torch's advice to load it unsafely is not passed on
+    no_model(monkeypatch)
+    with pytest.raises(CheckpointError, match="no checkpoint in .* can be read: checkpoint-4 .*; checkpoint-2 "):
+        trainer.train(cfg)
+    assert not marker.exists()
+
+
+def test_loading_a_damaged_or_planted_checkpoint_names_the_file(finished_run, tmp_path):
     _, out = copy_run(finished_run, tmp_path)
     damage(out / "checkpoint-4" / "trainer_state.pt", "random bytes")
+    plant(out / "checkpoint-2" / "trainer_state.pt", tmp_path / "code-ran")
     run = trainer.setup(tiny_config(tmp_path / "fresh", run=dict(method="sft")))  # sft: no BERTScore model
-    with pytest.raises(CheckpointError, match=rf"cannot read {out / 'checkpoint-4' / 'trainer_state.pt'}"):
+    state_path = out / "checkpoint-4" / "trainer_state.pt"
+    with pytest.raises(CheckpointError, match=rf"{state_path} is cut short or not a file torch.save wrote"):
         load_checkpoint(out / "checkpoint-4", run.policy, True, run.optimizer, run.scheduler)
+    with pytest.raises(CheckpointError, match="cannot be read as tensors and plain values"):
+        load_checkpoint(out / "checkpoint-2", run.policy, True, run.optimizer, run.scheduler)
+    assert not (tmp_path / "code-ran").exists()
+
+
+def test_rng_states_survive_a_weights_only_round_trip(tmp_path):
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    np.random.standard_normal()  # leaves numpy's second gaussian cached: part of the state
+    torch.save(rng_state(), tmp_path / "rng.pt")
+
+    def draws():
+        return random.random(), random.gauss(0, 1), np.random.standard_normal(3).tolist(), torch.rand(3).tolist()
+
+    expected = draws()
+    draws()
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert draws() == expected
+
+
+def test_only_the_current_gpu_generator_is_saved_so_a_resume_may_use_fewer_gpus(monkeypatch):
+    """rng_state() of a rank holds its own device's CUDA state, not every visible device's (which a
+    resume on fewer GPUs could not restore)."""
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": torch.arange(16, dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append(state))
+    for name in ("get_rng_state_all", "set_rng_state_all"):
+        monkeypatch.setattr(torch.cuda, name, lambda *args: pytest.fail(f"{name} used"))
+    state = rng_state()
+    assert torch.equal(state["cuda"], torch.arange(16, dtype=torch.uint8))
+    set_rng_state(state)
+    assert len(restored) == 1 and torch.equal(restored[0], state["cuda"])
 
 
 # ---- a full disk ------------------------------------------------------------------------------------------

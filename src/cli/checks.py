@@ -1,10 +1,14 @@
 """Checks that cost milliseconds, run before anything that costs minutes (loading weights, reaching
-the hub): each raises a UserError naming the flag and what to change."""
+the hub): each raises a UserError naming the flag and what to change. `number` is the type of every
+numeric flag: its range is checked as the command line or a --config file is parsed."""
 from __future__ import annotations
 
+import argparse
 import importlib.util
+import math
 import os
 from pathlib import Path
+from typing import Callable
 
 from src.cli.errors import UserError
 
@@ -51,3 +55,28 @@ def check_model_source(name: str, flag: str = "--model") -> None:
 def check_installed(module: str, what: str, extra: str) -> None:
     if importlib.util.find_spec(module) is None:
         raise UserError(f"{what} needs the {module} package: pip install -e '.[{extra}]'")
+
+
+BOUNDS = ("min", "gt", "max", "lt")
+"""Range keys of a numeric flag: min <= value, gt < value, value <= max, value < lt."""
+
+
+def number(kind: type, min: float | None = None, gt: float | None = None, max: float | None = None,
+           lt: float | None = None) -> Callable[[str], int | float]:
+    """The argparse `type=` of a numeric flag: `kind` (int or float) within the given bounds, finite.
+
+    A value that does not parse is argparse's "invalid int value"; one out of range says which bound
+    it breaks. --config values go through the same function (src/cli/config_file.py).
+    """
+    def parse(text: str) -> int | float:
+        value = kind(text)
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        for bound, broken, words in ((min, lambda b: value < b, "at least"), (gt, lambda b: value <= b, "more than"),
+                                     (max, lambda b: value > b, "at most"), (lt, lambda b: value >= b, "less than")):
+            if bound is not None and broken(bound):
+                raise argparse.ArgumentTypeError(f"must be {words} {bound:g}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse's "invalid int value: 'x'"
+    return parse

@@ -13,16 +13,22 @@ which is how train.py writes OUTPUT/config.json (JSON is YAML, so a run's config
 
 Values: a switch (`--resume` / `--no-resume`, `--skip-bad-rows`) takes true or false; a flag that
 takes several values (or may be repeated) takes a list; `null` means the flag's empty default. Every
-value goes through the flag's own type and choices, and an unknown key is refused with the file named.
+value goes through the flag's own type, range and choices, and an unknown key, or a key given twice
+(YAML would silently keep the last), is refused with the file named. YAML is read with safe_load's
+constructors: no tag can build an object.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import tomllib
 from pathlib import Path
 
 import yaml
+
+try:
+    import tomllib  # novermin (3.11+; 3.10 takes tomli below)
+except ImportError:  # Python 3.10: the same parser, as the tomli package
+    import tomli as tomllib
 
 from src.cli.errors import UserError
 
@@ -54,12 +60,18 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
 
 def read_config(parser: argparse.ArgumentParser, path: Path) -> dict:
     """{argparse dest: value} for every key of the file, each checked against its flag."""
+    return config_values(parser, load_file(path), path)
+
+
+def config_values(parser: argparse.ArgumentParser, raw: dict, path: Path) -> dict:
+    """{argparse dest: value} for every key of `raw`, the mapping read from `path` (named in errors),
+    each checked against its flag: name, section, type, range and choices."""
     by_name = {option[2:].replace("-", "_"): action
                for action in parser._actions for option in action.option_strings
                if option.startswith("--") and not _negative(action, option)}
     sections = {group.title: {id(a) for a in group._group_actions} for group in parser._action_groups}
     values = {}
-    for key, value, section in _entries(load_file(path), sections):
+    for key, value, section in _entries(raw, sections):
         action = by_name.get(key.replace("-", "_"))
         if action is None or action.dest in ("help", "config"):
             raise UserError(f"{path}: unknown setting {key!r}; the settings are the flags of --help")
@@ -75,17 +87,43 @@ def load_file(path: Path) -> dict:
         raise UserError(f"--config {path}: no such file")
     try:
         if path.suffix == ".toml":
-            raw = tomllib.loads(path.read_text())
+            raw = tomllib.loads(path.read_text())  # refuses a key given twice itself
         else:
-            raw = yaml.safe_load(path.read_text())
+            raw = yaml.load(path.read_text(), Loader=UniqueKeyLoader)  # noqa: S506 - safe_load's loader, stricter
+    except DuplicateKey as error:
+        raise UserError(f"{path}: {error}") from None
     except (tomllib.TOMLDecodeError, yaml.YAMLError, UnicodeDecodeError) as error:
-        raise UserError(f"--config {path}: not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: "
+        raise UserError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: "
                         f"{' '.join(str(error).split())}") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise UserError(f"--config {path}: expected a mapping of settings, found {type(raw).__name__}")
+        raise UserError(f"{path}: expected a mapping of settings, found {type(raw).__name__}")
     return raw
+
+
+class DuplicateKey(yaml.YAMLError):
+    """A mapping of a YAML file that gives one key twice."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, refusing a key given twice in one mapping."""
+
+
+def _unique_mapping(loader: UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    first_line: dict = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` may be overridden: not a repeat
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        if isinstance(key, (str, int, float, bool)) and key in first_line:
+            raise DuplicateKey(f"line {key_node.start_mark.line + 1}: {key!r} is given twice (first on line "
+                               f"{first_line[key]}); YAML would keep only the last: remove one")
+        first_line[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=deep)
+
+
+UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
 def _negative(action: argparse.Action, option: str) -> bool:
@@ -127,7 +165,9 @@ def _one(action: argparse.Action, value, where: str):
     try:
         already = isinstance(convert, type) and isinstance(value, convert)
         converted = value if already else convert(str(value))
-    except (TypeError, ValueError, argparse.ArgumentTypeError):
+    except argparse.ArgumentTypeError as error:  # a value out of the flag's range
+        raise UserError(f"{where}: {error}") from None
+    except (TypeError, ValueError):
         raise UserError(f"{where}: {value!r} is not a valid {getattr(convert, '__name__', 'value')}") from None
     if action.choices is not None and converted not in action.choices:
         raise UserError(f"{where}: {converted!r} is not one of {', '.join(map(str, action.choices))}")

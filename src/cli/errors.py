@@ -1,8 +1,10 @@
-"""User errors: a bad flag value, a missing file or key, a refused resume.
+"""User errors: a bad flag value, a missing file or key, a refused resume, a damaged run file.
 
 An entry point runs its `main` through `run_main`: a user error prints one line naming what to fix
-and exits with status 2 (argparse's status for a bad command line), without a traceback; anything
-else is a bug and keeps its traceback.
+and exits with status 2 (argparse's status for a bad command line), without a traceback; a run
+stopped by a signal at a safe point (src/run_guard.py) prints what it kept and exits 128 + the
+signal's number (130 for SIGINT, 143 for SIGTERM), as a process the signal ended would; Ctrl-C
+anywhere else prints one line and exits 130. Anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -10,15 +12,20 @@ import sys
 from typing import Callable
 
 from src.data.rows import DatasetError
+from src.files import WriteError
+from src.grpo.checkpoint import CheckpointError
+from src.grpo.run_log import RunLogError
 from src.models.images import ImageLoadError
+from src.run_guard import FolderInUse, Interrupted
 
 
 class UserError(ValueError):
     """Something the user asked for cannot be done as asked; the message says what to change."""
 
 
-USER_ERRORS = (UserError, DatasetError, ImageLoadError)
-"""Dataset files and images are the user's: their errors name the file and row to fix."""
+USER_ERRORS = (UserError, DatasetError, ImageLoadError, CheckpointError, RunLogError, FolderInUse, WriteError)
+"""Each names the file (and row or line) to fix: dataset files and images, damaged checkpoints and run
+logs, an output folder another run holds, a full disk."""
 
 
 def run_main(main: Callable[[], object]) -> None:
@@ -28,3 +35,9 @@ def run_main(main: Callable[[], object]) -> None:
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except Interrupted as stop:
+        print(f"stopped: {stop}", file=sys.stderr)
+        sys.exit(stop.exit_status)
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopped at once; files already written are kept", file=sys.stderr)
+        sys.exit(130)

@@ -10,30 +10,38 @@ not reply text, but their thoughtsTokenCount is billed output. A reply without u
 counts (None), which makes the cost unknown.
 
 `ask` retries what is worth retrying (HTTP 408, 429, 5xx, timeouts, connection errors) with
-exponential backoff and jitter, honouring Retry-After and Gemini's RetryInfo.retryDelay. An answer
-every request would get (a refused key, a retired model; src/eval/judge_errors.py) raises
-JudgeFatalError; any other failure, or one still failing after the last attempt, JudgeRequestError.
+exponential backoff and jitter, honouring Retry-After and Gemini's RetryInfo.retryDelay. Each attempt
+has one deadline for all of it (connecting, sending, waiting and reading: a server that trickles a
+byte a second cannot hold a request open), and a reply is read to at most MAX_REPLY_BYTES, so the
+judge cache, which stores each reply, stays bounded. An answer every request would get (a refused
+key, a retired model; src/eval/judge_errors.py) raises JudgeFatalError; any other failure, or one
+still failing after the last attempt, JudgeRequestError.
 Keys travel only in headers (Gemini's `x-goog-api-key`, never the `?key=` query string), are checked
-before the first request, and are scrubbed from every message this module produces (judge_keys.py).
+before the first request, go to another machine only over https (plain http only to this machine,
+unless the user allows it: `check_transport`), and are scrubbed from every message this module
+produces and every log line httpx writes, credentials written into a URL included (judge_keys.py).
 """
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import logging
 import random
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import httpx
 
 from src.eval.judge_errors import fatal_advice, read_error
-from src.eval.judge_keys import read_key, scrub
+from src.eval.judge_keys import LOG_SCRUBBER, check_transport, read_key, scrub
 from src.eval.judge_models import is_reasoning_model, provider, retirement
 
 log = logging.getLogger(__name__)
 
+MAX_REPLY_BYTES = 2**20  # a verdict is a few hundred bytes; a reasoning judge's reply a few tens of KB
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 GEMINI_BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
 JSON_MODE_INSTRUCTION = "Reply with the JSON object only."  # OpenAI's JSON mode requires the word JSON in the prompt
@@ -171,13 +179,14 @@ class GeminiGenerate:
 
 
 def make_backend(model: str, base_url: str | None = None, json_mode: bool = False,
-                 max_tokens: int | None = None) -> Backend:
+                 max_tokens: int | None = None, allow_plain_http: bool = False) -> Backend:
     """The backend a judge name implies: gemini-* → Gemini, anything else → OpenAI chat completions.
 
     Keys come from the environment: OPENAI_API_KEY; GEMINI_API_KEY, else GOOGLE_API_KEY; stripped and
     checked here (judge_keys.py). A key is required for the providers' own URLs and optional for a
-    `base_url` (a local server needs none). A model its provider has retired is still accepted, with
-    a warning: the provider's answer decides.
+    `base_url` (a local server needs none); a key or a password in `base_url` is sent over plain
+    http only to this machine, unless `allow_plain_http` (judge_keys.check_transport). A model its
+    provider has retired is still accepted, with a warning: the provider's answer decides.
     """
     kind = provider(model)
     names = KEY_NAMES[kind]
@@ -185,6 +194,9 @@ def make_backend(model: str, base_url: str | None = None, json_mode: bool = Fals
     if found is None and base_url is None:
         raise ValueError(f"judge {model!r} needs an API key in {' or '.join(names)}")
     key_name, secret = found if found else (None, None)
+    if base_url is not None:
+        check_transport(base_url, key_name, allow_plain_http)
+    LOG_SCRUBBER.secrets.update(filter(None, (secret, urlsplit(base_url or "").password)))
     if retirement(model):
         log.warning("judge %s: %s; the run stops if the provider no longer serves it", model, retirement(model))
     backend = GeminiGenerate if kind == "gemini" else OpenAIChat
@@ -217,42 +229,68 @@ async def ask(http: httpx.AsyncClient, backend: Backend, prompt: str, retry: Ret
     `stop`, once set, ends the retries before the next attempt is sent (JudgeStopped).
     """
     url, headers, body = backend.request(prompt)
+    secrets = (backend.secret, urlsplit(url).password)
     problem = ""
     for attempt in range(retry.max_attempts):
         if stop is not None and stop.is_set():
             raise JudgeStopped
         wait = retry.backoff(attempt)
         try:
-            response = await http.post(url, headers=headers, json=body, timeout=retry.timeout)
-        except httpx.TransportError as exc:   # timeouts and connection errors
+            status, response_headers, text = await _post(http, url, headers, body, retry.timeout)
+        except ReplyTooLarge as exc:  # the same prompt would get the same reply: not retried
+            raise JudgeRequestError(scrub(f"{backend.model}: {exc}", *secrets)) from None
+        except asyncio.TimeoutError:
+            problem = f"no complete reply within {retry.timeout:g} s (--judge-timeout)"
+        except httpx.TransportError as exc:   # connection errors
             problem = f"{type(exc).__name__}: {exc}"
         else:
-            if response.status_code == 200:
-                return _reply(backend, response)
-            error = read_error(response.status_code, response.text)
-            problem = f"HTTP {response.status_code}: {error.message}"
+            if status == 200:
+                return _reply(backend, text, secrets)
+            error = read_error(status, text)
+            problem = f"HTTP {status}: {error.message}"
             advice = fatal_advice(error, backend.model, backend.key_name,
                                   None if backend.base_url in (OPENAI_BASE_URL, GEMINI_BASE_URL) else backend.base_url)
             if advice:
-                raise JudgeFatalError(scrub(f"judge {backend.model}: {problem.rstrip('.')}. {advice}", backend.secret))
-            if response.status_code not in RETRYABLE_STATUS:
-                raise JudgeRequestError(scrub(f"{backend.model}: {problem}", backend.secret))
-            delay = _retry_after(response.headers.get("retry-after"), retry.max_delay)
+                raise JudgeFatalError(scrub(f"judge {backend.model}: {problem.rstrip('.')}. {advice}", *secrets))
+            if status not in RETRYABLE_STATUS:
+                raise JudgeRequestError(scrub(f"{backend.model}: {problem}", *secrets))
+            delay = _retry_after(response_headers.get("retry-after"), retry.max_delay)
             delay = delay if delay is not None or error.retry_delay is None else min(error.retry_delay, retry.max_delay)
             wait = wait if delay is None else delay
         if attempt + 1 < retry.max_attempts:
-            log.warning("%s", scrub(f"judge {backend.model}: {problem}; retry in {wait:.2f}s", backend.secret))
+            log.warning("%s", scrub(f"judge {backend.model}: {problem}; retry in {wait:.2f}s", *secrets))
             await asyncio.sleep(wait)
     raise JudgeRequestError(scrub(
-        f"{backend.model}: gave up after {retry.max_attempts} attempts; last error {problem}", backend.secret))
+        f"{backend.model}: gave up after {retry.max_attempts} attempts; last error {problem}", *secrets))
 
 
-def _reply(backend: Backend, response: httpx.Response) -> JudgeReply:
+class ReplyTooLarge(Exception):
+    """A reply body beyond MAX_REPLY_BYTES."""
+
+
+async def _post(http: httpx.AsyncClient, url: str, headers: dict, body: dict,
+                timeout: float) -> tuple[int, httpx.Headers, str]:
+    """(status, headers, body text) of one POST, all of it within `timeout` seconds (asyncio.TimeoutError
+    past that), the body read to at most MAX_REPLY_BYTES (ReplyTooLarge past that)."""
+    async def exchange() -> tuple[int, httpx.Headers, str]:
+        async with http.stream("POST", url, headers=headers, json=body, timeout=timeout) as response:
+            data = bytearray()
+            async for chunk in response.aiter_bytes():  # decoded: a compressed reply is capped as it unpacks
+                data += chunk
+                if len(data) > MAX_REPLY_BYTES:
+                    raise ReplyTooLarge(f"the reply (HTTP {response.status_code}) is larger than "
+                                        f"{MAX_REPLY_BYTES // 1024} KiB; stopped reading it")
+            return response.status_code, response.headers, data.decode(response.encoding or "utf-8", errors="replace")
+
+    return await asyncio.wait_for(exchange(), timeout)
+
+
+def _reply(backend: Backend, text: str, secrets: tuple[str | None, ...]) -> JudgeReply:
     try:
-        return backend.reply(response.json())
+        return backend.reply(json.loads(text))
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
-        message = f"{backend.model}: unexpected response shape ({type(exc).__name__}: {exc}): {response.text[:300]}"
-    raise JudgeRequestError(scrub(message, backend.secret))
+        message = f"{backend.model}: unexpected response shape ({type(exc).__name__}: {exc}): {text[:300]}"
+    raise JudgeRequestError(scrub(message, *secrets))
 
 
 def _retry_after(value: str | None, cap: float) -> float | None:

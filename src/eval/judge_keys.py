@@ -1,21 +1,33 @@
-"""Judge API keys: read from the environment, checked before the first request, scrubbed from all text.
+"""Judge API keys: read from the environment, checked before the first request, sent only where
+they are safe, scrubbed from all text.
 
 A key copied from a CRLF `.env` file ends in "\\r"; an HTTP library refuses such a header and echoes
 it in its exception. So the key is stripped and must then be printable ASCII without spaces (what an
 HTTP header carries), else the run stops naming the variable and the character's position, never
 the key. `scrub` removes the key from any text this project writes, logs or raises, in every form a
 server or library may echo it: whole, URL-encoded, masked the way providers print it ("sk-…****abcd")
-or in part (any 8 or more consecutive characters of it).
+or in part (any 8 or more consecutive characters of it); and credentials written into a URL
+(http://user:password@host) from any text, whoever the secret belongs to. `LogScrubber` does the
+same to the log lines of httpx, which prints every request's URL at INFO.
+
+`check_transport` refuses to send a credential (a key, or a password in the URL) in clear: over plain
+http only to this machine (a local vLLM or Ollama), elsewhere only over https, unless the user says
+the network is trusted.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import unicodedata
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, urlsplit
+
+from src.eval.judge_models import is_loopback
 
 FRAGMENT = 8  # this many consecutive characters of a key are treated as the key
 MASKED = re.compile(r"\S*\*{4,}\S*")  # a provider's masked echo, e.g. "sk-proj-********abcd"
+URL_CREDENTIALS = re.compile(r"(?<=://)[^\s/@]+@")  # the user:password@ of scheme://user:password@host
+ALLOW_HTTP_FLAG = "--judge-allow-plain-http"
 
 
 class JudgeKeyError(ValueError):
@@ -36,14 +48,44 @@ def read_key(names: tuple[str, ...]) -> tuple[str, str] | None:
     return None
 
 
-def scrub(text: str, secret: str | None) -> str:
-    """`text` with every form of `secret` replaced by "***"."""
-    if not secret:
-        return text
-    for form in sorted({secret, quote(secret, safe=""), quote(secret), quote_plus(secret)}, key=len, reverse=True):
-        text = text.replace(form, "***")
-    text = _drop_fragments(text, secret)
-    return MASKED.sub("***", text)
+def scrub(text: str, *secrets: str | None) -> str:
+    """`text` with every form of each secret, and any credentials written in a URL, replaced by "***"."""
+    text = URL_CREDENTIALS.sub("***@", text)
+    for secret in filter(None, secrets):
+        for form in sorted({secret, quote(secret, safe=""), quote(secret), quote_plus(secret)}, key=len, reverse=True):
+            text = text.replace(form, "***")
+        text = _drop_fragments(text, secret)
+    return MASKED.sub("***", text) if any(secrets) else text
+
+
+class LogScrubber(logging.Filter):
+    """Scrubs each log record of a logger (httpx's request lines) before any handler sees it."""
+
+    def __init__(self):
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = scrub(record.getMessage(), *self.secrets), None
+        return True
+
+
+LOG_SCRUBBER = LogScrubber()
+logging.getLogger("httpx").addFilter(LOG_SCRUBBER)  # its INFO line per request holds the URL; httpcore logs no URL
+
+
+def check_transport(base_url: str, key_name: str | None, allow_plain_http: bool) -> None:
+    """Refuse (ValueError) to send a credential over plain http to another machine, or to a URL that is
+    neither http nor https. Loopback (localhost, 127.0.0.0/8, ::1) is this machine: plain http is fine."""
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"judge URL {scrub(base_url)} is not an http(s) URL with a host")
+    if parts.scheme == "https" or is_loopback(parts.hostname) or allow_plain_http:
+        return
+    sent = [name for name in (key_name, "the password in the URL" if parts.password else None) if name]
+    if sent:
+        raise ValueError(f"{' and '.join(sent)} would cross the network in clear to {parts.hostname} over plain http: "
+                         f"use an https URL, or pass {ALLOW_HTTP_FLAG} if the network between is trusted")
 
 
 def _drop_fragments(text: str, secret: str) -> str:

@@ -9,11 +9,14 @@ when the cache lacks it. Every record ends in one of five states:
                block of the reply or of the prompt); asked once, the reason kept;
   truncated    the reply hit the token limit before its scores; asked once, the reason kept;
   failed       no reply (HTTP error, timeouts after all retries); the error text says why.
-Only "ok" records enter the percentages; the others are counted and reported, never scored 0.
+Only "ok" records enter the percentages; the others are counted and reported, never scored 0. A
+prediction that carries verdict-shaped text is flagged (`verdict_in_prediction`); its judgment is the
+judge's own verdict, never a copy of the prediction's (src/eval/judge_prompt.py).
 
 A fatal answer (a refused key, a retired model, no quota: src/eval/judge_errors.py) stops the run:
 no new request is sent, the requests in flight finish and are cached, and JudgeFatalError says what
-the provider answered, how to fix it, and that a re-run resumes from the cache.
+the provider answered, how to fix it, and that a re-run resumes from the cache. A stop signal
+(src/run_guard.py) stops it the same way and raises Interrupted.
 """
 from __future__ import annotations
 
@@ -27,7 +30,9 @@ from src.eval.judge_cache import JudgeCache, cache_key
 from src.eval.judge_client import (JSON_MODE_INSTRUCTION, Backend, JudgeFatalError, JudgeRequestError, JudgeStopped,
                                    RetryPolicy, ask)
 from src.eval.judge_models import is_local
-from src.eval.judge_prompt import UnparseableReply, judge_prompt, parse_judgment
+from src.eval.judge_prompt import (UnparseableReply, judge_prompt, parse_judgment, planted_verdicts,
+                                   verdict_in_prediction)
+from src.run_guard import Interrupted, signal_name, stop_requested
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,7 @@ class Verdict:
     reasoning_score: int | None = None
     evaluation: str = ""
     error: str = ""
+    verdict_in_prediction: bool = False  # the prediction holds text shaped like a verdict (an injection attempt)
 
 
 @dataclass(frozen=True)
@@ -71,11 +77,10 @@ def judge_records(
     suffix = f"\n\n{JSON_MODE_INSTRUCTION}" if backend.json_mode else ""
     prompts = [judge_prompt(record) + suffix for record in records]
     keys = [cache_key(backend.model, prompt) for prompt in prompts]
-    wanted = {key: (prompt, bool(record["reasoning_reference"]))
+    wanted = {key: (prompt, bool(record["reasoning_reference"]), planted_verdicts(record))
               for key, prompt, record in zip(keys, prompts, records) if cache.get(key) is None}
     errors, received = asyncio.run(_fill_cache(wanted, backend, cache, retry, concurrency, parse_attempts))
-    verdicts = [_verdict(cache.get(key), errors.get(key, ""), bool(record["reasoning_reference"]))
-                for key, record in zip(keys, records)]
+    verdicts = [_verdict(cache.get(key), errors.get(key, ""), record) for key, record in zip(keys, records)]
     used = {key: (cache.get(key), verdict) for key, verdict in zip(keys, verdicts) if cache.get(key) is not None}
     counted = [entry for entry, _ in used.values() if entry["prompt_tokens"] is not None]
     return JudgeRun(
@@ -95,7 +100,7 @@ def judge_records(
 
 
 async def _fill_cache(
-    wanted: dict[str, tuple[str, bool]],
+    wanted: dict[str, tuple[str, bool, list[dict]]],
     backend: Backend,
     cache: JudgeCache,
     retry: RetryPolicy,
@@ -109,12 +114,15 @@ async def _fill_cache(
     stop = asyncio.Event()
     fatal: list[JudgeFatalError] = []
 
-    async def judge(http: httpx.AsyncClient, key: str, prompt: str, require_reasoning: bool) -> None:
+    async def judge(http: httpx.AsyncClient, key: str, prompt: str, require_reasoning: bool,
+                    planted: list[dict]) -> None:
         nonlocal received
         async with limit:
+            if stop_requested() is not None:
+                stop.set()  # send nothing more; the requests in flight finish and are cached
             try:
-                entry = await _ask_until_parseable(http, backend, prompt, require_reasoning, retry, parse_attempts,
-                                                   stop)
+                entry = await _ask_until_parseable(http, backend, prompt, require_reasoning, planted, retry,
+                                                   parse_attempts, stop)
             except JudgeStopped:
                 return
             except JudgeFatalError as exc:
@@ -131,11 +139,15 @@ async def _fill_cache(
         tasks = [asyncio.create_task(judge(http, key, *value)) for key, value in wanted.items()]
         for task in tqdm(asyncio.as_completed(tasks), total=len(tasks), desc=f"judge {backend.model}"):
             await task
+    asked = sum(cache.get(key) is not None for key in wanted)
     if fatal:
-        asked = sum(cache.get(key) is not None for key in wanted)
         raise JudgeFatalError(f"{fatal[0]} The run stopped at this answer: {asked} of {len(wanted)} new judgments "
                               f"were made and are kept in {cache.path}; a re-run asks only the {len(wanted) - asked} "
                               "left.")
+    if stop_requested() is not None:
+        raise Interrupted(stop_requested(), f"{signal_name(stop_requested())}: stopped judging with {backend.model}: "
+                                            f"{asked} of {len(wanted)} new judgments are kept in {cache.path}; run "
+                                            "the same command again to ask only the rest")
     return errors, received
 
 
@@ -144,6 +156,7 @@ async def _ask_until_parseable(
     backend: Backend,
     prompt: str,
     require_reasoning: bool,
+    planted: list[dict],
     retry: RetryPolicy,
     parse_attempts: int,
     stop: asyncio.Event,
@@ -160,7 +173,7 @@ async def _ask_until_parseable(
         if reply.stop != "complete":
             break
         try:
-            parse_judgment(reply.text, require_reasoning)
+            parse_judgment(reply.text, require_reasoning, planted)
             break
         except UnparseableReply:
             continue
@@ -176,19 +189,21 @@ async def _ask_until_parseable(
     }
 
 
-def _verdict(entry: dict | None, error: str, require_reasoning: bool) -> Verdict:
+def _verdict(entry: dict | None, error: str, record: dict) -> Verdict:
+    require_reasoning, flagged = bool(record["reasoning_reference"]), verdict_in_prediction(record)
     if entry is None:
-        return Verdict(status="failed", error=error)
+        return Verdict(status="failed", error=error, verdict_in_prediction=flagged)
     try:
-        judgment = parse_judgment(entry["reply"], require_reasoning)
+        judgment = parse_judgment(entry["reply"], require_reasoning, planted_verdicts(record))
     except UnparseableReply as exc:
         stop = entry.get("stop", "complete")
         if stop != "complete":
-            return Verdict(status=stop, error=entry["stop_reason"])
-        return Verdict(status="unparseable", error=str(exc))
+            return Verdict(status=stop, error=entry["stop_reason"], verdict_in_prediction=flagged)
+        return Verdict(status="unparseable", error=str(exc), verdict_in_prediction=flagged)
     return Verdict(
         status="ok",
         prediction_score=judgment.prediction_score,
         reasoning_score=judgment.reasoning_score if require_reasoning else None,
         evaluation=judgment.evaluation,
+        verdict_in_prediction=flagged,
     )

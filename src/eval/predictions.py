@@ -3,7 +3,8 @@
 One file per dataset and inference prompt (predictions/DATASET-PROMPT.jsonl). Each batch's records
 are appended and fsync'ed as soon as it is generated; on restart the ids already in the file are
 skipped, and a line torn by a crash is cut off (src/files.py). Metrics, judges and reports read
-only these records, so everything after generation can be recomputed without the model.
+only these records, so everything after generation can be recomputed without the model. A stop
+signal (src/run_guard.py) ends the loop after the batch in progress is appended.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from tqdm import tqdm
 from src.data.sample import Sample
 from src.files import append_jsonl, read_jsonl
 from src.rewards.answers import parse_completion
+from src.run_guard import Interrupted, signal_name, stop_requested
 
 GenerateFn = Callable[[list[Sample], str], list[str]]
 """(samples, system prompt text) -> one full completion text per sample, in order."""
@@ -92,4 +94,8 @@ def run_predictions(
             append_jsonl(handle, new)
             records.update((record["id"], record) for record in new)
             bar.update(len(batch))
+            if stop_requested() is not None:
+                raise Interrupted(stop_requested(), f"{signal_name(stop_requested())}: stopped after "
+                                                    f"{start + len(batch)} of {len(todo)} new predictions, appended "
+                                                    f"to {path}; run the same command again to continue")
     return [records[sample.id] for sample in samples]

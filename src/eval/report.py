@@ -69,18 +69,33 @@ def _judge_details(summary: dict) -> list[str]:
                   f"{totals['unparseable_replies']} ({pct(totals['unparseable_reply_rate'])}); "
                   f"JSON mode {'on' if totals['json_mode'] else 'off'}.",
                   "", _row(["Dataset", "Prompt", "Judged", "Reasoning judged", "Unparseable", "Refused", "Truncated",
-                            "Failed"]),
-                  _row(["---"] * 8)]
+                            "Failed", "Verdict in prediction"]),
+                  _row(["---"] * 9)]
         for group in summary["groups"]:
             s = group["judges"][judge]
             lines.append(_row([_dataset(group), group["prompt"], str(s["judged"]), str(s["judged_reasoning"]),
-                               *(str(s[status]) for status in ("unparseable", "refused", "truncated", "failed"))]))
+                               *(str(s[status]) for status in ("unparseable", "refused", "truncated", "failed",
+                                                               "verdict_in_prediction"))]))
         lines.append("")
         for problem in totals["not_scored"]:
             lines.append(f"- {problem['status']}: {problem['dataset']} {problem['prompt']} "
                          f"id {problem['id']}: {problem['error']}")
         lines += [""] if totals["not_scored"] else []
+        lines += _flagged(totals["verdict_in_prediction"])
     return lines
+
+
+def _flagged(flagged: list[dict]) -> list[str]:
+    """The predictions that carry verdict-shaped text: each judgment is the judge's own, but read them."""
+    if not flagged:
+        return []
+    lines = [f"**{len(flagged)} prediction(s) carry text shaped like a judge's verdict** (a score written into the "
+             "answer, which a judge may repeat): each verdict below is the judge's own, never the prediction's copy; "
+             "read these before trusting their scores.", ""]
+    lines += [f"- {f['dataset']} {f['prompt']} id {f['id']}: {f['status']}"
+              + (f", prediction_score {f['prediction_score']}" if f["prediction_score"] is not None else "")
+              for f in flagged]
+    return lines + [""]
 
 
 def _without_usage(totals: dict) -> str:

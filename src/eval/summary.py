@@ -3,6 +3,7 @@
 Rates are fractions in [0, 1] (the report prints them as percentages). Judge and human percentages
 count only what was actually scored: a failed, unparseable, refused or truncated judgment, or an
 empty human cell, is left out of the denominator and counted separately, never scored as 0.
+Predictions that carry verdict-shaped text are counted per group and listed per judge.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ def judge_scores(records: list[dict], verdicts: list[Verdict]) -> dict:
         "judged": len(ok),
         "judged_reasoning": len(reasoning),
         **{status: sum(v.status == status for v in verdicts) for status in NOT_SCORED},
+        "verdict_in_prediction": sum(v.verdict_in_prediction for v in verdicts),
     }
 
 
@@ -73,11 +75,15 @@ def build_summary(
 
 def _judge_totals(judge_run: JudgeRun, records: list[dict]) -> dict:
     """Token usage and cost; every reply behind the verdicts and the share that was unparseable; the
-    records not scored. The cost is unknown (None) when any reply came without usage or the model has
-    no price, and 0 for a judge on this machine or a private network (no per-token charge)."""
+    records not scored, and those whose prediction carries verdict-shaped text. The cost is unknown
+    (None) when any reply came without usage or the model has no price, and 0 for a judge on this
+    machine or a private network (no per-token charge)."""
     problems = [{"dataset": r["dataset"], "split": r["split"], "prompt": r["prompt"], "id": r["id"],
                  "status": v.status, "error": v.error}
                 for r, v in zip(records, judge_run.verdicts) if v.status != "ok"]
+    flagged = [{"dataset": r["dataset"], "split": r["split"], "prompt": r["prompt"], "id": r["id"],
+                "status": v.status, "prediction_score": v.prediction_score}
+               for r, v in zip(records, judge_run.verdicts) if v.verdict_in_prediction]
     if judge_run.replies_without_usage:
         cost = None
     elif judge_run.local:
@@ -96,4 +102,5 @@ def _judge_totals(judge_run: JudgeRun, records: list[dict]) -> dict:
         "unparseable_reply_rate": judge_run.unparseable_replies / judge_run.replies if judge_run.replies else None,
         "json_mode": judge_run.json_mode,
         "not_scored": problems,
+        "verdict_in_prediction": flagged,
     }

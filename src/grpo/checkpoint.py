@@ -3,9 +3,13 @@
 - LoRA methods: the adapter in PEFT format (adapter_config.json + adapter_model.safetensors);
   grpo-full: the whole model (save_pretrained), with tokenizer and image processor beside it, so the
   directory is itself a model `evaluate.py --model` can load.
-- trainer_state.pt: step, optimizer and schedule state, every RNG state (python, numpy, torch CPU
-  and CUDA) of every rank, a list with one entry per process. The data position is a pure function
-  of the step (see trainer.batch_for_step), so the step is all the position there is.
+- trainer_state.pt: step, optimizer and schedule state, and the RNG states (python, numpy, torch CPU,
+  and the CUDA generator of the process's own device) of every rank, a list with one entry per
+  process. The data position is a pure function of the step (see trainer.batch_for_step), so the
+  step is all the position there is.
+trainer_state.pt holds only tensors and plain values (numbers, strings, lists, dicts), and is read
+with `torch.load(weights_only=True)`: a run folder from someone else cannot run code on --resume
+(pickle would call whatever the file names); such a file is refused as damaged, naming what it asked for.
 A checkpoint is written to checkpoint-STEP.tmp, forced to disk, and renamed when complete: a crash
 mid-write leaves no directory that looks finished. A write that fails (a full disk) removes the
 partial directory and raises a WriteError naming the file; the previous checkpoint stays the latest.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -43,18 +48,31 @@ class CheckpointError(RuntimeError):
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """This process's random generators as tensors and plain numbers, which weights_only loading reads.
+
+    Python's and numpy's Mersenne Twisters are 624 32-bit words and a position (kept as int64
+    tensors); CUDA's is the generator of this process's device only, so that a run resumes on any
+    number of GPUs (each rank restores the state its own device had).
+    """
+    _, words, gauss = random.getstate()  # (version 3, 624 words + position, cached gauss or None)
+    _, keys, position, has_gauss, cached_gauss = np.random.get_state()
+    state = {"python": torch.tensor(words, dtype=torch.int64), "python_gauss": gauss,
+             "numpy": torch.from_numpy(keys.astype(np.int64)), "numpy_position": int(position),
+             "numpy_gauss": float(cached_gauss) if has_gauss else None,
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()  # the current device's
     return state
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    random.setstate((3, tuple(state["python"].tolist()), state["python_gauss"]))
+    gauss = state["numpy_gauss"]
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_position"],
+                         int(gauss is not None), gauss or 0.0))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def save_checkpoint(output_dir: Path, step: int, policy, lora: LoRAConfig | None, base_model: str,
@@ -141,7 +159,8 @@ def checkpoint_problem(directory: Path) -> str | None:
 
     Checks structure without loading the weights: JSON files parse; each safetensors file's header
     parses and its tensors fill the file exactly (a cut file does not); trainer_state.pt is a complete
-    torch.save archive (its zip directory sits at the end) holding the step its directory is named for.
+    torch.save archive (its zip directory sits at the end) of tensors and plain values (`read_state`)
+    holding the step its directory is named for.
     Flipped bits inside tensor data are beyond what these formats can tell.
     """
     state_path = directory / STATE_FILE
@@ -163,12 +182,10 @@ def checkpoint_problem(directory: Path) -> str | None:
                 f.keys()
         except (SafetensorError, OSError) as error:
             return f"{path} is cut short or not a safetensors file ({error})"
-    if not zipfile.is_zipfile(state_path):
-        return f"{state_path} is cut short or not a file torch.save wrote (no zip directory at its end)"
     try:
-        state = torch.load(state_path, map_location="cpu", weights_only=False, mmap=True)  # tensors stay on disk
-    except Exception as error:  # a damaged archive fails in many ways (RuntimeError, UnpicklingError, EOFError)
-        return f"{state_path} cannot be read ({type(error).__name__}: {error})"
+        state = read_state(state_path, mmap=True)  # tensors stay on disk
+    except CheckpointError as error:
+        return str(error)
     missing = [key for key in STATE_KEYS if not isinstance(state, dict) or key not in state]
     if missing:
         return f"{state_path} lacks {', '.join(missing)}"
@@ -194,10 +211,31 @@ def load_checkpoint(directory: Path, policy, uses_lora: bool, optimizer, schedul
         raise CheckpointError(f"cannot load the weights in {directory}: {error}") from error
     # on the CPU, not on the device that saved it (every rank's cuda:0); load_state_dict moves
     # the optimizer state to each parameter's device
-    try:
-        trainer_state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=False)
-    except Exception as error:
-        raise CheckpointError(f"cannot read {directory / STATE_FILE}: {type(error).__name__}: {error}") from error
+    trainer_state = read_state(directory / STATE_FILE)
     optimizer.load_state_dict(trainer_state["optimizer"])
     scheduler.load_state_dict(trainer_state["scheduler"])
     return trainer_state["step"], trainer_state["rng"]
+
+
+def read_state(path: Path, mmap: bool = False) -> dict:
+    """trainer_state.pt, read with weights_only=True: tensors and plain values, never code.
+
+    A file whose pickle names a function or class (os.system, a numpy array) raises CheckpointError
+    saying what it asked for; so does a damaged or cut one.
+    """
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path} is cut short or not a file torch.save wrote (no zip directory at its end)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(f"{path} cannot be read as tensors and plain values ({_asked_for(error)}); it was "
+                              "not loaded, since a file that asks for more could run code") from None
+    except Exception as error:  # a damaged archive fails in many ways (RuntimeError, EOFError, ...)
+        raise CheckpointError(f"{path} cannot be read ({type(error).__name__}: {' '.join(str(error).split())})") \
+            from None
+
+
+def _asked_for(error: pickle.UnpicklingError) -> str:
+    """The line of torch's weights_only refusal that names the global, without its advice to load unsafely."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[-1] if lines else "")

@@ -11,6 +11,7 @@ import json
 import typing
 from dataclasses import dataclass, field
 
+from src.cli.checks import BOUNDS, number
 from src.cli.config_file import add_config_option
 from src.cli.help import HelpFormatter, escape
 from src.grpo.loss import AGGREGATIONS
@@ -26,16 +27,19 @@ REPORT_TO = ("none", "tensorboard")
 
 
 def flag(default, help: str, **kwargs):
+    """A config field and its CLI flag: help text, and optionally `choices` or a numeric range (min, gt,
+    max, lt: src/cli/checks.py's BOUNDS), which the command line and --config files are checked against."""
     return field(default=default, metadata={"help": help, **kwargs})
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     model: str = flag(DEFAULT_MODEL, "hub id, local model directory, or 'tiny' (the embedded test model)")
-    lora_r: int = flag(LoRAConfig.r, "LoRA rank r (paper: 8)")
-    lora_alpha: float = flag(LoRAConfig.alpha, "LoRA alpha; the update is scaled by alpha / r (paper: 16)")
+    lora_r: int = flag(LoRAConfig.r, "LoRA rank r (paper: 8)", min=1)
+    lora_alpha: float = flag(LoRAConfig.alpha, "LoRA alpha; the update is scaled by alpha / r (paper: 16)", gt=0)
     lora_dropout: float | None = flag(None, "dropout on the LoRA input path (default: 0.05 for sft; the RL "
-                                            "methods refuse dropout, so that every RL pass sees the same policy)")
+                                            "methods refuse dropout, so that every RL pass sees the same policy)",
+                                       min=0, lt=1)
     lora_targets: tuple[str, ...] = flag(LoRAConfig.targets, "language-model linear layers that get an adapter")
     gradient_checkpointing: bool = flag(True, "recompute activations in backward (less memory, ~30% slower)")
     dtype: str = flag("auto", "the weights' dtype: bfloat16, float32, or auto (bfloat16 on CUDA, float32 on CPU; "
@@ -49,15 +53,15 @@ class DataConfig:
                                       "cv-bench or synthetic (the embedded default)")
     data_root: str | None = flag(None, "dataset directory (not needed for synthetic)")
     split: str = flag("train", "split to train on")
-    samples: int | None = flag(None, "train on a seeded subset of N samples, stratified by modality/task")
+    samples: int | None = flag(None, "train on a seeded subset of N samples, stratified by modality/task", min=1)
     skip_bad_rows: bool = flag(False, "skip rows with a missing image or empty question/answer instead of stopping")
 
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    group_size: int = flag(8, "G: completions sampled per prompt (eq. 1-2)")
-    temperature: float = flag(1.0, "sampling temperature for rollouts (log-probs use the same temperature)")
-    max_completion_length: int = flag(512, "maximum tokens per completion")
+    group_size: int = flag(8, "G: completions sampled per prompt (eq. 1-2); eq. 2 compares at least 2", min=2)
+    temperature: float = flag(1.0, "sampling temperature for rollouts (log-probs use the same temperature)", gt=0)
+    max_completion_length: int = flag(512, "maximum tokens per completion", min=1)
     mask_truncated: bool = flag(False, "leave completions that hit the length limit out of the loss")
     rollout_engine: str = flag("engine", "sampler: 'engine' (static KV cache, each prompt prefilled once, "
                                          "src/models/engine.py) or 'hf' (transformers' generate, the reference)",
@@ -67,13 +71,13 @@ class RolloutConfig:
 @dataclass(frozen=True)
 class LossConfig:
     beta: float = flag(0.04, "weight of the k3 KL penalty to the reference policy (eq. 1, 3); 0 skips the "
-                             "reference forward")
-    epsilon_low: float = flag(0.2, "clip range below 1 for the probability ratio (eq. 1)")
-    epsilon_high: float = flag(0.2, "clip range above 1 for the probability ratio (eq. 1)")
+                             "reference forward", min=0)
+    epsilon_low: float = flag(0.2, "clip range below 1 for the probability ratio (eq. 1)", min=0, lt=1)
+    epsilon_high: float = flag(0.2, "clip range above 1 for the probability ratio (eq. 1)", min=0)
     aggregation: str = flag("sequence", "how token losses become one number: sequence (paper eq. 1: mean per "
                                         "completion, then over completions), token (DAPO), dr_grpo",
                             choices=tuple(AGGREGATIONS))
-    num_iterations: int = flag(1, "policy updates per batch of rollouts (mu); > 1 caches old log-probs")
+    num_iterations: int = flag(1, "policy updates per batch of rollouts (mu); > 1 caches old log-probs", min=1)
     advantage_scale: str = flag("group", "advantages: group (paper eq. 2: divide by the group's reward std) or "
                                          "none (Dr. GRPO: reward minus the group mean)", choices=("group", "none"))
 
@@ -81,17 +85,18 @@ class LossConfig:
 @dataclass(frozen=True)
 class OptimConfig:
     learning_rate: float | None = flag(None, "AdamW learning rate (default: 1e-5 with LoRA, 1e-6 for full "
-                                             "fine-tuning)")
-    weight_decay: float = flag(0.0, "AdamW weight decay")
-    warmup_ratio: float = flag(0.05, "fraction of the optimizer steps spent warming the learning rate up from 0")
+                                             "fine-tuning)", gt=0)
+    weight_decay: float = flag(0.0, "AdamW weight decay", min=0)
+    warmup_ratio: float = flag(0.05, "fraction of the optimizer steps spent warming the learning rate up from 0",
+                               min=0, max=1)
     schedule: str = flag("cosine", "learning-rate schedule after warm-up", choices=SCHEDULES)
-    max_grad_norm: float = flag(1.0, "clip the gradient norm to this value")
+    max_grad_norm: float = flag(1.0, "clip the gradient norm to this value", gt=0)
     prompts_per_step: int = flag(4, "B: prompts per training step (B * G completions per step), over all processes "
-                                     "under torchrun (each takes B / processes)")
+                                     "under torchrun (each takes B / processes)", min=1)
     mini_batch_size: int = flag(8, "completions per forward/backward pass of each process (gradients are "
-                                    "accumulated)")
-    epochs: int = flag(5, "passes over the training set (paper: 5)")
-    max_steps: int | None = flag(None, "stop after this many steps (overrides epochs)")
+                                    "accumulated)", min=1)
+    epochs: int = flag(5, "passes over the training set (paper: 5)", min=1)
+    max_steps: int | None = flag(None, "stop after this many steps (overrides epochs)", min=1)
 
 
 @dataclass(frozen=True)
@@ -116,9 +121,9 @@ class RunConfig:
     method: str = flag("rarl", "sft (LoRA), sft-full (full fine-tuning), grpo (RL + LoRA), rarl (grpo + reasoning "
                                "reward + prompt diversity), grpo-full (RL, full fine-tuning)", choices=METHODS)
     output_dir: str = flag("runs/train", "where metrics, config and checkpoints are written")
-    save_steps: int = flag(100, "checkpoint every N steps (and at the end)")
+    save_steps: int = flag(100, "checkpoint every N steps (and at the end)", min=1)
     resume: bool = flag(False, "continue from the latest checkpoint in --output-dir")
-    seed: int = flag(0, "seed for data order, prompt choice, sampling and initialisation")
+    seed: int = flag(0, "seed for data order, prompt choice, sampling and initialisation", min=0)
     device: str | None = flag(None, "cpu or cuda (default: cuda when available)")
     report_to: str = flag("none", "also log every metric to TensorBoard (OUTPUT/tensorboard/, the names of "
                                   "metrics.jsonl; needs pip install -e '.[tensorboard]')", choices=REPORT_TO)
@@ -210,6 +215,9 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                 group.add_argument(_cli_name(f.name), action=argparse.BooleanOptionalAction, **kwargs)
             elif kind is tuple:
                 group.add_argument(_cli_name(f.name), nargs="+", type=str, **kwargs)
+            elif kind in (int, float):  # finite, and within the field's range
+                bounds = {key: f.metadata[key] for key in BOUNDS if key in f.metadata}
+                group.add_argument(_cli_name(f.name), type=number(kind, **bounds), **kwargs)
             else:
                 group.add_argument(_cli_name(f.name), type=kind, **kwargs)
     return parser

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,7 @@ from src.models.loading import (
 )
 from src.models.lora import LoRAConfig, inject_lora, lora_layers, mark_only_lora_as_trainable, merge_and_unload
 from src.rewards.total import score_completions
+from src.run_guard import Interrupted, signal_name, stop_requested, stop_signals
 
 
 @dataclass
@@ -255,10 +257,9 @@ def train(cfg: TrainConfig) -> Path:
 
     Under torchrun every rank runs this loop on its share of each step (src/grpo/distributed.py);
     only rank 0 writes config.json, metrics.jsonl and checkpoints (and returns the directory; the
-    other ranks return None).
+    other ranks return None). SIGINT or SIGTERM (src/run_guard.py) lets the current step finish, saves
+    a checkpoint of it and raises Interrupted: --resume continues from there.
     """
-    from src.grpo.sft import sft_step
-
     cfg = cfg.resolved()  # --dtype auto as what it stands for here: config.json records that
     out = Path(cfg.run.output_dir)
     completion_rows = cfg.optim.prompts_per_step * cfg.rollout.group_size  # completions.jsonl lines per step
@@ -267,6 +268,14 @@ def train(cfg: TrainConfig) -> Path:
         check_same_settings(out / "config.json", cfg)
         check_run_log(out / "metrics.jsonl", checkpoint_step(checkpoint))
         check_run_log(out / "completions.jsonl", checkpoint_step(checkpoint), completion_rows)
+    with stop_signals():
+        return _train(cfg, out, checkpoint, completion_rows)
+
+
+def _train(cfg: TrainConfig, out: Path, checkpoint: Path | None, completion_rows: int) -> Path:
+    """`train` once its checks passed: set up, restore the checkpoint, then the steps."""
+    from src.grpo.sft import sft_step
+
     run = setup(cfg)
     if is_main():
         out.mkdir(parents=True, exist_ok=True)
@@ -279,6 +288,9 @@ def train(cfg: TrainConfig) -> Path:
             set_rng_state(rng_states[rank()])
         if is_main():
             print(f"resumed from {checkpoint} at step {start_step}")
+    if stop_signal() is not None:  # a signal while the model loaded: nothing new to save
+        raise Interrupted(stop_signal(), f"{signal_name(stop_signal())}: stopped before step {start_step + 1}; "
+                                         f"nothing new was trained or written to {out}")
     log = MetricsLog(out / "metrics.jsonl", resume_step=start_step) if is_main() else None
     board = None  # --report-to tensorboard: the same records, as TensorBoard scalars
     if is_main() and cfg.run.report_to == "tensorboard":
@@ -310,12 +322,26 @@ def train(cfg: TrainConfig) -> Path:
             if completions_log is not None:
                 completions_log.write([{"step": step + 1, **completion} for completion in completions])
         progress.set_postfix({k: f"{record[k]:.3g}" for k in ("loss", "reward") if k in record})
-        if (step + 1) % cfg.run.save_steps == 0 or step + 1 == run.total_steps:
+        stopping = stop_signal()  # the same answer on every rank
+        if (step + 1) % cfg.run.save_steps == 0 or step + 1 == run.total_steps or stopping is not None:
             rng_states = gather_objects(rng_state())  # every rank's, so a resume on as many ranks is exact
             if is_main():
                 last = save_checkpoint(out, step + 1, run.policy, run.lora, base_model_name(cfg.model.model),
                                        run.optimizer, run.scheduler, rng_states)
             barrier()  # no rank runs ahead (or ends) before the checkpoint is complete
+        if stopping is not None:
+            progress.close()
+            raise Interrupted(stopping, f"{signal_name(stopping)}: stopped after step {step + 1} of "
+                                        f"{run.total_steps}, saved as {out / f'checkpoint-{step + 1}'}; continue "
+                                        "with the same command and --resume")
     if board is not None:
         board.close()
     return last
+
+
+def stop_signal() -> int | None:
+    """The signal that stops the run at the end of this step: any rank's stops every rank (one all-reduce)."""
+    received = stop_requested()
+    if sum_over_ranks({"stop": float(received is not None)})["stop"] == 0:
+        return None
+    return received or signal.SIGTERM  # a rank that got none stops with the others

@@ -77,8 +77,25 @@ class PromptLimit:
               skip_bad_rows: bool = False) -> list[Sample]:
         """The samples whose prompt (under the longest of `system_prompts`) plus `completion_tokens(sample)`
         fit the model; the others raise one DatasetError, or with skip_bad_rows are dropped with a warning."""
-        if not samples:
+        refused = self.refusals(samples, system_prompts, completion_tokens)
+        if not refused:
             return samples
+        lines = [f"{sample.dataset} sample {sample.id}{image_label(sample)}: {reason}" for sample, reason in refused]
+        if not skip_bad_rows:
+            more = len(lines) - SHOWN_REASONS
+            raise DatasetError(f"{len(lines)} sample(s) do not fit the model: {'; '.join(lines[:SHOWN_REASONS])}"
+                               + (f"; and {more} more" if more > 0 else "")
+                               + ". Shorten them, or pass skip_bad_rows=True to leave them out.")
+        warnings.warn(f"left out {len(lines)} sample(s) that do not fit the model: {'; '.join(lines)}", stacklevel=2)
+        dropped = {id(sample) for sample, _ in refused}
+        return [sample for sample in samples if id(sample) not in dropped]
+
+    def refusals(self, samples: list[Sample], system_prompts: Sequence[str],
+                 completion_tokens: Callable[[Sample], int]) -> list[tuple[Sample, str]]:
+        """(sample, why) for each sample that does not fit: its image cannot be read or has an aspect
+        ratio the processor refuses, or its tokens exceed the model's positions."""
+        if not samples:
+            return []
         # The system turn is its own segment between special tokens, so it adds the same count to every
         # question: the longest system prompt gives every sample's longest prompt.
         system = max(system_prompts, key=lambda prompt: self.prompt_tokens([samples[0].question], prompt)[0])
@@ -102,17 +119,7 @@ class PromptLimit:
                 refused.append((sample, f"{tokens + image} prompt tokens ({image} of them for its {size[0]}x{size[1]} "
                                         f"image) + {completion_tokens(sample)} completion tokens = {total}, more than "
                                         f"the {self.max_positions} positions of {self.model}"))
-        if not refused:
-            return samples
-        lines = [f"{sample.dataset} sample {sample.id}{image_label(sample)}: {reason}" for sample, reason in refused]
-        if not skip_bad_rows:
-            more = len(lines) - SHOWN_REASONS
-            raise DatasetError(f"{len(lines)} sample(s) do not fit the model: {'; '.join(lines[:SHOWN_REASONS])}"
-                               + (f"; and {more} more" if more > 0 else "")
-                               + ". Shorten them, or pass skip_bad_rows=True to leave them out.")
-        warnings.warn(f"left out {len(lines)} sample(s) that do not fit the model: {'; '.join(lines)}", stacklevel=2)
-        dropped = {id(sample) for sample, _ in refused}
-        return [sample for sample in samples if id(sample) not in dropped]
+        return refused
 
 
 def image_size(source: str | bytes) -> tuple[int, int] | str:
