@@ -30,15 +30,15 @@ import logging  # noqa: E402
 from dataclasses import asdict  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from src.cli.checks import check_model_source, check_writable, number  # noqa: E402
+from src.checks import check_model_source, check_writable, phase  # noqa: E402
+from src.cli.checks import number  # noqa: E402
 from src.cli.config_file import add_config_option, parse_args as parse_with_config  # noqa: E402
-from src.cli.errors import UserError, run_main  # noqa: E402
+from src.cli.errors import run_main  # noqa: E402
 from src.cli.help import HelpFormatter  # noqa: E402
-from src.cli.progress import phase  # noqa: E402
 from src.data.loaders import load_dataset, split_rows  # noqa: E402
 from src.data.prompts import INFERENCE_PROMPTS, TRAINING_PROMPTS  # noqa: E402
 from src.data.sample import Sample  # noqa: E402
-from src.files import changed_settings, write_atomic  # noqa: E402
+from src.errors import UserError  # noqa: E402
 from src.eval.human_sheet import HumanScores, export_human_sheet, read_human_sheet  # noqa: E402
 from src.eval.judge_cache import JudgeCache  # noqa: E402
 from src.eval.judge_client import Backend, JudgeFatalError, RetryPolicy, make_backend  # noqa: E402
@@ -47,6 +47,7 @@ from src.eval.metrics import no_judge_metrics  # noqa: E402
 from src.eval.predictions import GenerateFn, prediction_ids, run_predictions  # noqa: E402
 from src.eval.report import render_report  # noqa: E402
 from src.eval.summary import Group, build_summary  # noqa: E402
+from src.files import changed_settings, write_atomic  # noqa: E402
 from src.models.generation import ENGINES  # noqa: E402
 from src.models.loading import DTYPES, resolve_dtype  # noqa: E402
 from src.models.prompt_length import PromptLimit  # noqa: E402

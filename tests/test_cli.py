@@ -23,13 +23,14 @@ import reproduce
 import train
 from src.cli import threads
 from src.cli.config_file import parse_args
-from src.cli.errors import UserError, run_main
+from src.cli.errors import run_main
 from src.data.rows import DatasetError
+from src.errors import UserError
 from src.grpo import trainer
 from src.grpo.checkpoint import CheckpointError
+from src.grpo.config import SECTIONS, TrainConfig, build_parser, config_from_args
 from src.grpo.run_log import RunLogError
 from src.run_guard import FolderInUse, Interrupted
-from src.grpo.config import SECTIONS, TrainConfig, build_parser, config_from_args
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRY_POINTS = {"train.py": train, "evaluate.py": evaluate, "predict.py": predict, "export.py": export,

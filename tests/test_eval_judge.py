@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from src.cli.errors import UserError
-from src.files import read_jsonl, write_atomic
+from src.errors import UserError
 from src.eval.judge_cache import JudgeCache, cache_key
 from src.eval.judge_client import GeminiGenerate, JudgeFatalError, OpenAIChat, RetryPolicy, _retry_after, make_backend
 from src.eval.judge_cost import judge_cost_usd
+from src.files import read_jsonl, write_atomic
 from src.eval.judge_prompt import (PREDICTION_INTRO, UnparseableReply, judge_prompt, parse_judgment, planted_verdicts,
                                    verdict_in_prediction)
 from src.eval.judging import judge_records

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import evaluate
-from src.cli.errors import UserError
+from src.errors import UserError
 from src.run_guard import Interrupted
 from tests.conftest import random_image
 from tests.judge_server import JudgeServer

@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from src.data.sample import Sample
+from src.errors import UserError
 
 SHOWN_REASONS = 5  # how many bad rows an error or warning spells out
 NOT_UTF8 = re.compile("[\udc80-\udcff]")  # what a non-UTF-8 byte decodes to under errors="surrogateescape"
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A dataset that cannot be loaded as asked: missing file, unusable rows, unknown split."""
 
 
