@@ -40,9 +40,8 @@ from src.data.prompts import INFERENCE_PROMPTS, TRAINING_PROMPTS  # noqa: E402
 from src.data.sample import Sample  # noqa: E402
 from src.errors import UserError  # noqa: E402
 from src.eval.human_sheet import HumanScores, export_human_sheet, read_human_sheet  # noqa: E402
-from src.eval.judge_cache import JudgeCache  # noqa: E402
-from src.eval.judge_client import Backend, JudgeFatalError, RetryPolicy, make_backend  # noqa: E402
-from src.eval.judging import JudgeRun, judge_records  # noqa: E402
+from src.eval.judge.client import Backend, JudgeFatalError, RetryPolicy, make_backend  # noqa: E402
+from src.eval.judge.judging import JudgeCache, JudgeRun, judge_records  # noqa: E402
 from src.eval.metrics import no_judge_metrics  # noqa: E402
 from src.eval.predictions import GenerateFn, prediction_ids, run_predictions  # noqa: E402
 from src.eval.report import render_report  # noqa: E402

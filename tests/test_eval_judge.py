@@ -13,13 +13,11 @@ from pathlib import Path
 import pytest
 
 from src.errors import UserError
-from src.eval.judge_cache import JudgeCache, cache_key
-from src.eval.judge_client import GeminiGenerate, JudgeFatalError, OpenAIChat, RetryPolicy, _retry_after, make_backend
-from src.eval.judge_cost import judge_cost_usd
-from src.files import read_jsonl, write_atomic
-from src.eval.judge_prompt import (PREDICTION_INTRO, UnparseableReply, judge_prompt, parse_judgment, planted_verdicts,
+from src.eval.judge.client import GeminiGenerate, JudgeFatalError, OpenAIChat, RetryPolicy, _retry_after, make_backend
+from src.eval.judge.judging import JudgeCache, cache_key, judge_cost_usd, judge_records
+from src.eval.judge.prompt import (PREDICTION_INTRO, UnparseableReply, judge_prompt, parse_judgment, planted_verdicts,
                                    verdict_in_prediction)
-from src.eval.judging import judge_records
+from src.files import read_jsonl, write_atomic
 from tests.conftest import random_image
 from tests.judge_server import JudgeServer
 
@@ -321,7 +319,7 @@ def test_a_wrong_key_stops_the_run_without_retrying_or_leaking(tmp_path, monkeyp
 
 
 def test_backends_never_show_the_key_in_their_repr():
-    from src.eval.judge_client import GeminiGenerate, OpenAIChat
+    from src.eval.judge.client import GeminiGenerate, OpenAIChat
 
     for backend in (OpenAIChat("gpt-4o-mini", "sk-test-SECRET123"), GeminiGenerate("gemini-1.5-flash", "sk-test-SECRET123")):
         assert "SECRET123" not in repr(backend) and "SECRET123" not in str(backend)
@@ -372,7 +370,7 @@ def test_a_crlf_key_is_stripped_and_no_form_of_it_reaches_a_file_log_or_exceptio
                                          ("sk-abc def", "SPACE at position 7 of 10"),
                                          ("sk-abc\u200bdef", "ZERO WIDTH SPACE at position 7 of 10")])
 def test_a_key_a_header_cannot_carry_is_refused_before_any_request(monkeypatch, value, what):
-    from src.eval.judge_keys import JudgeKeyError
+    from src.eval.judge.client import JudgeKeyError
 
     monkeypatch.setenv("OPENAI_API_KEY", value)
     with pytest.raises(JudgeKeyError) as error:
@@ -385,7 +383,7 @@ def test_a_key_a_header_cannot_carry_is_refused_before_any_request(monkeypatch, 
 
 
 def test_scrub_removes_every_form_of_a_key():
-    from src.eval.judge_keys import scrub
+    from src.eval.judge.client import scrub
 
     text = ("a sk-test%2FSECRET%2B123%3DxyzABCD b sk-test%2FSECRET%2B123%3DxyzABCD c sk-test/SECRET%2B123%3DxyzABCD "
             "d sk-****ABCD e test/SECRET+1 f sk-test/SECRET+123=xyzABCD g")
@@ -442,7 +440,7 @@ def test_a_fatal_answer_stops_the_run_keeps_what_was_judged_and_resumes(tmp_path
 
 
 def test_sigterm_while_judging_sends_nothing_more_keeps_the_replies_and_a_rerun_asks_the_rest(tmp_path, monkeypatch):
-    from src.eval import judging
+    from src.eval.judge import judging
     from src.run_guard import Interrupted, stop_signals
 
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
@@ -558,7 +556,7 @@ def test_gemini_retry_info_delay_is_honoured(tmp_path, monkeypatch):
 
 def test_each_model_gets_the_parameters_it_accepts():
     def body(model, base_url=None, **options):
-        from src.eval.judge_client import OPENAI_BASE_URL
+        from src.eval.judge.client import OPENAI_BASE_URL
 
         backend = OpenAIChat(model, None, base_url or OPENAI_BASE_URL, **options)
         return {k: v for k, v in backend.request("p")[2].items() if k not in ("model", "messages")}
@@ -579,7 +577,7 @@ def test_each_model_gets_the_parameters_it_accepts():
 
 @pytest.mark.parametrize("json_mode", [False, True])
 def test_json_mode_is_a_flag_and_the_unparseable_reply_rate_is_reported_either_way(tmp_path, monkeypatch, json_mode):
-    from src.eval.judge_client import JSON_MODE_INSTRUCTION
+    from src.eval.judge.client import JSON_MODE_INSTRUCTION
     from src.eval.summary import Group, build_summary
 
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
@@ -613,7 +611,7 @@ def test_prices_match_exact_model_or_snapshot_names_only():
 
 
 def test_retired_judges_are_accepted_with_a_warning(monkeypatch, caplog):
-    from src.eval.judge_models import is_local, retirement
+    from src.eval.judge.client import is_local, retirement
 
     monkeypatch.setenv("GEMINI_API_KEY", KEY)
     caplog.set_level(logging.WARNING)
@@ -627,7 +625,7 @@ def test_retired_judges_are_accepted_with_a_warning(monkeypatch, caplog):
 
 
 def test_error_bodies_of_each_shape_are_read():
-    from src.eval.judge_errors import read_error
+    from src.eval.judge.client import read_error
 
     openai = read_error(400, json.dumps({"error": {"message": "Unsupported parameter: 'max_tokens' is not supported "
                                                               "with this model.", "type": "invalid_request_error",

@@ -10,8 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from src.eval.human_sheet import HumanScores
-from src.eval.judge_cost import judge_cost_usd
-from src.eval.judging import JudgeRun, Verdict
+from src.eval.judge.judging import JudgeRun, Verdict, judge_cost_usd
 from src.eval.metrics import mean
 
 
