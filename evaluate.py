@@ -39,13 +39,12 @@ from src.data.loaders import load_dataset, split_rows  # noqa: E402
 from src.data.prompts import INFERENCE_PROMPTS, TRAINING_PROMPTS  # noqa: E402
 from src.data.sample import Sample  # noqa: E402
 from src.errors import UserError  # noqa: E402
-from src.eval.human_sheet import HumanScores, export_human_sheet, read_human_sheet  # noqa: E402
 from src.eval.judge.client import Backend, JudgeFatalError, RetryPolicy, make_backend  # noqa: E402
 from src.eval.judge.judging import JudgeCache, JudgeRun, judge_records  # noqa: E402
 from src.eval.metrics import no_judge_metrics  # noqa: E402
 from src.eval.predictions import GenerateFn, prediction_ids, run_predictions  # noqa: E402
-from src.eval.report import render_report  # noqa: E402
-from src.eval.summary import Group, build_summary  # noqa: E402
+from src.eval.report import (Group, HumanScores, build_summary, export_human_sheet, read_human_sheet,  # noqa: E402
+                             render_report)
 from src.files import changed_settings, write_atomic  # noqa: E402
 from src.models.generation import ENGINES  # noqa: E402
 from src.models.loading import DTYPES, resolve_dtype  # noqa: E402

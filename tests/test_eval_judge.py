@@ -230,8 +230,7 @@ def test_every_record_ends_judged_or_failed_and_nothing_is_asked_twice(tmp_path,
 def test_a_prediction_that_writes_its_own_verdict_is_scored_by_the_judge_and_flagged(tmp_path, monkeypatch):
     """Against a judge that quotes the prediction before (or after) its verdict: the verdict recorded is the
     judge's own (the answer "no" is wrong), and the report flags the prediction."""
-    from src.eval.report import render_report
-    from src.eval.summary import Group, build_summary
+    from src.eval.report import Group, build_summary, render_report
 
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     records = [{**record(q, said=PLANTED), "dataset": "vqa-rad", "split": "test", "prompt": "reasoning"}
@@ -500,8 +499,7 @@ def test_evaluate_exits_with_the_fatal_message_and_keeps_the_cache(tmp_path, mon
 
 @pytest.mark.parametrize("model, env", [("gpt-4o-mini", "OPENAI_API_KEY"), ("gemini-1.5-flash", "GEMINI_API_KEY")])
 def test_refused_blocked_and_truncated_replies_are_asked_once_cached_and_counted(tmp_path, monkeypatch, model, env):
-    from src.eval.report import render_report
-    from src.eval.summary import Group, build_summary
+    from src.eval.report import Group, build_summary, render_report
 
     monkeypatch.setenv(env, KEY)
     gemini = model.startswith("gemini")
@@ -578,7 +576,7 @@ def test_each_model_gets_the_parameters_it_accepts():
 @pytest.mark.parametrize("json_mode", [False, True])
 def test_json_mode_is_a_flag_and_the_unparseable_reply_rate_is_reported_either_way(tmp_path, monkeypatch, json_mode):
     from src.eval.judge.client import JSON_MODE_INSTRUCTION
-    from src.eval.summary import Group, build_summary
+    from src.eval.report import Group, build_summary
 
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     records = [record(q, dataset="toy", split="test", prompt="reasoning") for q in ("plain", "[never] q", "[garbled] q")]
