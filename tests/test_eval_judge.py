@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from src.errors import UserError
+from src.eval import pipeline
 from src.eval.judge.client import GeminiGenerate, JudgeFatalError, OpenAIChat, RetryPolicy, _retry_after, make_backend
 from src.eval.judge.judging import JudgeCache, cache_key, judge_cost_usd, judge_records
 from src.eval.judge.prompt import (PREDICTION_INTRO, UnparseableReply, judge_prompt, parse_judgment, planted_verdicts,
@@ -477,11 +478,11 @@ def test_evaluate_exits_with_the_fatal_message_and_keeps_the_cache(tmp_path, mon
         def score(self, candidates, references):
             return [1.0] * len(candidates)
 
-    monkeypatch.setattr(evaluate, "make_generate_fn", lambda args: lambda samples, prompt: ["<answer>yes</answer>"] * len(samples))
-    monkeypatch.setattr(evaluate, "load_bertscorer", lambda name, device=None: Scorer())
-    real_limit = evaluate.PromptLimit.from_model
-    monkeypatch.setattr(evaluate.PromptLimit, "from_model", lambda name: real_limit("tiny"))  # prompts counted as tiny's
-    monkeypatch.setattr(evaluate, "check_model_source", lambda name: None)  # "fake" is no model
+    monkeypatch.setattr(pipeline, "make_generate_fn", lambda args: lambda samples, prompt: ["<answer>yes</answer>"] * len(samples))
+    monkeypatch.setattr(pipeline, "load_bertscorer", lambda name, device=None: Scorer())
+    real_limit = pipeline.PromptLimit.from_model
+    monkeypatch.setattr(pipeline.PromptLimit, "from_model", lambda name: real_limit("tiny"))  # prompts counted as tiny's
+    monkeypatch.setattr(pipeline, "check_model_source", lambda name: None)  # "fake" is no model
     monkeypatch.setenv("GEMINI_API_KEY", KEY)
     with JudgeServer(KEY) as server:
         server.failure, server.fail_after = "gone", 1
