@@ -90,7 +90,7 @@ class BadRows:
         return samples
 
     def reject(self, sample: Sample, reason: str) -> None:
-        """Count a sample `parse` made as a bad row after all (its image does not decode, see image_check.py)."""
+        """Count a sample `parse` made as a bad row after all (its image does not decode: loaders.check_images)."""
         file, row = self.origins[id(sample)]
         self.rows.append(BadRow(file, row, reason))
 
