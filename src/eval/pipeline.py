@@ -29,7 +29,8 @@ from src.eval.judge.client import Backend, JudgeFatalError, RetryPolicy, make_ba
 from src.eval.judge.judging import JudgeCache, JudgeRun, judge_records
 from src.eval.metrics import no_judge_metrics
 from src.eval.predictions import GenerateFn, prediction_ids, run_predictions
-from src.eval.report import Group, HumanScores, build_summary, export_human_sheet, read_human_sheet, render_report
+from src.eval.report import (Group, HumanScores, build_summary, export_human_sheet, read_human_sheet,
+                             render_report)
 from src.files import changed_settings, write_atomic
 from src.models.loading import resolve_dtype
 from src.models.prompt_length import PromptLimit
