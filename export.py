@@ -16,11 +16,11 @@ configure_cpu_threads()  # before torch loads its OpenMP runtime: see docs/CPU.m
 import argparse  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from src.cli.checks import check_model_source, check_writable  # noqa: E402
+from src.checks import check_model_source, check_writable, phase  # noqa: E402
 from src.cli.config_file import add_config_option, parse_args  # noqa: E402
-from src.cli.errors import UserError, run_main  # noqa: E402
+from src.cli.errors import run_main  # noqa: E402
 from src.cli.help import HelpFormatter  # noqa: E402
-from src.cli.progress import phase  # noqa: E402
+from src.errors import UserError  # noqa: E402
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 

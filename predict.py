@@ -22,13 +22,14 @@ import json  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from src.cli.checks import check_model_source, number  # noqa: E402
+from src.checks import check_model_source, phase  # noqa: E402
+from src.cli.checks import number  # noqa: E402
 from src.cli.config_file import add_config_option, parse_args  # noqa: E402
-from src.cli.errors import UserError, run_main  # noqa: E402
+from src.cli.errors import run_main  # noqa: E402
 from src.cli.help import HelpFormatter  # noqa: E402
-from src.cli.progress import phase  # noqa: E402
 from src.data.prompts import INFERENCE_PROMPTS, TRAINING_PROMPTS  # noqa: E402
 from src.data.sample import Sample  # noqa: E402
+from src.errors import UserError  # noqa: E402
 from src.models.images import load_image  # noqa: E402
 from src.rewards.answers import parse_completion  # noqa: E402
 

@@ -34,13 +34,13 @@ import yaml  # noqa: E402
 import evaluate  # noqa: E402
 import train  # noqa: E402
 from src.cli.config_file import config_values, load_file  # noqa: E402
-from src.cli.errors import UserError, run_main  # noqa: E402
+from src.cli.errors import run_main  # noqa: E402
 from src.cli.help import HelpFormatter  # noqa: E402
-from src.eval.judge_keys import scrub  # noqa: E402
+from src.errors import UserError  # noqa: E402
+from src.eval.judge.client import scrub  # noqa: E402
 from src.files import write_atomic  # noqa: E402
 from src.grpo.config import build_parser as build_train_parser, config_from_args  # noqa: E402
-from src.recipes.paper import DATASETS, TABLES, Table  # noqa: E402
-from src.recipes.tables import render_table  # noqa: E402
+from src.recipes.paper import DATASETS, TABLES, Table, render_table  # noqa: E402
 
 RECIPES = Path(__file__).resolve().parent / "recipes"   # the paper's; --recipes points at an edited copy
 

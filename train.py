@@ -26,9 +26,10 @@ import contextlib  # noqa: E402
 import os  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from src.cli.checks import check_installed, check_writable  # noqa: E402
+from src.checks import check_installed, check_writable  # noqa: E402
 from src.cli.config_file import parse_args  # noqa: E402
-from src.cli.errors import UserError, run_main  # noqa: E402
+from src.cli.errors import run_main  # noqa: E402
+from src.errors import UserError  # noqa: E402
 from src.grpo.checkpoint import latest_checkpoint  # noqa: E402
 from src.grpo.config import TrainConfig, build_parser, config_from_args  # noqa: E402
 from src.grpo.distributed import close_distributed, is_main  # noqa: E402

@@ -20,6 +20,8 @@ from typing import IO, Iterator
 
 from safetensors import SafetensorError
 
+from src.errors import UserError
+
 FULL_DISK_BELOW = 64 * 2**20  # free bytes under which a failed write is put down to a full disk
 # A full disk in the words of writers that drop the errno: safetensors ("No space left on device (os error
 # 28)"); and torch.save's zip writer, which says only that a write failed ("unexpected pos 704 vs 598",
@@ -28,7 +30,7 @@ FULL_DISK_TEXTS = ("No space left", "os error 28", "Disk quota exceeded", "os er
 WRITE_FAILED_TEXTS = ("unexpected pos", "file write failed", "iostream error")
 
 
-class WriteError(OSError):
+class WriteError(OSError, UserError):
     """A file that could not be written; the message names it and says when the disk is full."""
 
 
@@ -143,3 +145,14 @@ def changed_settings(path: Path, current: dict, may_change: tuple[str, ...] = ()
     saved, now = leaves(json.loads(path.read_text())), leaves(current)
     return [f"{key}: {saved[key]!r} -> {value!r}" for key, value in now.items()
             if key not in may_change and key in saved and saved[key] != value]
+
+
+def file_key(source: str | bytes) -> tuple[str, int, int] | None:
+    """(path, size, mtime in ns) of a file: the key under which a check of its contents is kept for the process; None for image bytes or a file that cannot be stat'ed."""
+    if not isinstance(source, str):
+        return None
+    try:
+        stat = os.stat(source)
+    except OSError:
+        return None
+    return source, stat.st_size, stat.st_mtime_ns

@@ -24,11 +24,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from src.errors import UserError
+
 LOCK_FILE = ".lock"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-class FolderInUse(RuntimeError):
+class FolderInUse(RuntimeError, UserError):
     """Another live run holds the output folder; the message names the folder and its pid."""
 
 

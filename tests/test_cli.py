@@ -23,13 +23,15 @@ import reproduce
 import train
 from src.cli import threads
 from src.cli.config_file import parse_args
-from src.cli.errors import UserError, run_main
+from src.cli.errors import run_main
 from src.data.rows import DatasetError
+from src.errors import UserError
+from src.eval import pipeline
 from src.grpo import trainer
 from src.grpo.checkpoint import CheckpointError
+from src.grpo.config import SECTIONS, TrainConfig, build_parser, config_from_args
 from src.grpo.run_log import RunLogError
 from src.run_guard import FolderInUse, Interrupted
-from src.grpo.config import SECTIONS, TrainConfig, build_parser, config_from_args
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRY_POINTS = {"train.py": train, "evaluate.py": evaluate, "predict.py": predict, "export.py": export,
@@ -233,7 +235,7 @@ def test_a_second_run_on_an_output_folder_is_refused_at_once_naming_the_holder(t
     out = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], cwd=REPO, stdout=subprocess.PIPE, text=True)
     monkeypatch.setattr(trainer, "setup", lambda cfg: pytest.fail("setup reached"))
-    monkeypatch.setattr(evaluate, "load_eval_sets", lambda args: pytest.fail("datasets read"))
+    monkeypatch.setattr(pipeline, "load_eval_sets", lambda args: pytest.fail("datasets read"))
     try:
         assert holder.stdout.readline().strip() == "held"
         in_use = rf"--output-dir {out} is in use by another run \(pid {holder.pid}\); wait for it to end, or choose"
@@ -293,7 +295,7 @@ def test_train_refuses_to_overwrite_a_run_or_resume_it_with_other_settings(tmp_p
 
 
 def test_evaluate_reads_every_dataset_and_checks_judge_keys_before_the_model(tmp_path, monkeypatch):
-    monkeypatch.setattr(evaluate, "make_generate_fn", lambda args: pytest.fail("model loaded"))
+    monkeypatch.setattr(pipeline, "make_generate_fn", lambda args: pytest.fail("model loaded"))
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     out = tmp_path / "out"
     base = ["--model", "tiny", "--output-dir", str(out), "--limit", "2"]

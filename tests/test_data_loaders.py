@@ -237,6 +237,23 @@ def test_official_count_check(tmp_path):
     assert sum(OFFICIAL_COUNTS["silvar-med"].values()) == 866
 
 
+def test_dataset_check_reports_bad_images_and_the_official_count(tmp_path, capsys):
+    """benchmarks/dataset_check.py, the check of one split before a GPU is rented: a row whose image does
+    not decode is listed, and the usable rows are compared with the official count."""
+    from benchmarks.dataset_check import main
+
+    write_images(tmp_path / "images", "a.png")
+    (tmp_path / "images" / "broken.png").write_bytes(b"not an image")
+    rows = [{"qid": qid, "image_name": name, "question": "Is there a mass?", "answer": "yes", "answer_type": "CLOSED"}
+            for qid, name in ((1, "a.png"), (2, "broken.png"))]
+    write_json(tmp_path / "testset.json", rows)
+    main(["vqa-rad", "--data-root", str(tmp_path), "--split", "test", "--workers", "1"])
+    out = capsys.readouterr().out
+    assert "vqa-rad test: 2 rows, 2 distinct images decoded" in out and "1 row(s) with an unusable image" in out
+    assert f"{tmp_path / 'testset.json'}, row 2:" in out
+    assert "not the official count: vqa-rad test" in out and "1 rows, the official release has 451" in out
+
+
 # ---------------------------------------------------------------- the official files as published
 
 def slake_row(qid, question, answer, q_lang="en", answer_type="CLOSED"):

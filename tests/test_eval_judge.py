@@ -12,14 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from src.cli.errors import UserError
-from src.files import read_jsonl, write_atomic
-from src.eval.judge_cache import JudgeCache, cache_key
-from src.eval.judge_client import GeminiGenerate, JudgeFatalError, OpenAIChat, RetryPolicy, _retry_after, make_backend
-from src.eval.judge_cost import judge_cost_usd
-from src.eval.judge_prompt import (PREDICTION_INTRO, UnparseableReply, judge_prompt, parse_judgment, planted_verdicts,
+from src.errors import UserError
+from src.eval import pipeline
+from src.eval.judge.client import GeminiGenerate, JudgeFatalError, OpenAIChat, RetryPolicy, _retry_after, make_backend
+from src.eval.judge.judging import JudgeCache, cache_key, judge_cost_usd, judge_records
+from src.eval.judge.prompt import (PREDICTION_INTRO, UnparseableReply, judge_prompt, parse_judgment, planted_verdicts,
                                    verdict_in_prediction)
-from src.eval.judging import judge_records
+from src.files import read_jsonl, write_atomic
 from tests.conftest import random_image
 from tests.judge_server import JudgeServer
 
@@ -232,8 +231,7 @@ def test_every_record_ends_judged_or_failed_and_nothing_is_asked_twice(tmp_path,
 def test_a_prediction_that_writes_its_own_verdict_is_scored_by_the_judge_and_flagged(tmp_path, monkeypatch):
     """Against a judge that quotes the prediction before (or after) its verdict: the verdict recorded is the
     judge's own (the answer "no" is wrong), and the report flags the prediction."""
-    from src.eval.report import render_report
-    from src.eval.summary import Group, build_summary
+    from src.eval.report import Group, build_summary, render_report
 
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     records = [{**record(q, said=PLANTED), "dataset": "vqa-rad", "split": "test", "prompt": "reasoning"}
@@ -321,7 +319,7 @@ def test_a_wrong_key_stops_the_run_without_retrying_or_leaking(tmp_path, monkeyp
 
 
 def test_backends_never_show_the_key_in_their_repr():
-    from src.eval.judge_client import GeminiGenerate, OpenAIChat
+    from src.eval.judge.client import GeminiGenerate, OpenAIChat
 
     for backend in (OpenAIChat("gpt-4o-mini", "sk-test-SECRET123"), GeminiGenerate("gemini-1.5-flash", "sk-test-SECRET123")):
         assert "SECRET123" not in repr(backend) and "SECRET123" not in str(backend)
@@ -372,7 +370,7 @@ def test_a_crlf_key_is_stripped_and_no_form_of_it_reaches_a_file_log_or_exceptio
                                          ("sk-abc def", "SPACE at position 7 of 10"),
                                          ("sk-abc\u200bdef", "ZERO WIDTH SPACE at position 7 of 10")])
 def test_a_key_a_header_cannot_carry_is_refused_before_any_request(monkeypatch, value, what):
-    from src.eval.judge_keys import JudgeKeyError
+    from src.eval.judge.client import JudgeKeyError
 
     monkeypatch.setenv("OPENAI_API_KEY", value)
     with pytest.raises(JudgeKeyError) as error:
@@ -385,7 +383,7 @@ def test_a_key_a_header_cannot_carry_is_refused_before_any_request(monkeypatch, 
 
 
 def test_scrub_removes_every_form_of_a_key():
-    from src.eval.judge_keys import scrub
+    from src.eval.judge.client import scrub
 
     text = ("a sk-test%2FSECRET%2B123%3DxyzABCD b sk-test%2FSECRET%2B123%3DxyzABCD c sk-test/SECRET%2B123%3DxyzABCD "
             "d sk-****ABCD e test/SECRET+1 f sk-test/SECRET+123=xyzABCD g")
@@ -442,7 +440,7 @@ def test_a_fatal_answer_stops_the_run_keeps_what_was_judged_and_resumes(tmp_path
 
 
 def test_sigterm_while_judging_sends_nothing_more_keeps_the_replies_and_a_rerun_asks_the_rest(tmp_path, monkeypatch):
-    from src.eval import judging
+    from src.eval.judge import judging
     from src.run_guard import Interrupted, stop_signals
 
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
@@ -480,11 +478,11 @@ def test_evaluate_exits_with_the_fatal_message_and_keeps_the_cache(tmp_path, mon
         def score(self, candidates, references):
             return [1.0] * len(candidates)
 
-    monkeypatch.setattr(evaluate, "make_generate_fn", lambda args: lambda samples, prompt: ["<answer>yes</answer>"] * len(samples))
-    monkeypatch.setattr(evaluate, "load_bertscorer", lambda name, device=None: Scorer())
-    real_limit = evaluate.PromptLimit.from_model
-    monkeypatch.setattr(evaluate.PromptLimit, "from_model", lambda name: real_limit("tiny"))  # prompts counted as tiny's
-    monkeypatch.setattr(evaluate, "check_model_source", lambda name: None)  # "fake" is no model
+    monkeypatch.setattr(pipeline, "make_generate_fn", lambda args: lambda samples, prompt: ["<answer>yes</answer>"] * len(samples))
+    monkeypatch.setattr(pipeline, "load_bertscorer", lambda name, device=None: Scorer())
+    real_limit = pipeline.PromptLimit.from_model
+    monkeypatch.setattr(pipeline.PromptLimit, "from_model", lambda name: real_limit("tiny"))  # prompts counted as tiny's
+    monkeypatch.setattr(pipeline, "check_model_source", lambda name: None)  # "fake" is no model
     monkeypatch.setenv("GEMINI_API_KEY", KEY)
     with JudgeServer(KEY) as server:
         server.failure, server.fail_after = "gone", 1
@@ -502,8 +500,7 @@ def test_evaluate_exits_with_the_fatal_message_and_keeps_the_cache(tmp_path, mon
 
 @pytest.mark.parametrize("model, env", [("gpt-4o-mini", "OPENAI_API_KEY"), ("gemini-1.5-flash", "GEMINI_API_KEY")])
 def test_refused_blocked_and_truncated_replies_are_asked_once_cached_and_counted(tmp_path, monkeypatch, model, env):
-    from src.eval.report import render_report
-    from src.eval.summary import Group, build_summary
+    from src.eval.report import Group, build_summary, render_report
 
     monkeypatch.setenv(env, KEY)
     gemini = model.startswith("gemini")
@@ -558,7 +555,7 @@ def test_gemini_retry_info_delay_is_honoured(tmp_path, monkeypatch):
 
 def test_each_model_gets_the_parameters_it_accepts():
     def body(model, base_url=None, **options):
-        from src.eval.judge_client import OPENAI_BASE_URL
+        from src.eval.judge.client import OPENAI_BASE_URL
 
         backend = OpenAIChat(model, None, base_url or OPENAI_BASE_URL, **options)
         return {k: v for k, v in backend.request("p")[2].items() if k not in ("model", "messages")}
@@ -579,8 +576,8 @@ def test_each_model_gets_the_parameters_it_accepts():
 
 @pytest.mark.parametrize("json_mode", [False, True])
 def test_json_mode_is_a_flag_and_the_unparseable_reply_rate_is_reported_either_way(tmp_path, monkeypatch, json_mode):
-    from src.eval.judge_client import JSON_MODE_INSTRUCTION
-    from src.eval.summary import Group, build_summary
+    from src.eval.judge.client import JSON_MODE_INSTRUCTION
+    from src.eval.report import Group, build_summary
 
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     records = [record(q, dataset="toy", split="test", prompt="reasoning") for q in ("plain", "[never] q", "[garbled] q")]
@@ -613,7 +610,7 @@ def test_prices_match_exact_model_or_snapshot_names_only():
 
 
 def test_retired_judges_are_accepted_with_a_warning(monkeypatch, caplog):
-    from src.eval.judge_models import is_local, retirement
+    from src.eval.judge.client import is_local, retirement
 
     monkeypatch.setenv("GEMINI_API_KEY", KEY)
     caplog.set_level(logging.WARNING)
@@ -627,7 +624,7 @@ def test_retired_judges_are_accepted_with_a_warning(monkeypatch, caplog):
 
 
 def test_error_bodies_of_each_shape_are_read():
-    from src.eval.judge_errors import read_error
+    from src.eval.judge.client import read_error
 
     openai = read_error(400, json.dumps({"error": {"message": "Unsupported parameter: 'max_tokens' is not supported "
                                                               "with this model.", "type": "invalid_request_error",

@@ -6,13 +6,11 @@ import csv
 import pytest
 
 from src.data.sample import Sample
-from src.eval.human_sheet import export_human_sheet, read_human_sheet
-from src.eval.judging import JudgeRun, Verdict
+from src.eval.judge.judging import JudgeRun, Verdict
 from src.eval.metrics import (best_bertscore, choice_metrics, closed_metrics, exact_match, no_judge_metrics,
                               open_metrics, token_recall)
 from src.eval.predictions import prediction_record, run_predictions
-from src.eval.report import render_report
-from src.eval.summary import Group, build_summary
+from src.eval.report import Group, build_summary, export_human_sheet, read_human_sheet, render_report
 from src.rewards.answers import normalize_text
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 import evaluate
-from src.cli.errors import UserError
+from src.errors import UserError
+from src.eval import pipeline
 from src.run_guard import Interrupted
 from tests.conftest import random_image
 from tests.judge_server import JudgeServer
@@ -74,11 +75,11 @@ class FakeScorer:
 @pytest.fixture
 def fake(monkeypatch) -> FakeModel:
     model = FakeModel()
-    monkeypatch.setattr(evaluate, "make_generate_fn", model.make_generate_fn)
-    monkeypatch.setattr(evaluate, "load_bertscorer", lambda name, device=None: FakeScorer())
-    real_limit = evaluate.PromptLimit.from_model
-    monkeypatch.setattr(evaluate.PromptLimit, "from_model", lambda name: real_limit("tiny"))  # prompts counted as tiny's
-    monkeypatch.setattr(evaluate, "check_model_source", lambda name: None)  # "fake/model" is no hub model
+    monkeypatch.setattr(pipeline, "make_generate_fn", model.make_generate_fn)
+    monkeypatch.setattr(pipeline, "load_bertscorer", lambda name, device=None: FakeScorer())
+    real_limit = pipeline.PromptLimit.from_model
+    monkeypatch.setattr(pipeline.PromptLimit, "from_model", lambda name: real_limit("tiny"))  # prompts counted as tiny's
+    monkeypatch.setattr(pipeline, "check_model_source", lambda name: None)  # "fake/model" is no hub model
     return model
 
 
@@ -203,13 +204,13 @@ def test_changed_settings_compares_nested_leaves_and_skips_what_may_change_or_wa
 
 
 def test_cli_value_parsing():
-    assert evaluate.data_root(["vqa-rad=/d/rad", "/d"], "vqa-rad") == Path("/d/rad")
-    assert evaluate.data_root(["vqa-rad=/d/rad", "/d"], "slake") == Path("/d/slake")
-    assert evaluate.data_root([], "synthetic") is None
+    assert pipeline.data_root(["vqa-rad=/d/rad", "/d"], "vqa-rad") == Path("/d/rad")
+    assert pipeline.data_root(["vqa-rad=/d/rad", "/d"], "slake") == Path("/d/slake")
+    assert pipeline.data_root([], "synthetic") is None
     urls = ["http://localhost:8000/v1", "gemini-1.5-flash=http://g/v1beta"]
-    assert evaluate.judge_base_url(urls, "gemini-1.5-flash") == "http://g/v1beta"
-    assert evaluate.judge_base_url(urls, "llama3") == "http://localhost:8000/v1"
-    assert evaluate.judge_base_url([], "gpt-4o-mini") is None
+    assert pipeline.judge_base_url(urls, "gemini-1.5-flash") == "http://g/v1beta"
+    assert pipeline.judge_base_url(urls, "llama3") == "http://localhost:8000/v1"
+    assert pipeline.judge_base_url([], "gpt-4o-mini") is None
 
 
 def test_open_answers_get_a_side_error_rate_and_on_request_the_clinical_score(tmp_path, fake, monkeypatch):
@@ -221,7 +222,7 @@ def test_open_answers_get_a_side_error_rate_and_on_request_the_clinical_score(tm
             {"qid": 2, "image_name": "synpic1.jpg", "question": "Which lung?", "answer": "left lung",
              "answer_type": "OPEN"}]
     (root / "vqa-rad" / "testset.json").write_text(json.dumps(rows))
-    monkeypatch.setattr(evaluate, "make_generate_fn",   # the model says "The left lung." to everything
+    monkeypatch.setattr(pipeline, "make_generate_fn",   # the model says "The left lung." to everything
                         lambda args: lambda samples, prompt: ["<think>t</think><answer>The left lung.</answer>"] * 2)
 
     def evaluate_open(out: str, *extra: str) -> tuple[dict, str]:

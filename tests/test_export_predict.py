@@ -13,9 +13,9 @@ from safetensors import safe_open
 
 import export
 import predict
-from src.cli.errors import UserError
 from src.data.prompts import INFERENCE_PROMPTS
 from src.data.sample import Sample
+from src.errors import UserError
 from src.models.generation import generate_completions, prompt_batch
 from src.models.images import ImageLoadError
 from src.models.loading import load_policy

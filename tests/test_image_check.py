@@ -15,6 +15,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_res
 import evaluate
 from src.data.loaders import load_dataset
 from src.data.rows import DatasetError
+from src.eval import pipeline
 from src.grpo import trainer
 from src.models import images
 from src.models.images import load_image
@@ -122,8 +123,8 @@ def test_evaluate_stops_on_a_bad_image_of_its_last_dataset_before_the_model_load
     (root / "vqa-rad" / "testset.json").write_text(json.dumps([
         {"qid": 1, "image_name": "synpic1.jpg", "question": "Is this an MRI?", "answer": "yes", "answer_type": "CLOSED"}]))
     fake = FakeModel()
-    monkeypatch.setattr(evaluate, "make_generate_fn", fake.make_generate_fn)
-    monkeypatch.setattr(evaluate, "load_bertscorer", lambda name, device=None: FakeScorer())
+    monkeypatch.setattr(pipeline, "make_generate_fn", fake.make_generate_fn)
+    monkeypatch.setattr(pipeline, "load_bertscorer", lambda name, device=None: FakeScorer())
     out = tmp_path / "out"
     command = ["--model", "tiny", "--data-root", str(root), "--output-dir", str(out), "--datasets", "silvar-med:test"]
     evaluate.main(command)
@@ -169,7 +170,7 @@ def test_a_10000_by_10000_image_is_named_once_then_resized_whole_by_the_processo
 
 
 def test_a_checked_image_that_changes_on_disk_is_checked_again(tmp_path):
-    from src.data.image_check import image_problem
+    from src.data.loaders import image_problem
     from src.models.prompt_length import image_size
 
     path = tmp_path / "scan.png"

@@ -201,7 +201,7 @@ def test_dtype_auto_resolves_by_device_and_a_resume_refuses_another_dtype(tmp_pa
 
 def test_evaluate_runs_in_bf16_and_an_output_folder_keeps_one_dtype(tmp_path):
     import evaluate
-    from src.cli.errors import UserError
+    from src.errors import UserError
 
     argv = ["--model", "tiny", "--datasets", "synthetic:test", "--limit", "2", "--prompt", "reasoning",
             "--max-new-tokens", "4", "--judge", "none", "--device", "cpu", "--output-dir", str(tmp_path)]

@@ -11,6 +11,7 @@ import evaluate
 from src.data.prompts import TRAINING_PROMPTS, build_messages
 from src.data.rows import DatasetError
 from src.data.sample import Sample
+from src.eval import pipeline
 from src.grpo import trainer
 from src.models.inputs import build_prompt_batch
 from src.models.prompt_length import PromptLimit
@@ -116,7 +117,7 @@ def test_evaluate_refuses_a_prompt_beyond_the_positions_before_the_model_loads(t
     def no_model(args):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(evaluate, "make_generate_fn", no_model)
+    monkeypatch.setattr(pipeline, "make_generate_fn", no_model)
     out = tmp_path / "out"
     with pytest.raises(DatasetError, match=r"silvar-med sample q2 .*more than the 4096 positions of tiny"):
         evaluate.main(["--model", "tiny", "--data-root", str(tmp_path / "data"), "--output-dir", str(out),

@@ -11,9 +11,8 @@ import yaml
 
 import reproduce
 from src.cli.config_file import load_file
-from src.cli.errors import UserError
-from src.recipes.paper import TABLES
-from src.recipes.tables import answers_right
+from src.errors import UserError
+from src.recipes.paper import TABLES, answers_right
 from tests.judge_server import JudgeServer
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"

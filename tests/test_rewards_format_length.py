@@ -1,8 +1,7 @@
 """Format reward: a table of completions with the reward each must get. Length reward: the cap."""
 import pytest
 
-from src.rewards.format import format_reward
-from src.rewards.length import length_reward
+from src.rewards.total import format_reward, length_reward
 
 HUGE = "lesion " * 15_000  # 105,000 characters
 GARBAGE = bytes(range(256)).decode("latin-1")

@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 
 from src.data.sample import Sample
-from src.rewards.accuracy import accuracy_rewards
 from src.rewards.open_answers import (AXES, TERMS, Axis, ClinicalRules, baseline, contradiction, names_position,
                                       open_answer_scores, read_answer, rescale, side_error)
+from src.rewards.total import accuracy_rewards
 from tests.test_rewards_total import CountingScorer
 
 GARBAGE = bytes(range(256)).decode("latin-1")

@@ -4,12 +4,9 @@ import math
 import pytest
 
 from src.data.sample import Sample
-from src.rewards.accuracy import accuracy_reward, accuracy_rewards
 from src.rewards.answers import parse_completion
-from src.rewards.format import format_reward
-from src.rewards.length import length_reward
-from src.rewards.reasoning import reasoning_reward, reasoning_rewards
-from src.rewards.total import RewardWeights, score_completions
+from src.rewards.total import (RewardWeights, accuracy_rewards, format_reward, length_reward, reasoning_rewards,
+                               score_completions)
 
 HUGE = "lesion " * 15_000  # 105,000 characters
 GARBAGE = bytes(range(256)).decode("latin-1")
@@ -61,34 +58,36 @@ VQA_MED = sample("ct", "open", alternatives=("computed tomography",))
     ("<answer>(A)</answer>", CHOICE, 0.0),
 ])
 def test_accuracy_closed_and_choice(completion, item, expected):
-    assert accuracy_reward(completion, item) == expected  # no scorer needed for these
+    assert accuracy_rewards([completion], [item], None) == [expected]  # no scorer needed for these
 
 
 def test_accuracy_open_is_bertscore_max_over_references(scorer):
-    identical = accuracy_reward("<think>x</think><answer>pleural effusion</answer>", OPEN, scorer)
+    [identical] = accuracy_rewards(["<think>x</think><answer>pleural effusion</answer>"], [OPEN], scorer)
     assert identical > 0.999
     # The alternative "computed tomography" is matched exactly, the answer "ct" is not: max wins.
     by_reference = scorer.score(["computed tomography"] * 2, ["ct", "computed tomography"])
     assert by_reference[0] < 0.999 < by_reference[1]
-    assert accuracy_reward("<answer>computed tomography</answer>", VQA_MED, scorer) == pytest.approx(
-        by_reference[1], abs=1e-6)
-    assert accuracy_reward("<answer></answer>", OPEN, scorer) == 0.0
+    assert accuracy_rewards(["<answer>computed tomography</answer>"], [VQA_MED], scorer) == pytest.approx(
+        [by_reference[1]], abs=1e-6)
+    assert accuracy_rewards(["<answer></answer>"], [OPEN], scorer) == [0.0]
 
 
 def test_accuracy_errors_name_the_problem():
     with pytest.raises(ValueError, match="open questions need a BertScorer"):
-        accuracy_reward("x", OPEN)
+        accuracy_rewards(["x"], [OPEN], None)
     with pytest.raises(ValueError, match="sample closed:yes: unknown answer_type 'free'"):
         accuracy_rewards(["x"], [Sample(id="closed:yes", dataset="t", image="i", question="q", answer="yes",
                                         answer_type="free")], None)
 
 
 def test_reasoning_reward(scorer):
-    assert reasoning_reward(REASONING, OPEN, scorer) > 0.999
-    assert reasoning_reward("The heart is enlarged.", OPEN, scorer) < 0.9
-    assert reasoning_reward(None, OPEN, scorer) == 0.0  # annotated, but no think block
-    assert reasoning_reward(REASONING, LEFT, scorer) is None  # no annotation: excluded
-    assert reasoning_reward(REASONING, sample("left", reasoning="  "), scorer) is None
+    samples = [OPEN, OPEN, OPEN, LEFT, sample("left", reasoning="  ")]
+    rewards = reasoning_rewards([REASONING, "The heart is enlarged.", None, REASONING, REASONING], samples, scorer)
+    assert rewards[0] > 0.999
+    assert rewards[1] < 0.9
+    assert rewards[2] == 0.0  # annotated, but no think block
+    assert rewards[3] is None  # no annotation: excluded
+    assert rewards[4] is None
 
 
 BATCH = [
@@ -112,9 +111,9 @@ def test_batched_equals_per_item_with_one_scorer_call_each(scorer):
     batched_reasoning = reasoning_rewards(thinks, samples, counting)
     assert counting.calls == 2
     # BERTScore alone vs in a padded batch differs by float32 summation order only (~1e-7).
-    assert batched_accuracy == pytest.approx([accuracy_reward(c, s, scorer) for c, s in zip(completions, samples)],
-                                             abs=1e-6)
-    per_item = [reasoning_reward(t, s, scorer) for t, s in zip(thinks, samples)]
+    per_item_accuracy = [accuracy_rewards([c], [s], scorer)[0] for c, s in zip(completions, samples)]
+    assert batched_accuracy == pytest.approx(per_item_accuracy, abs=1e-6)
+    per_item = [reasoning_rewards([t], [s], scorer)[0] for t, s in zip(thinks, samples)]
     assert [r is None for r in batched_reasoning] == [r is None for r in per_item]
     assert [r for r in batched_reasoning if r is not None] == pytest.approx([r for r in per_item if r is not None],
                                                                           abs=1e-6)

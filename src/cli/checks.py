@@ -1,61 +1,12 @@
-"""Checks that cost milliseconds, run before anything that costs minutes (loading weights, reaching
-the hub): each raises a UserError naming the flag and what to change. `number` is the type of every
-numeric flag: its range is checked as the command line or a --config file is parsed."""
+"""`number`, the argparse type of every numeric flag: its range is checked as the command line or a
+--config file is parsed. The checks that run before a model loads are in src/checks.py."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
-import os
-from pathlib import Path
 from typing import Callable
 
-from src.cli.errors import UserError
-
-
-def check_writable(path: str | Path, flag: str = "--output-dir") -> None:
-    """`path` is a directory we can write into, or can be created under its nearest existing parent."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{flag} {path}: exists and is not a directory")
-    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {path}: {existing} is not writable")
-
-
-def check_model_source(name: str, flag: str = "--model") -> None:
-    """`name` is 'tiny', a model or adapter directory (whose base is usable), or a hub id; with
-    HF_HUB_OFFLINE set, a hub id must already be in the local cache."""
-    from src.models.loading import base_model_name, is_hub_id
-
-    if name == "tiny":
-        return
-    path = Path(name)
-    if path.is_dir():
-        if (path / "adapter_config.json").is_file():
-            base = base_model_name(name)
-            if not Path(base).is_dir() and not is_hub_id(base):
-                raise UserError(f"{flag} {name}: its base model {base} (base_model_name_or_path in "
-                                "adapter_config.json) is not a directory here; put the base model there or "
-                                "edit that field")
-            return check_model_source(base, f"{flag} {name}: base model")
-        if not (path / "config.json").is_file():
-            raise UserError(f"{flag} {name}: holds neither a model (config.json) nor an adapter (adapter_config.json)")
-        return
-    if not is_hub_id(name):
-        raise UserError(f"{flag} {name}: no such directory, and not a hub id like Qwen/Qwen2-VL-2B-Instruct")
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        from huggingface_hub import try_to_load_from_cache
-
-        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
-            raise UserError(f"{flag} {name}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
-                            f"download it (huggingface-cli download {name}) or pass a local directory")
-
-
-def check_installed(module: str, what: str, extra: str) -> None:
-    if importlib.util.find_spec(module) is None:
-        raise UserError(f"{what} needs the {module} package: pip install -e '.[{extra}]'")
-
+from src.checks import check_model_source  # noqa: F401 - src/grpo/trainer.py imports it from here
 
 BOUNDS = ("min", "gt", "max", "lt")
 """Range keys of a numeric flag: min <= value, gt < value, value <= max, value < lt."""

@@ -11,21 +11,15 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from src.data.rows import DatasetError
-from src.files import WriteError
+from src.errors import UserError
 from src.grpo.checkpoint import CheckpointError
 from src.grpo.run_log import RunLogError
 from src.models.images import ImageLoadError
-from src.run_guard import FolderInUse, Interrupted
+from src.run_guard import Interrupted
 
-
-class UserError(ValueError):
-    """Something the user asked for cannot be done as asked; the message says what to change."""
-
-
-USER_ERRORS = (UserError, DatasetError, ImageLoadError, CheckpointError, RunLogError, FolderInUse, WriteError)
-"""Each names the file (and row or line) to fix: dataset files and images, damaged checkpoints and run
-logs, an output folder another run holds, a full disk."""
+USER_ERRORS = (UserError, ImageLoadError, CheckpointError, RunLogError)
+"""Each names what to fix: UserError and its subclasses (a flag, a dataset file or row, an output folder
+another run holds, a full disk: src/errors.py), images, damaged checkpoints and run logs."""
 
 
 def run_main(main: Callable[[], object]) -> None:

@@ -9,25 +9,38 @@ data, say). Each dataset's module docstring gives its on-disk layout (docs/DATA.
 Unusable rows (missing or undecodable image, empty question or answer, malformed line, bytes that are
 not UTF-8) raise one DatasetError that names file and row, unless `skip_bad_rows=True`, which skips them
 with a warning. Rows the official files themselves get wrong (a known upstream defect, listed in the
-dataset's module) are skipped by default with one warning naming file and row.
+dataset's loader) are skipped by default with one warning naming file and row.
+
+Every image is decoded when the dataset loads, so a bad one stops the run before any model loads.
+`check_images` decodes each distinct image once, exactly as training and evaluation will
+(`load_image`: decode, EXIF rotation, RGB), on a pool of threads (Pillow releases the GIL while it
+decodes). A sample whose image fails (missing, empty, truncated, not an image, above Pillow's pixel
+limit) becomes a bad row of its dataset file, reported with the rows the loader rejected: one
+DatasetError naming file and row, or with skip_bad_rows one warning listing them all. Images above
+89.5 megapixels pass (the processor resizes them, see src/models/images.py) and are named in one
+warning. Its cost, measured, is in docs/DATA.md (`python -m benchmarks.dataset_check` measures it
+for one split).
 """
 from __future__ import annotations
 
+import os
 import re
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from src.data.cv_bench import load_cv_bench
-from src.data.path_vqa import load_path_vqa, original_release
-from src.data.image_check import check_images
+from tqdm import tqdm
+
+from src.data.datasets import (SLAKE_DEFECTS, is_json_layout, load_cv_bench, load_path_vqa, load_slake,
+                               load_vqa_med_2019, load_vqa_rad, original_release)
+from src.data.reasoning_set import is_reasoning_set, load_silvar_med, upstream_folder
 from src.data.rows import BadRows, DatasetError
 from src.data.sample import Sample
-from src.data.silvar_med import is_reasoning_set, load_silvar_med, upstream_folder
-from src.data.slake import KNOWN_DEFECTS as SLAKE_DEFECTS, load_slake
 from src.data.synthetic import load_synthetic_split
-from src.data.vqa_med_2019 import load_vqa_med_2019
-from src.data.vqa_rad import is_json_layout, load_vqa_rad
+from src.files import file_key
+from src.models.images import LARGE_IMAGE_PIXELS, ImageLoadError, load_image
 
 
 @dataclass(frozen=True)
@@ -61,7 +74,7 @@ OFFICIAL_COUNTS = {
     "path-vqa-parquet": {"train": 19654, "val": 6259, "test": 6719},
     "cv-bench": {"test": 2638},
 }
-# Of those, rows the publishers' own files get wrong: the KNOWN_DEFECTS of the dataset's module,
+# Of those, rows the publishers' own files get wrong: the known defects of the dataset's loader,
 # which every load skips; a whole split loads OFFICIAL_COUNTS minus these.
 KNOWN_DEFECT_ROWS = {"slake": {"train": len(SLAKE_DEFECTS)}}
 
@@ -135,3 +148,57 @@ def canonical_split(name: str, split: str) -> str:
     if canonical not in dataset_spec(name).splits:
         raise DatasetError(f"{name} has no split {split!r}; its splits: {', '.join(dataset_spec(name).splits)}")
     return canonical
+
+
+MAX_WORKERS = 8  # image-decoding threads at most
+
+
+def default_workers() -> int:
+    return min(MAX_WORKERS, os.cpu_count() or 1)
+
+
+def check_images(samples: list[Sample], bad: BadRows, workers: int | None = None) -> list[Sample]:
+    """The samples whose image decodes; each other one is recorded in `bad` with its file and row."""
+    users: dict[str | bytes, list[Sample]] = {}  # one decode per distinct path (or byte string)
+    for sample in samples:
+        users.setdefault(sample.image, []).append(sample)
+    sources = list(users)
+    names = [source if isinstance(source, str) else f"{bad.dataset} sample {users[source][0].id} (image bytes)"
+             for source in sources]
+    with ThreadPoolExecutor(workers or default_workers()) as pool:
+        results = list(tqdm(pool.map(image_problem, sources, names), total=len(sources),
+                            desc=f"{bad.dataset}: decoding images", unit="image", delay=2.0))
+    rejected, large = set(), []
+    for source, name, (problem, size) in zip(sources, names, results):
+        if problem is not None:
+            for sample in users[source]:
+                bad.reject(sample, problem)
+                rejected.add(id(sample))
+        elif size[0] * size[1] > LARGE_IMAGE_PIXELS:
+            large.append(f"{name} ({size[0]}x{size[1]})")
+    if large:
+        warnings.warn(f"{bad.dataset}: {len(large)} image(s) above {LARGE_IMAGE_PIXELS / 1e6:.1f} megapixels; each "
+                      "is decoded in full (3 bytes per pixel) before the image processor shrinks it to its "
+                      f"max_pixels: {'; '.join(large)}", stacklevel=3)
+    return [sample for sample in samples if id(sample) not in rejected]
+
+
+def image_problem(source: str | bytes, name: str) -> tuple[str | None, tuple[int, int] | None]:
+    """(None, (width, height)) for an image that decodes, else (the reason, None).
+
+    A file's result is kept for the process under its path, size and modification time, so a dataset
+    that loads again (evaluation after training, the demo's stages) is not decoded again, and a file
+    that changes is."""
+    key = file_key(source)
+    if key is not None and key in _CHECKED:
+        return _CHECKED[key]
+    try:
+        result = None, load_image(source, name=name).size
+    except ImageLoadError as error:
+        result = str(error), None
+    if key is not None:
+        _CHECKED[key] = result
+    return result
+
+
+_CHECKED: dict[tuple[str, int, int], tuple[str | None, tuple[int, int] | None]] = {}

@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from src.data.sample import Sample
+from src.errors import UserError
 
 SHOWN_REASONS = 5  # how many bad rows an error or warning spells out
 NOT_UTF8 = re.compile("[\udc80-\udcff]")  # what a non-UTF-8 byte decodes to under errors="surrogateescape"
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A dataset that cannot be loaded as asked: missing file, unusable rows, unknown split."""
 
 
@@ -89,7 +90,7 @@ class BadRows:
         return samples
 
     def reject(self, sample: Sample, reason: str) -> None:
-        """Count a sample `parse` made as a bad row after all (its image does not decode, see image_check.py)."""
+        """Count a sample `parse` made as a bad row after all (its image does not decode: loaders.check_images)."""
         file, row = self.origins[id(sample)]
         self.rows.append(BadRow(file, row, reason))
 

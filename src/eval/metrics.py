@@ -31,8 +31,8 @@ from typing import Protocol, Sequence
 
 from src.eval.predictions import record_sample
 from src.rewards.answers import choice_correct, closed_correct, normalize_text
-from src.rewards.format import format_reward
 from src.rewards.open_answers import best_bertscore, names_position, open_answer_scores, side_error
+from src.rewards.total import format_reward
 
 
 class Scorer(Protocol):

@@ -1,10 +1,200 @@
-"""OUTPUT/report.md from the summary: the paper's table layout first, then the judge-free metrics.
+"""What an evaluation hands to people: OUTPUT/summary.json, OUTPUT/report.md, and the human sheet.
 
-Table 3/6 layout: one row per dataset, Reasoning (%) and Final (%) per judge (and the Human
-Evaluation pair when a scored sheet was imported), one block of rows per inference prompt. "—" marks
-a value that does not exist (no reference reasoning, nothing scored).
+The summary gathers everything an evaluation computed into one JSON-ready dict. Rates are fractions
+in [0, 1] (the report prints them as percentages). Judge and human percentages count only what was
+actually scored: a failed, unparseable, refused or truncated judgment, or an empty human cell, is
+left out of the denominator and counted separately, never scored as 0. Predictions that carry
+verdict-shaped text are counted per group and listed per judge.
+
+The report renders the summary: the paper's table layout first, then the judge-free metrics. Table
+3/6 layout: one row per dataset, Reasoning (%) and Final (%) per judge (and the Human Evaluation pair
+when a scored sheet was imported), one block of rows per inference prompt. "—" marks a value that
+does not exist (no reference reasoning, nothing scored).
+
+The human sheet is a CSV for clinicians to score, read back into the summary. One row per prediction.
+The reviewer fills reasoning_score and prediction_score with 1 (similar to the reference, the same
+criterion the judge prompt states) or 0, or leaves a cell empty (not scored). Rows are keyed by
+(dataset, split, prompt, id); the other columns are for reading only. Every text cell is written by a
+model or a dataset, and a spreadsheet runs a cell that begins with "=", "+", "-" or "@" as a formula
+(CSV injection: =HYPERLINK(...) sends data away when clicked). So such a cell, and one that begins
+with a tab, a carriage return or a "'", is written with a "'" in front (OWASP's rule: the spreadsheet
+shows it as text); reading the sheet back removes that "'", so the keys round-trip exactly.
 """
 from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+from src.eval.judge.judging import JudgeRun, Verdict, judge_cost_usd
+from src.eval.metrics import mean
+from src.files import write_atomic
+
+
+# ---- the human sheet -------------------------------------------------------------------------
+
+KEY_COLUMNS = ["dataset", "split", "prompt", "id"]
+COLUMNS = [*KEY_COLUMNS, "image", "question", "reference_reasoning", "reference",
+           "prediction_think", "prediction_answer", "reasoning_score", "prediction_score"]
+SCORE_COLUMNS = ("reasoning_score", "prediction_score")
+HumanScores = dict[tuple[str, str, str, str], dict[str, int | None]]
+
+
+def export_human_sheet(records: list[dict], path: Path) -> None:
+    """Write the sheet for `records`; refuses to overwrite a sheet that already holds scores."""
+    if path.exists() and any(v is not None for row in read_human_sheet(path).values() for v in row.values()):
+        raise FileExistsError(f"{path} already holds human scores; move it away before exporting again")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+    writer.writeheader()
+    for record in records:
+        writer.writerow({column: as_text_cell(value) for column, value in {
+            "dataset": record["dataset"], "split": record["split"], "prompt": record["prompt"], "id": record["id"],
+            "image": record["image"] or "", "question": record["question"],
+            "reference_reasoning": record["reasoning_reference"] or "",
+            "reference": " | ".join([record["reference"], *record["alternatives"]]),
+            "prediction_think": record["think"] or "", "prediction_answer": record["answer"],
+            "reasoning_score": "", "prediction_score": "",
+        }.items()})
+    write_atomic(path, buffer.getvalue())
+
+
+def read_human_sheet(path: Path) -> HumanScores:
+    """Scores by (dataset, split, prompt, id): each 0, 1 or None (empty cell).
+
+    Raises ValueError naming the file and row for a missing column, a duplicate key or a score
+    other than 0, 1 or empty.
+    """
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in (*KEY_COLUMNS, *SCORE_COLUMNS) if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: missing columns {missing}")
+        scores: HumanScores = {}
+        for row in reader:
+            where = f"{path}: row {reader.line_num} (id {row['id']!r})"
+            key = tuple(from_text_cell(row[c]) for c in KEY_COLUMNS)
+            if key in scores:
+                raise ValueError(f"{where}: duplicate row for {key}")
+            scores[key] = {column: _score(row[column], where, column) for column in SCORE_COLUMNS}
+    return scores
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")  # "'" too, so that removing one "'" on reading is exact
+
+
+def as_text_cell(value: str) -> str:
+    """`value` as a cell no spreadsheet runs as a formula: a "'" in front of a risky first character."""
+    return f"'{value}" if str(value).startswith(FORMULA_STARTS) else str(value)
+
+
+def from_text_cell(cell: str) -> str:
+    """The value `as_text_cell` wrote (a cell a reviewer typed without the "'" reads as it is)."""
+    return cell[1:] if cell.startswith("'") and cell[1:].startswith(FORMULA_STARTS) else cell
+
+
+def _score(cell: str | None, where: str, column: str) -> int | None:
+    text = (cell or "").strip()
+    if text in ("", "0", "1"):
+        return int(text) if text else None
+    raise ValueError(f"{where}: {column} must be 0, 1 or empty, got {cell!r}")
+
+
+# ---- the summary -----------------------------------------------------------------------------
+
+NOT_SCORED = ("unparseable", "refused", "truncated", "failed")  # the verdicts counted but never scored
+
+
+@dataclass(frozen=True)
+class Group:
+    """The prediction records of one dataset split under one inference prompt."""
+
+    dataset: str
+    split: str
+    prompt: str
+    records: list[dict]
+
+
+def judge_scores(records: list[dict], verdicts: list[Verdict]) -> dict:
+    """Final = mean prediction_score, Reasoning = mean reasoning_score (records with a reference
+    reasoning only; None where there are none), both over the "ok" verdicts."""
+    ok = [(record, verdict) for record, verdict in zip(records, verdicts) if verdict.status == "ok"]
+    reasoning = [verdict.reasoning_score for record, verdict in ok if record["reasoning_reference"]]
+    return {
+        "final": mean([verdict.prediction_score for _, verdict in ok]),
+        "reasoning": mean(reasoning),
+        "judged": len(ok),
+        "judged_reasoning": len(reasoning),
+        **{status: sum(v.status == status for v in verdicts) for status in NOT_SCORED},
+        "verdict_in_prediction": sum(v.verdict_in_prediction for v in verdicts),
+    }
+
+
+def human_scores(records: list[dict], sheet: HumanScores) -> dict:
+    """Mean human scores over the cells the reviewers filled, with how many they filled."""
+    rows = [sheet.get((r["dataset"], r["split"], r["prompt"], r["id"]), {}) for r in records]
+    final = [row["prediction_score"] for row in rows if row.get("prediction_score") is not None]
+    reasoning = [row["reasoning_score"] for row in rows if row.get("reasoning_score") is not None]
+    return {"final": mean(final), "reasoning": mean(reasoning), "scored": len(final), "scored_reasoning": len(reasoning)}
+
+
+def build_summary(
+    run: dict,
+    groups: list[Group],
+    metrics: list[dict],
+    judge_runs: list[JudgeRun],
+    sheet: HumanScores | None,
+) -> dict:
+    """The summary: run settings, then per group its metrics, judge and human scores, then per judge
+    its token usage, cost and every record it could not score."""
+    offsets = [sum(len(g.records) for g in groups[:i]) for i in range(len(groups) + 1)]
+    summary_groups = []
+    for i, (group, group_metrics) in enumerate(zip(groups, metrics)):
+        entry = {"dataset": group.dataset, "split": group.split, "prompt": group.prompt, "metrics": group_metrics,
+                 "judges": {jr.model: judge_scores(group.records, jr.verdicts[offsets[i]:offsets[i + 1]])
+                            for jr in judge_runs}}
+        if sheet is not None:
+            entry["human"] = human_scores(group.records, sheet)
+        summary_groups.append(entry)
+    records = [record for group in groups for record in group.records]
+    return {**run, "groups": summary_groups, "judges": {jr.model: _judge_totals(jr, records) for jr in judge_runs}}
+
+
+def _judge_totals(judge_run: JudgeRun, records: list[dict]) -> dict:
+    """Token usage and cost; every reply behind the verdicts and the share that was unparseable; the
+    records not scored, and those whose prediction carries verdict-shaped text. The cost is unknown
+    (None) when any reply came without usage or the model has no price, and 0 for a judge on this
+    machine or a private network (no per-token charge)."""
+    problems = [{"dataset": r["dataset"], "split": r["split"], "prompt": r["prompt"], "id": r["id"],
+                 "status": v.status, "error": v.error}
+                for r, v in zip(records, judge_run.verdicts) if v.status != "ok"]
+    flagged = [{"dataset": r["dataset"], "split": r["split"], "prompt": r["prompt"], "id": r["id"],
+                "status": v.status, "prediction_score": v.prediction_score}
+               for r, v in zip(records, judge_run.verdicts) if v.verdict_in_prediction]
+    if judge_run.replies_without_usage:
+        cost = None
+    elif judge_run.local:
+        cost = 0.0
+    else:
+        cost = judge_cost_usd(judge_run.model, judge_run.prompt_tokens, judge_run.completion_tokens)
+    return {
+        "prompt_tokens": judge_run.prompt_tokens,
+        "completion_tokens": judge_run.completion_tokens,
+        "replies_without_usage": judge_run.replies_without_usage,
+        "cost_usd": cost,
+        "local": judge_run.local,
+        "new_replies": judge_run.new_replies,
+        "replies": judge_run.replies,
+        "unparseable_replies": judge_run.unparseable_replies,
+        "unparseable_reply_rate": judge_run.unparseable_replies / judge_run.replies if judge_run.replies else None,
+        "json_mode": judge_run.json_mode,
+        "not_scored": problems,
+        "verdict_in_prediction": flagged,
+    }
+
+
+# ---- the report ------------------------------------------------------------------------------
 
 DATASET_NAMES = {
     "silvar-med": "Ours (reasoning set)", "vqa-rad": "VQA-RAD", "slake": "SLAKE", "vqa-med-2019": "VQA-Med 2019",

@@ -5,7 +5,7 @@ nothing cropped, to at most its max_pixels (12.8 MP for Qwen2-VL-2B: 16,384 imag
 Qwen2-VL's own pipeline does. The limits are Pillow's decompression-bomb limits, applied here rather
 than by Pillow, which warns (DecompressionBombWarning) from whichever call first opens a large image,
 mid-run: images above `LARGE_IMAGE_PIXELS` (89.5 MP) are decoded and named once, in one warning, when
-their dataset loads (src/data/image_check.py); above `MAX_IMAGE_PIXELS` (twice that) `load_image`
+their dataset loads (src/data/loaders.py); above `MAX_IMAGE_PIXELS` (twice that) `load_image`
 refuses them with an ImageLoadError naming the file: downscale such an image first. Pillow's own
 guard is therefore switched off for this process (`Image.MAX_IMAGE_PIXELS = None`).
 """

@@ -22,10 +22,10 @@ from typing import Callable, Sequence
 
 from PIL import Image
 
-from src.data.image_check import file_key
 from src.data.prompts import build_messages
 from src.data.rows import SHOWN_REASONS, DatasetError
 from src.data.sample import Sample
+from src.files import file_key
 from src.models.inputs import render_prompt
 from src.models.loading import _offline_hint, base_model_name, resolve_model_path
 

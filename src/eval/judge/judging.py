@@ -1,4 +1,5 @@
-"""Judge prediction records with one LLM judge: cache first, then concurrent requests for the rest.
+"""Judge prediction records with one LLM judge: cache first, then concurrent requests for the rest;
+and what the judgments cost.
 
 Each distinct prompt is asked at most once (records with identical prompts share a reply) and only
 when the cache lacks it. Every record ends in one of five states:
@@ -11,28 +12,103 @@ when the cache lacks it. Every record ends in one of five states:
   failed       no reply (HTTP error, timeouts after all retries); the error text says why.
 Only "ok" records enter the percentages; the others are counted and reported, never scored 0. A
 prediction that carries verdict-shaped text is flagged (`verdict_in_prediction`); its judgment is the
-judge's own verdict, never a copy of the prediction's (src/eval/judge_prompt.py).
+judge's own verdict, never a copy of the prediction's (src/eval/judge/prompt.py).
 
-A fatal answer (a refused key, a retired model, no quota: src/eval/judge_errors.py) stops the run:
+A fatal answer (a refused key, a retired model, no quota: src/eval/judge/client.py) stops the run:
 no new request is sent, the requests in flight finish and are cached, and JudgeFatalError says what
 the provider answered, how to fix it, and that a re-run resumes from the cache. A stop signal
 (src/run_guard.py) stops it the same way and raises Interrupted.
+
+The cache: one append-only JSONL file per judge; each line is {key, model, prompt, reply,
+prompt_tokens, completion_tokens, replies, stop, stop_reason}, written (and fsync'ed) the moment the
+reply arrives: token counts are summed over the `replies` asked for this prompt (null when the
+provider reported no usage), `stop` is how the last reply ended ("complete", "refused" or
+"truncated", with the provider's reason). The key is sha256 of the judge model and the exact prompt.
+The raw reply is stored, not its parsed scores, so an improved reply parser applies to past judgments
+without asking again. Refused and truncated replies are cached like any answer (the provider was
+asked and billed); requests that failed are not: a re-run retries them. To re-ask one judgment,
+delete its line. So no prompt is ever paid for twice.
+
+The cost is approximate, from token usage, priced by exact model or snapshot name: US dollars per
+million tokens (input, output), standard (non-batch) tier, as the providers publish them:
+platform.openai.com/docs/pricing and ai.google.dev/gemini-api/docs/pricing. Output includes
+reasoning/thinking tokens, which both providers bill as output. Dates: the gpt-4o family and Gemini
+1.5 as of 2024-10 (Gemini 1.5 for prompts up to 128k tokens); gpt-5-mini and gemini-3-flash-preview
+as of 2026-07. A name is priced only if it is listed: a dated snapshot has its own price
+(gpt-4o-2024-05-13 cost twice gpt-4o's), so no family price is guessed, and an unlisted model (a local
+judge, a new snapshot) has no estimate. Prices change: treat the figure as an estimate and check the
+pages.
 """
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 from tqdm import tqdm
 
-from src.eval.judge_cache import JudgeCache, cache_key
-from src.eval.judge_client import (JSON_MODE_INSTRUCTION, Backend, JudgeFatalError, JudgeRequestError, JudgeStopped,
-                                   RetryPolicy, ask)
-from src.eval.judge_models import is_local
-from src.eval.judge_prompt import (UnparseableReply, judge_prompt, parse_judgment, planted_verdicts,
+from src.eval.judge.client import (JSON_MODE_INSTRUCTION, Backend, JudgeFatalError, JudgeRequestError, JudgeStopped,
+                                   RetryPolicy, ask, is_local)
+from src.eval.judge.prompt import (UnparseableReply, judge_prompt, parse_judgment, planted_verdicts,
                                    verdict_in_prediction)
+from src.files import append_jsonl, read_jsonl
 from src.run_guard import Interrupted, signal_name, stop_requested
+
+
+def cache_key(model: str, prompt: str) -> str:
+    """sha256 over the judge model and the prompt, unambiguous for any two strings."""
+    return hashlib.sha256(json.dumps([model, prompt]).encode("utf-8")).hexdigest()
+
+
+class JudgeCache:
+    """Judge replies by cache key, loaded from and appended to `path`."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.entries = {entry["key"]: entry for entry in read_jsonl(path)}
+
+    def get(self, key: str) -> dict | None:
+        return self.entries.get(key)
+
+    def put(self, entry: dict) -> None:
+        """Store an entry (it must carry its "key") in memory and on disk before returning."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            append_jsonl(handle, [entry])
+        self.entries[entry["key"]] = entry
+
+
+PRICES_USD_PER_MILLION_TOKENS: dict[str, tuple[float, float]] = {
+    # the paper's judges
+    "gpt-4o-mini": (0.15, 0.60),
+    "gpt-4o-mini-2024-07-18": (0.15, 0.60),
+    "gemini-1.5-flash": (0.075, 0.30),
+    "gemini-1.5-flash-001": (0.075, 0.30),
+    "gemini-1.5-flash-002": (0.075, 0.30),
+    # their larger siblings
+    "gpt-4o": (2.50, 10.00),
+    "gpt-4o-2024-11-20": (2.50, 10.00),
+    "gpt-4o-2024-08-06": (2.50, 10.00),
+    "gpt-4o-2024-05-13": (5.00, 15.00),
+    "gemini-1.5-pro": (1.25, 5.00),
+    "gemini-1.5-pro-001": (1.25, 5.00),
+    "gemini-1.5-pro-002": (1.25, 5.00),
+    # the current pair documented in docs/EVALUATION.md (client.CURRENT_JUDGES)
+    "gpt-5-mini": (0.25, 2.00),
+    "gpt-5-mini-2025-08-07": (0.25, 2.00),
+    "gemini-3-flash-preview": (0.50, 3.00),
+}
+
+
+def judge_cost_usd(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+    """Dollar cost of the tokens, or None for a model without a listed price."""
+    if model not in PRICES_USD_PER_MILLION_TOKENS:
+        return None
+    price_in, price_out = PRICES_USD_PER_MILLION_TOKENS[model]
+    return (prompt_tokens * price_in + completion_tokens * price_out) / 1e6
 
 
 @dataclass(frozen=True)
