@@ -19,7 +19,7 @@ from src.grpo.advantages import group_advantages
 from src.grpo.forward import completion_logprobs, rollout_logprobs
 from src.grpo.rollout import sample_rollout
 from src.grpo.run_log import read_metrics
-from src.models.completions import END_TOKENS, VISION_TOKENS, completion_mask, token_ids
+from src.models.engine import END_TOKENS, VISION_TOKENS, completion_mask, token_ids
 from src.models.encoded_prompts import encode_prompts
 from src.models.generation import prompt_batch, sample_groups
 from src.models.inputs import repeat_rows
