@@ -19,8 +19,7 @@ from src.data.sample import Sample
 from src.models.generation import generate_completions, prompt_batch
 from src.models.images import ImageLoadError
 from src.models.loading import load_policy
-from src.models.lora import LoRAConfig, inject_lora, lora_layers
-from src.models.peft_io import save_adapter
+from src.models.lora import LoRAConfig, inject_lora, lora_layers, save_adapter
 from tests.conftest import random_image
 
 FORWARD = """

@@ -84,7 +84,7 @@ def test_unknown_hub_id_offline_says_how_to_use_a_local_copy():
 
 def test_an_adapter_on_a_local_base_loads_from_any_working_directory(tiny_path, tmp_path, monkeypatch):
     from src.models.loading import base_model_name, load_policy
-    from src.models.peft_io import save_adapter
+    from src.models.lora import save_adapter
 
     monkeypatch.chdir(tiny_path.parent)
     base = base_model_name(tiny_path.name)  # given relative to the training run's working directory

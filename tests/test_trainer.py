@@ -338,7 +338,7 @@ def test_dr_grpo_divides_by_the_generation_budget_not_the_longest_completion(tmp
 def test_continuing_an_adapter_takes_its_starting_weights_as_the_reference(tmp_path):
     """--model ADAPTER_DIR: pi_ref is that adapter as loaded, neither the base model nor the adapter
     after the run's updates."""
-    from src.models.peft_io import save_adapter
+    from src.models.lora import save_adapter
 
     donor = trainer.setup(tiny_config(tmp_path / "donor"))
     for layer in lora_layers(donor.policy.model):
