@@ -17,7 +17,7 @@ from src.cli.errors import UserError
 from src.data.prompts import INFERENCE_PROMPTS
 from src.data.sample import Sample
 from src.models.generation import generate_completions, prompt_batch
-from src.models.images import ImageLoadError
+from src.models.inputs import ImageLoadError
 from src.models.loading import load_policy
 from src.models.lora import LoRAConfig, inject_lora, lora_layers, save_adapter
 from tests.conftest import random_image

@@ -9,8 +9,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from src.models.images import ImageLoadError, load_image
-from src.models.inputs import build_prompt_batch, repeat_rows
+from src.models.inputs import ImageLoadError, build_prompt_batch, load_image, repeat_rows
 from src.models.loading import enable_gradient_checkpointing, freeze_vision, load_base
 from src.models.lora import LoRAConfig, inject_lora, lora_layers, mark_only_lora_as_trainable
 from src.models.tiny import SPECIAL_TOKENS, ensure_tiny

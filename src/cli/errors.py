@@ -15,7 +15,7 @@ from src.data.rows import DatasetError
 from src.files import WriteError
 from src.grpo.checkpoint import CheckpointError
 from src.grpo.run_log import RunLogError
-from src.models.images import ImageLoadError
+from src.models.inputs import ImageLoadError
 from src.run_guard import FolderInUse, Interrupted
 
 

@@ -5,7 +5,7 @@
 decodes). A sample whose image fails (missing, empty, truncated, not an image, above Pillow's pixel
 limit) becomes a bad row of its dataset file, reported with the rows the loader rejected: one
 DatasetError naming file and row, or with skip_bad_rows one warning listing them all. Images above
-89.5 megapixels pass (the processor resizes them, see src/models/images.py) and are named in one
+89.5 megapixels pass (the processor resizes them, see src/models/inputs.py) and are named in one
 warning. Its cost, measured, is in docs/DATA.md; `python -m src.data.image_check DATASET --data-root
 ROOT` runs the check alone and prints it.
 """
@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from src.data.rows import BadRows
 from src.data.sample import Sample
-from src.models.images import LARGE_IMAGE_PIXELS, ImageLoadError, load_image
+from src.models.inputs import LARGE_IMAGE_PIXELS, ImageLoadError, load_image
 
 MAX_WORKERS = 8
 

@@ -17,8 +17,7 @@ from src.data.sample import Sample
 from src.models import engine
 from src.models.engine import END_TOKENS, VISION_TOKENS, Completions, completion_mask, token_ids
 from src.models.encoded_prompts import EncodedPrompts, encode_prompts
-from src.models.images import load_image
-from src.models.inputs import PromptBatch, build_prompt_batch, repeat_rows
+from src.models.inputs import PromptBatch, build_prompt_batch, load_image, repeat_rows
 
 ENGINES = ("engine", "hf")
 
