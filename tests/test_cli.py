@@ -163,7 +163,8 @@ def test_every_numeric_train_setting_is_range_checked():
     """Every int and float flag parses through src/cli/checks.number (finite, within its field's range);
     only the reward weights may take any finite value."""
     fields = {f.name: f for cls in typing.get_type_hints(TrainConfig).values() for f in dataclasses.fields(cls)}
-    types = {action.dest.split(".", 1)[1]: action.type for action in train.build_parser("t")._actions if "." in action.dest}
+    actions = train.build_parser("t")._actions
+    types = {action.dest.split(".", 1)[1]: action.type for action in actions if "." in action.dest}
     numeric = sorted(name for name, kind in types.items() if getattr(kind, "__name__", "") in ("int", "float"))
     assert numeric and not any(types[name] in (int, float) for name in numeric)
     for name in (name for name in numeric if types[name].__name__ == "float"):
