@@ -37,8 +37,7 @@ from src.cli.checks import number  # noqa: E402
 from src.cli.errors import run_main  # noqa: E402
 from src.cli.help import HelpFormatter  # noqa: E402
 from src.files import write_atomic  # noqa: E402
-from src.grpo.curves import plot_curves, plot_validation  # noqa: E402
-from src.grpo.run_log import read_metrics  # noqa: E402
+from src.grpo.run_log import plot_curves, plot_validation, read_metrics  # noqa: E402
 
 # The settings of each stage, as the command-line flags they are. Chosen once (docs/DEMO.md tells how)
 # and not tuned per method: rarl and grpo get the same budget. RL's lr went from 2e-3 to 1e-3 after

@@ -30,7 +30,7 @@ from src.cli.help import HelpFormatter  # noqa: E402
 from src.data.prompts import INFERENCE_PROMPTS, TRAINING_PROMPTS  # noqa: E402
 from src.data.sample import Sample  # noqa: E402
 from src.errors import UserError  # noqa: E402
-from src.models.images import load_image  # noqa: E402
+from src.models.inputs import load_image  # noqa: E402
 from src.rewards.answers import parse_completion  # noqa: E402
 
 PROMPTS = {**INFERENCE_PROMPTS, **TRAINING_PROMPTS}

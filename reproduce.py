@@ -39,7 +39,6 @@ from src.cli.help import HelpFormatter  # noqa: E402
 from src.errors import UserError  # noqa: E402
 from src.eval.judge.client import scrub  # noqa: E402
 from src.files import write_atomic  # noqa: E402
-from src.grpo.config import build_parser as build_train_parser, config_from_args  # noqa: E402
 from src.recipes.paper import DATASETS, TABLES, Table, render_table  # noqa: E402
 
 RECIPES = Path(__file__).resolve().parent / "recipes"   # the paper's; --recipes points at an edited copy
@@ -94,7 +93,7 @@ def runs_of(table: Table) -> list[str]:
 def check_recipes(recipes: Path, tables: list[str], train_changes: dict, eval_changes: dict) -> None:
     """Read and check every recipe the tables run, with the changes each stage applies, before any stage:
     a mistake in the last table's recipe stops the run before the first trains, naming the recipe."""
-    train_parser, eval_parser = build_train_parser(train.__doc__), evaluate.build_parser()
+    train_parser, eval_parser = train.build_parser(), evaluate.build_parser()
     for key in tables:
         table = TABLES[key]
         for name in runs_of(table):
@@ -102,7 +101,7 @@ def check_recipes(recipes: Path, tables: list[str], train_changes: dict, eval_ch
             args = train_parser.parse_args([])
             vars(args).update(config_values(train_parser, {**load_file(path), **train_changes}, path))
             try:
-                config_from_args(args)
+                train.config_from_args(args)
             except ValueError as error:  # a check across settings (TrainConfig.__post_init__)
                 raise UserError(f"{path}: {error}") from None
         path = recipes / f"{table.evaluate}.yaml"

@@ -22,19 +22,76 @@ from src.cli.threads import configure_cpu_threads
 
 configure_cpu_threads()  # before torch loads its OpenMP runtime: see docs/CPU.md
 
+import argparse  # noqa: E402
 import contextlib  # noqa: E402
+import dataclasses  # noqa: E402
 import os  # noqa: E402
+import typing  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from src.checks import check_installed, check_writable  # noqa: E402
-from src.cli.config_file import parse_args  # noqa: E402
+from src.cli.checks import BOUNDS, number  # noqa: E402
+from src.cli.config_file import add_config_option, parse_args  # noqa: E402
 from src.cli.errors import run_main  # noqa: E402
+from src.cli.help import HelpFormatter, escape  # noqa: E402
 from src.errors import UserError  # noqa: E402
 from src.grpo.checkpoint import latest_checkpoint  # noqa: E402
-from src.grpo.config import TrainConfig, build_parser, config_from_args  # noqa: E402
+from src.grpo.config import SECTIONS, TrainConfig, section_class  # noqa: E402
 from src.grpo.distributed import close_distributed, is_main  # noqa: E402
 from src.grpo.trainer import check_same_settings, train  # noqa: E402
 from src.run_guard import hold_folder  # noqa: E402
+
+
+def cli_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser(description: str = __doc__) -> argparse.ArgumentParser:
+    """One flag per field of the config dataclasses (src/grpo/config.py), grouped by section, with its
+    help, choices and numeric range; `--config FILE` reads any of them from a file."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    add_config_option(parser, note="; a run's config.json is one")
+    for section in dataclasses.fields(TrainConfig):
+        group = parser.add_argument_group(section.name)
+        for f in dataclasses.fields(section_class(section.name)):
+            kind = base_type(f.type)
+            kwargs = dict(default=f.default, help=escape(f.metadata["help"]), dest=f"{section.name}.{f.name}")
+            if "choices" in f.metadata:
+                kwargs["choices"] = f.metadata["choices"]  # listed in --help as {a,b,c}
+            elif kind is not bool:
+                kwargs["metavar"] = f.name.upper()
+            if kind is bool:
+                group.add_argument(cli_name(f.name), action=argparse.BooleanOptionalAction, **kwargs)
+            elif kind is tuple:
+                group.add_argument(cli_name(f.name), nargs="+", type=str, **kwargs)
+            elif kind in (int, float):  # finite, and within the field's range
+                bounds = {key: f.metadata[key] for key in BOUNDS if key in f.metadata}
+                group.add_argument(cli_name(f.name), type=number(kind, **bounds), **kwargs)
+            else:
+                group.add_argument(cli_name(f.name), type=kind, **kwargs)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    values: dict[str, dict] = {name: {} for name in SECTIONS}
+    for key, value in vars(args).items():
+        if key == "config":  # the file the values came from, not a setting
+            continue
+        section, name = key.split(".", 1)
+        values[section][name] = tuple(value) if isinstance(value, list) else value
+    return TrainConfig(**{name: section_class(name)(**kw) for name, kw in values.items()})
+
+
+def base_type(annotation) -> type:
+    """int | None -> int, tuple[str, ...] -> tuple, for argparse's `type=`."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, vars(typing), {})  # noqa: S307 - our own annotations only
+    origin = typing.get_origin(annotation)
+    if origin is tuple:
+        return tuple
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return next(a for a in typing.get_args(annotation) if a is not type(None))
+    return annotation
 
 
 def check_before_loading(cfg: TrainConfig) -> None:
@@ -56,7 +113,7 @@ def check_before_loading(cfg: TrainConfig) -> None:
 
 def parse_config(argv: list[str] | None) -> TrainConfig:
     """The run's config from the command line and --config; a value the config refuses is a UserError."""
-    args = parse_args(build_parser(__doc__), argv)
+    args = parse_args(build_parser(), argv)
     try:
         return config_from_args(args)
     except UserError:

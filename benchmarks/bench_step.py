@@ -54,7 +54,7 @@ from src.grpo.advantages import group_advantages
 from src.grpo.config import LossConfig, ModelConfig, OptimConfig, RolloutConfig, RunConfig, TrainConfig
 from src.grpo.rollout import sample_rollout
 from src.models import engine
-from src.models.completions import END_TOKENS, VISION_TOKENS, token_ids
+from src.models.engine import END_TOKENS, VISION_TOKENS, token_ids
 from src.models.generation import prompt_batch
 from src.models.inputs import PromptBatch, repeat_rows, select_rows, with_completions
 from src.models.loading import DTYPES, Policy, load_policy, resolve_dtype

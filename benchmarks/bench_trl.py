@@ -33,7 +33,7 @@ from benchmarks import bench_step
 from src.memory import synchronize
 from src.data.prompts import TRAINING_PROMPTS, build_messages
 from src.grpo import trainer
-from src.models.completions import END_TOKENS, VISION_TOKENS, token_ids
+from src.models.engine import END_TOKENS, VISION_TOKENS, token_ids
 from src.models.loading import resolve_dtype
 from src.rewards.total import RewardWeights, score_completions
 

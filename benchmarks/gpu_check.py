@@ -276,8 +276,7 @@ def processor(ctx: Context, figures: dict) -> None:
 
     from benchmarks.qwen2_vl_2b import image_processor, qwen2_vl_2b_config, qwen_sized_tokenizer
     from src.data.prompts import INFERENCE_PROMPTS, build_messages
-    from src.models.images import load_image
-    from src.models.inputs import build_prompt_batch
+    from src.models.inputs import build_prompt_batch, load_image
     from src.models.loading import load_image_processor
 
     directory = Path(tempfile.mkdtemp(prefix="processor-", dir=ctx.scratch))

@@ -99,7 +99,7 @@ def qwen2_vl_tokenizer(folder: Path):
     151643-151656 (and none of the package's later ones), the chat template, the real tokenizer_config."""
     from transformers import Qwen2Tokenizer
 
-    from src.models.chat_template import QWEN2_VL_CHAT_TEMPLATE
+    from src.models.inputs import QWEN2_VL_CHAT_TEMPLATE
     from src.models.tiny import SPECIAL_TOKENS
 
     vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))

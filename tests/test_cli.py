@@ -29,7 +29,7 @@ from src.errors import UserError
 from src.eval import pipeline
 from src.grpo import trainer
 from src.grpo.checkpoint import CheckpointError
-from src.grpo.config import SECTIONS, TrainConfig, build_parser, config_from_args
+from src.grpo.config import SECTIONS, TrainConfig
 from src.grpo.run_log import RunLogError
 from src.run_guard import FolderInUse, Interrupted
 
@@ -85,7 +85,7 @@ def test_every_train_flag_can_come_from_a_config_file_and_the_command_line_wins(
     nested = {section: {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
               for section, values in wanted.items()}
     (tmp_path / "nested.yaml").write_text(json.dumps(nested))       # JSON is YAML: a run's config.json loads
-    cfg = config_from_args(parse_args(build_parser("t"), ["--config", str(tmp_path / "nested.yaml")]))
+    cfg = train.config_from_args(parse_args(train.build_parser("t"), ["--config", str(tmp_path / "nested.yaml")]))
     assert cfg.to_dict() == {section: dict(values) for section, values in wanted.items()}
     assert set(SECTIONS) == set(wanted)
 
@@ -94,13 +94,13 @@ def test_every_train_flag_can_come_from_a_config_file_and_the_command_line_wins(
     toml = "\n".join(f"{k} = {json.dumps(v)}" for k, v in flat.items())
     (tmp_path / "flat.toml").write_text(toml)
     argv = ["--config", str(tmp_path / "flat.toml"), "--seed", "42", "--no-resume", "--lora-targets", "q_proj"]
-    cfg = config_from_args(parse_args(build_parser("t"), argv))
+    cfg = train.config_from_args(parse_args(train.build_parser("t"), argv))
     assert (cfg.run.seed, cfg.run.resume, cfg.model.lora_targets) == (42, False, ("q_proj",))  # command line wins
     assert (cfg.model.model, cfg.optim.learning_rate, cfg.run.method) == ("tiny", 0.375, wanted["run"]["method"])
 
     saved = tmp_path / "config.json"                                 # and a saved config reproduces itself
     saved.write_text(cfg.to_json())
-    assert config_from_args(parse_args(build_parser("t"), ["--config", str(saved)])) == cfg
+    assert train.config_from_args(parse_args(train.build_parser("t"), ["--config", str(saved)])) == cfg
 
 
 def test_evaluate_config_file_with_lists_and_required_flags(tmp_path):
@@ -130,10 +130,10 @@ def test_config_file_mistakes_name_the_file_and_the_setting(tmp_path, content, m
     path = tmp_path / "bad.yaml"
     path.write_text(content)
     with pytest.raises(UserError, match=message) as error:
-        parse_args(build_parser("t"), ["--config", str(path)])
+        parse_args(train.build_parser("t"), ["--config", str(path)])
     assert str(path) in str(error.value)
     with pytest.raises(UserError, match="no such file"):
-        parse_args(build_parser("t"), ["--config", str(tmp_path / "missing.yaml")])
+        parse_args(train.build_parser("t"), ["--config", str(tmp_path / "missing.yaml")])
 
 
 @pytest.mark.parametrize("program, argv, message", [
@@ -165,7 +165,8 @@ def test_every_numeric_train_setting_is_range_checked():
     """Every int and float flag parses through src/cli/checks.number (finite, within its field's range);
     only the reward weights may take any finite value."""
     fields = {f.name: f for cls in typing.get_type_hints(TrainConfig).values() for f in dataclasses.fields(cls)}
-    types = {action.dest.split(".", 1)[1]: action.type for action in build_parser("t")._actions if "." in action.dest}
+    actions = train.build_parser("t")._actions
+    types = {action.dest.split(".", 1)[1]: action.type for action in actions if "." in action.dest}
     numeric = sorted(name for name, kind in types.items() if getattr(kind, "__name__", "") in ("int", "float"))
     assert numeric and not any(types[name] in (int, float) for name in numeric)
     for name in (name for name in numeric if types[name].__name__ == "float"):

@@ -4,7 +4,7 @@ from collections import Counter
 import jinja2
 
 from src.data.prompts import INFERENCE_PROMPTS, TRAINING_PROMPTS, assign_training_prompts, build_messages
-from src.models.chat_template import QWEN2_VL_CHAT_TEMPLATE
+from src.models.inputs import QWEN2_VL_CHAT_TEMPLATE
 
 
 def render(messages):

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from src.grpo.curves import moving_average
+from src.grpo.run_log import moving_average
 
 
 def test_moving_average_is_a_trailing_mean_that_keeps_every_point():

@@ -20,8 +20,7 @@ from src.grpo import distributed, trainer
 from src.grpo.forward import rollout_logprobs
 from src.grpo.rollout import sample_rollout
 from src.grpo.run_log import read_metrics
-from src.models.lora import lora_layers, lora_state_dict
-from src.models.peft_io import PEFT_PREFIX
+from src.models.lora import PEFT_PREFIX, lora_layers, lora_state_dict
 from tests.test_trainer import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]

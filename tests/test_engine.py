@@ -15,11 +15,10 @@ from src.data.prompts import TRAINING_PROMPTS
 from src.data.sample import Sample
 from src.grpo.forward import completion_logprobs
 from src.models import engine
-from src.models.completions import END_TOKENS, VISION_TOKENS, token_ids
+from src.models.engine import END_TOKENS, VISION_TOKENS, StaticKVCache, token_ids
 from src.models.encoded_prompts import encode_prompts
 from src.models.generation import prompt_batch, sample_groups
 from src.models.inputs import repeat_rows, with_completions
-from src.models.kv_cache import StaticKVCache
 from src.models.mrope import prompt_positions, rotary_cos_sin
 from tests.conftest import random_image
 
@@ -259,7 +258,7 @@ def test_without_stop_at_end_every_row_decodes_the_limit(lively):
 
 
 def test_sampling_draws_each_token_with_its_probability_and_never_a_banned_one():
-    from src.models.sampling import next_tokens
+    from src.models.engine import next_tokens
 
     p = torch.tensor([0.05, 0.10, 0.20, 0.30, 0.35, 0.0])
     logits = p.clamp_min(1e-30).log()

@@ -17,10 +17,9 @@ from src.data.prompts import INFERENCE_PROMPTS
 from src.data.sample import Sample
 from src.errors import UserError
 from src.models.generation import generate_completions, prompt_batch
-from src.models.images import ImageLoadError
+from src.models.inputs import ImageLoadError
 from src.models.loading import load_policy
-from src.models.lora import LoRAConfig, inject_lora, lora_layers
-from src.models.peft_io import save_adapter
+from src.models.lora import LoRAConfig, inject_lora, lora_layers, save_adapter
 from tests.conftest import random_image
 
 FORWARD = """

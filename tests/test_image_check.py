@@ -17,8 +17,8 @@ from src.data.loaders import load_dataset
 from src.data.rows import DatasetError
 from src.eval import pipeline
 from src.grpo import trainer
-from src.models import images
-from src.models.images import load_image
+from src.models import inputs
+from src.models.inputs import load_image
 from tests.conftest import random_image
 from tests.test_data_loaders import png_bytes, write_parquet
 from tests.test_evaluate import FakeModel, FakeScorer
@@ -136,7 +136,7 @@ def test_evaluate_stops_on_a_bad_image_of_its_last_dataset_before_the_model_load
 
 
 def test_an_image_above_the_decompression_bomb_limit_is_a_named_bad_row(tmp_path, monkeypatch):
-    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 2000)  # stands for 179 MP: 50 x 50 is 2,500 pixels
+    monkeypatch.setattr(inputs, "MAX_IMAGE_PIXELS", 2000)  # stands for 179 MP: 50 x 50 is 2,500 pixels
     root = reasoning_set(tmp_path, {"big.png": png_bytes()}, ["big.png"])
     random_image(50, 50).save(root / "images" / "big.png")
     with pytest.raises(DatasetError, match=r"test.jsonl, row 1: cannot read image .*big\.png: 50x50 is 2,500 pixels, "

@@ -8,10 +8,9 @@ from torch import nn
 from benchmarks.bench_step import merged_adapters
 from src.models.inputs import build_prompt_batch
 from src.models.lora import (
-    LoRAConfig, LoRALinear, disabled_adapters, inject_lora, lora_layers, lora_state_dict,
-    mark_only_lora_as_trainable,
+    LoRAConfig, LoRALinear, disabled_adapters, inject_lora, load_adapter, lora_layers, lora_state_dict,
+    mark_only_lora_as_trainable, save_adapter,
 )
-from src.models.peft_io import load_adapter, save_adapter
 from tests.conftest import chat, random_image
 
 

@@ -9,8 +9,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from src.models.images import ImageLoadError, load_image
-from src.models.inputs import build_prompt_batch, repeat_rows
+from src.models.inputs import ImageLoadError, build_prompt_batch, load_image, repeat_rows
 from src.models.loading import enable_gradient_checkpointing, freeze_vision, load_base
 from src.models.lora import LoRAConfig, inject_lora, lora_layers, mark_only_lora_as_trainable
 from src.models.tiny import SPECIAL_TOKENS, ensure_tiny
@@ -84,7 +83,7 @@ def test_unknown_hub_id_offline_says_how_to_use_a_local_copy():
 
 def test_an_adapter_on_a_local_base_loads_from_any_working_directory(tiny_path, tmp_path, monkeypatch):
     from src.models.loading import base_model_name, load_policy
-    from src.models.peft_io import save_adapter
+    from src.models.lora import save_adapter
 
     monkeypatch.chdir(tiny_path.parent)
     base = base_model_name(tiny_path.name)  # given relative to the training run's working directory

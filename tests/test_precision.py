@@ -20,9 +20,10 @@ from src.grpo.config import ModelConfig, RunConfig, TrainConfig
 from src.grpo.optim import MasterWeightAdamW, make_optimizer
 from src.grpo.trainer import check_same_settings
 from src.models.inputs import build_prompt_batch
-from src.models.lora import LoRAConfig, LoRALinear, inject_lora, lora_layers, merge_and_unload
+from src.models.lora import (
+    LoRAConfig, LoRALinear, inject_lora, load_adapter, lora_layers, merge_and_unload, save_adapter,
+)
 from src.models.loading import load_base, resolve_dtype
-from src.models.peft_io import load_adapter, save_adapter
 from tests.conftest import chat, random_image
 
 BF16 = torch.bfloat16

@@ -44,7 +44,7 @@ def test_counted_prompt_tokens_equal_the_built_batch(limit, tiny_policy, tmp_pat
     system = TRAINING_PROMPTS["explanation"]
     [text] = limit.prompt_tokens([question], system)
     counted = text + limit.image_tokens(*size)
-    from src.models.images import load_image
+    from src.models.inputs import load_image
 
     batch = build_prompt_batch(tiny_policy.tokenizer, tiny_policy.image_processor, [build_messages(question, system)],
                                [load_image(s.image)])

@@ -20,9 +20,7 @@ from PIL import Image
 from benchmarks import qwen2_vl_2b
 from benchmarks.qwen2_vl_2b import QWEN2_VL_2B_IDS, qwen_bpe_files, save_preprocessing
 from src.data.prompts import INFERENCE_PROMPTS, TRAINING_PROMPTS, build_messages
-from src.models.chat_template import QWEN2_VL_CHAT_TEMPLATE
-from src.models.images import load_image
-from src.models.inputs import build_prompt_batch
+from src.models.inputs import QWEN2_VL_CHAT_TEMPLATE, build_prompt_batch, load_image
 from src.models.tiny import SPECIAL_TOKENS
 
 # transformers' tests/models/qwen2/test_tokenization_qwen2.py, test_tokenizer_integration (Qwen/Qwen-tokenizer,

@@ -23,13 +23,12 @@ def test_every_recipe_is_a_valid_config_of_its_entry_point():
     import evaluate
     import train
     from src.cli.config_file import read_config
-    from src.grpo.config import build_parser
 
     names = {row.train for table in TABLES.values() for row in table.rows if row.train} | \
             {table.evaluate for table in TABLES.values()}
     assert {f"{p.parent.name}/{p.stem}" for p in RECIPES.glob("*/*.yaml")} == names   # no stray or missing file
     for name in names:
-        parser = evaluate.build_parser() if name.endswith("evaluate") else build_parser(train.__doc__)
+        parser = evaluate.build_parser() if name.endswith("evaluate") else train.build_parser()
         values = read_config(parser, RECIPES / f"{name}.yaml")
         text = (RECIPES / f"{name}.yaml").read_text()
         setting_lines = [line for line in text.splitlines() if line and not line.startswith("#")]

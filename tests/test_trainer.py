@@ -19,7 +19,7 @@ from src.grpo.advantages import group_advantages
 from src.grpo.forward import completion_logprobs, rollout_logprobs
 from src.grpo.rollout import sample_rollout
 from src.grpo.run_log import read_metrics
-from src.models.completions import END_TOKENS, VISION_TOKENS, completion_mask, token_ids
+from src.models.engine import END_TOKENS, VISION_TOKENS, completion_mask, token_ids
 from src.models.encoded_prompts import encode_prompts
 from src.models.generation import prompt_batch, sample_groups
 from src.models.inputs import repeat_rows
@@ -338,7 +338,7 @@ def test_dr_grpo_divides_by_the_generation_budget_not_the_longest_completion(tmp
 def test_continuing_an_adapter_takes_its_starting_weights_as_the_reference(tmp_path):
     """--model ADAPTER_DIR: pi_ref is that adapter as loaded, neither the base model nor the adapter
     after the run's updates."""
-    from src.models.peft_io import save_adapter
+    from src.models.lora import save_adapter
 
     donor = trainer.setup(tiny_config(tmp_path / "donor"))
     for layer in lora_layers(donor.policy.model):

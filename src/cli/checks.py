@@ -6,8 +6,6 @@ import argparse
 import math
 from typing import Callable
 
-from src.checks import check_model_source  # noqa: F401 - src/grpo/trainer.py imports it from here
-
 BOUNDS = ("min", "gt", "max", "lt")
 """Range keys of a numeric flag: min <= value, gt < value, value <= max, value < lt."""
 

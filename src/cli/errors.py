@@ -14,7 +14,7 @@ from typing import Callable
 from src.errors import UserError
 from src.grpo.checkpoint import CheckpointError
 from src.grpo.run_log import RunLogError
-from src.models.images import ImageLoadError
+from src.models.inputs import ImageLoadError
 from src.run_guard import Interrupted
 
 USER_ERRORS = (UserError, ImageLoadError, CheckpointError, RunLogError)

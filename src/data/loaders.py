@@ -17,7 +17,7 @@ Every image is decoded when the dataset loads, so a bad one stops the run before
 decodes). A sample whose image fails (missing, empty, truncated, not an image, above Pillow's pixel
 limit) becomes a bad row of its dataset file, reported with the rows the loader rejected: one
 DatasetError naming file and row, or with skip_bad_rows one warning listing them all. Images above
-89.5 megapixels pass (the processor resizes them, see src/models/images.py) and are named in one
+89.5 megapixels pass (the processor resizes them, see src/models/inputs.py) and are named in one
 warning. Its cost, measured, is in docs/DATA.md (`python -m benchmarks.dataset_check` measures it
 for one split).
 """
@@ -40,7 +40,7 @@ from src.data.rows import BadRows, DatasetError
 from src.data.sample import Sample
 from src.data.synthetic import load_synthetic_split
 from src.files import file_key
-from src.models.images import LARGE_IMAGE_PIXELS, ImageLoadError, load_image
+from src.models.inputs import LARGE_IMAGE_PIXELS, ImageLoadError, load_image
 
 
 @dataclass(frozen=True)

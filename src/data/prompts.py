@@ -3,7 +3,7 @@
 Every prompt becomes the SYSTEM message; the USER message holds the image, then the question:
     [{"role": "system", "content": PROMPT},
      {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
-which the chat template (src/models/chat_template.py) renders as
+which the chat template (src/models/inputs.py) renders as
     <|im_start|>system\\nPROMPT<|im_end|>\\n<|im_start|>user\\n<|vision_start|><|image_pad|><|vision_end|>QUESTION<|im_end|>\\n<|im_start|>assistant\\n
 
 Training prompts (App. A) are the text before "User:" in the paper, verbatim, including its "askes"

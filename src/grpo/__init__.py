@@ -12,7 +12,7 @@ function per equation:
 
 The loop around it may import the rest of the project: trainer.grpo_step (one step, in the paper's
 order), rollout (sampling), reference (pi_ref), forward (the policy's log-probs), sft, optim,
-distributed, checkpoint, run_log, config, preflight, tensorboard_log, curves.
+distributed, checkpoint, run_log (metrics, TensorBoard, curves), config, preflight.
 
 Shape legend, used in every shape comment of this package:
     B  prompts in a batch            G  completions sampled per prompt (group size)

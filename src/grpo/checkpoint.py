@@ -35,8 +35,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from src.files import WriteError, writing
-from src.models.lora import LoRAConfig
-from src.models.peft_io import load_adapter, save_adapter
+from src.models.lora import LoRAConfig, load_adapter, save_adapter
 
 STATE_FILE = "trainer_state.pt"
 STATE_KEYS = ("step", "optimizer", "scheduler", "rng")

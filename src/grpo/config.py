@@ -5,15 +5,11 @@ computed in one visible place: the properties of `TrainConfig`.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import typing
 from dataclasses import dataclass, field
 
-from src.cli.checks import BOUNDS, number
-from src.cli.config_file import add_config_option
-from src.cli.help import HelpFormatter, escape
 from src.grpo.loss import AGGREGATIONS
 from src.models.loading import DEFAULT_MODEL, DTYPES, default_device, resolve_dtype
 from src.models.lora import LoRAConfig
@@ -28,7 +24,7 @@ REPORT_TO = ("none", "tensorboard")
 
 def flag(default, help: str, **kwargs):
     """A config field and its CLI flag: help text, and optionally `choices` or a numeric range (min, gt,
-    max, lt: src/cli/checks.py's BOUNDS), which the command line and --config files are checked against."""
+    max, lt), which the command line and --config files are checked against (train.py builds the flags)."""
     return field(default=default, metadata={"help": help, **kwargs})
 
 
@@ -194,66 +190,13 @@ class TrainConfig:
 SECTIONS = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
 
 
-def _cli_name(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def build_parser(description: str) -> argparse.ArgumentParser:
-    """One flag per config field, grouped by section; `--config FILE` reads any of them from a file."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
-    add_config_option(parser, note="; a run's config.json is one")
-    for section in dataclasses.fields(TrainConfig):
-        group = parser.add_argument_group(section.name)
-        for f in dataclasses.fields(_section_class(section)):
-            kind = _base_type(f.type)
-            kwargs = dict(default=f.default, help=escape(f.metadata["help"]), dest=f"{section.name}.{f.name}")
-            if "choices" in f.metadata:
-                kwargs["choices"] = f.metadata["choices"]  # listed in --help as {a,b,c}
-            elif kind is not bool:
-                kwargs["metavar"] = f.name.upper()
-            if kind is bool:
-                group.add_argument(_cli_name(f.name), action=argparse.BooleanOptionalAction, **kwargs)
-            elif kind is tuple:
-                group.add_argument(_cli_name(f.name), nargs="+", type=str, **kwargs)
-            elif kind in (int, float):  # finite, and within the field's range
-                bounds = {key: f.metadata[key] for key in BOUNDS if key in f.metadata}
-                group.add_argument(_cli_name(f.name), type=number(kind, **bounds), **kwargs)
-            else:
-                group.add_argument(_cli_name(f.name), type=kind, **kwargs)
-    return parser
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    values: dict[str, dict] = {name: {} for name in SECTIONS}
-    for key, value in vars(args).items():
-        if key == "config":  # the file the values came from, not a setting
-            continue
-        section, name = key.split(".", 1)
-        values[section][name] = tuple(value) if isinstance(value, list) else value
-    return TrainConfig(**{name: _section_class_by_name(name)(**kw) for name, kw in values.items()})
-
-
-def config_from_dict(raw: dict) -> TrainConfig:
-    return TrainConfig(**{name: _section_class_by_name(name)(**{k: tuple(v) if isinstance(v, list) else v
-                                                                 for k, v in raw[name].items()})
-                          for name in SECTIONS})
-
-
-def _section_class(f: dataclasses.Field) -> type:
-    return typing.get_type_hints(TrainConfig)[f.name]
-
-
-def _section_class_by_name(name: str) -> type:
+def section_class(name: str) -> type:
+    """The dataclass of section `name` of TrainConfig (ModelConfig for "model", ...)."""
     return typing.get_type_hints(TrainConfig)[name]
 
 
-def _base_type(annotation) -> type:
-    """int | None -> int, tuple[str, ...] -> tuple, for argparse's `type=`."""
-    if isinstance(annotation, str):
-        annotation = eval(annotation, vars(typing), {})  # noqa: S307 - our own annotations only
-    origin = typing.get_origin(annotation)
-    if origin is tuple:
-        return tuple
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        return next(a for a in typing.get_args(annotation) if a is not type(None))
-    return annotation
+def config_from_dict(raw: dict) -> TrainConfig:
+    """A TrainConfig from its to_dict() form (a run's config.json)."""
+    return TrainConfig(**{name: section_class(name)(**{k: tuple(v) if isinstance(v, list) else v
+                                                       for k, v in raw[name].items()})
+                          for name in SECTIONS})

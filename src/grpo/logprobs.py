@@ -101,7 +101,7 @@ def linear_logprobs(
             stay compute-bound.
     banned: [k] token ids with probability 0 (logit -inf), as the sampler never draws them: the
             softmax is then over the other ids, the distribution completions were drawn from
-            (src/models/sampling.py). No target may be a banned id.
+            (src/models/engine.py: next_tokens). No target may be a banned id.
     Returns fp32 (float64 for float64 inputs) of targets' shape. Gradients flow to hidden, and to
     weight when it requires grad (none to the banned logits).
     """

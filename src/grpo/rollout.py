@@ -14,7 +14,7 @@ import torch
 
 from src.data.prompts import TRAINING_PROMPTS
 from src.data.sample import Sample
-from src.models.completions import VISION_TOKENS, token_ids
+from src.models.engine import VISION_TOKENS, token_ids
 from src.models.encoded_prompts import EncodedPrompts, encode_prompts
 from src.models.generation import prompt_batch, sample_groups
 from src.models.loading import Policy

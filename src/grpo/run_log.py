@@ -5,6 +5,9 @@ Both logs are appended while the run goes, so a crash can leave a line cut short
 after the last checkpoint. `--resume` from the checkpoint of step S keeps exactly the lines of steps
 1..S and recomputes the rest; those S steps are not recomputed, so a line of theirs that is cut,
 garbled or missing stops the resume with a `RunLogError` naming file and line (never a silent gap).
+
+The same records, viewed: `--report-to tensorboard` mirrors every metric as a TensorBoard scalar
+(TensorBoardLog), and curves.png plots the reward and its components over the steps (plot_curves).
 """
 from __future__ import annotations
 
@@ -132,3 +135,112 @@ def grpo_metrics(update: dict[str, float], rewards: torch.Tensor, reward_means: 
         **seconds,
         "sample_completion": rollout.texts[0][:300],
     }
+
+
+# ----------------------------------------------------------------------------------------------------
+# `--report-to tensorboard`: every number of a metrics.jsonl record, under the same name, as a
+# TensorBoard scalar at the record's step (OUTPUT/tensorboard/). metrics.jsonl stays the record of
+# truth; this is a view of it for those who watch runs in TensorBoard.
+#
+# On resume from step S, events after S (written after the checkpoint, before the crash) are purged,
+# as metrics.jsonl drops its lines after S, so the curves read as if the run had never stopped.
+# ----------------------------------------------------------------------------------------------------
+
+class TensorBoardLog:
+    def __init__(self, log_dir: Path, resume_step: int):
+        from torch.utils.tensorboard import SummaryWriter  # optional: the `tensorboard` extra
+
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=resume_step + 1 if resume_step else None)
+
+    def write(self, record: dict) -> None:
+        for name, value in record.items():
+            if name != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(name, value, global_step=record["step"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+# ----------------------------------------------------------------------------------------------------
+# curves.png from metrics.jsonl: the reward and each of its components over the RL steps, plus KL and length;
+# validation.png: held-out accuracy of each saved checkpoint, one line per run.
+# ----------------------------------------------------------------------------------------------------
+
+PANELS = (
+    ("reward", "mean reward (weighted total)"),
+    ("reward/format", "format reward"),
+    ("reward/accuracy", "accuracy reward"),
+    ("reward/reasoning", "reasoning reward"),
+    ("reward/length", "length reward"),
+    ("kl", "KL to the reference (k3)"),
+    ("completion_length", "completion length (tokens)"),
+    ("frac_zero_std", "groups with equal rewards"),
+)
+
+
+def moving_average(values: list[float], window: int) -> list[float]:
+    """Trailing mean over up to `window` points (shorter at the start), so the curve keeps every step."""
+    out, total = [], 0.0
+    for i, value in enumerate(values):
+        total += value
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as error:  # optional: the `plot` extra
+        raise ImportError("plots need matplotlib: pip install -e '.[plot]'") from error
+    return plt
+
+
+def save(plt, fig, out_path: str | Path) -> Path:
+    fig.tight_layout()
+    out_path = Path(out_path)
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+    return out_path
+
+
+def plot_curves(metrics_path: str | Path, out_path: str | Path, title: str = "", window: int = 10) -> Path:
+    plt = pyplot()
+    records = read_metrics(metrics_path)
+    panels = [(key, label) for key, label in PANELS if any(key in r for r in records)]
+    fig, axes = plt.subplots(2, (len(panels) + 1) // 2, figsize=(3.2 * ((len(panels) + 1) // 2), 5.6), squeeze=False)
+    for ax, (key, label) in zip(axes.flat, panels):
+        steps = [r["step"] for r in records if key in r]
+        values = [r[key] for r in records if key in r]
+        ax.plot(steps, values, color="0.75", linewidth=0.8)
+        ax.plot(steps, moving_average(values, window), color="C0", linewidth=1.8)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(title or str(metrics_path), fontsize=10)
+    return save(plt, fig, out_path)
+
+
+def plot_validation(curves: dict[str, dict[int, float]], chosen: dict[str, int], out_path: str | Path,
+                    title: str) -> Path:
+    """One line per run: the share of validation questions answered right (%) at each saved step,
+    step 0 being the model RL started from; a star marks the step each run chose."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for i, (label, curve) in enumerate(curves.items()):
+        steps = sorted(curve)
+        line, = ax.plot(steps, [100 * curve[s] for s in steps], marker="o", markersize=3, linewidth=1.2,
+                        label=label, color=f"C{i % 10}")
+        ax.plot([chosen[label]], [100 * curve[chosen[label]]], marker="*", markersize=11, color=line.get_color())
+    ax.set_xlabel("RL step (0: the warm start)", fontsize=9)
+    ax.set_ylabel("validation answers right (%)", fontsize=9)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, ncol=2)
+    return save(plt, fig, out_path)

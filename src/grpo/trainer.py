@@ -21,8 +21,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from src.cli.checks import check_model_source
-from src.cli.progress import phase
+from src.checks import check_model_source, phase
 from src.data.loaders import load_dataset
 from src.data.prompts import assign_training_prompts
 from src.data.sample import Sample
@@ -43,8 +42,7 @@ from src.grpo.optim import make_optimizer, make_scheduler, optimizer_step
 from src.grpo.preflight import check_training_prompts
 from src.grpo.reference import Reference, make_reference
 from src.grpo.rollout import Rollout, sample_rollout
-from src.grpo.run_log import MetricsLog, PhaseTimer, check_run_log, grpo_metrics
-from src.grpo.tensorboard_log import TensorBoardLog
+from src.grpo.run_log import MetricsLog, PhaseTimer, TensorBoardLog, check_run_log, grpo_metrics
 from src.files import changed_settings, write_atomic
 from src.memory import peak_bytes
 from src.models.loading import (

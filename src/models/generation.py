@@ -1,6 +1,6 @@
 """Sampling completions from a Qwen2-VL policy, for GRPO rollouts (temperature 1) and evaluation (greedy).
 
-Two samplers, one contract (src/models/completions.py):
+Two samplers, one contract (src/models/engine.py: Completions):
 - "engine" (the default): src/models/engine.py, a static-cache decoder that prefills each prompt once
   and reuses the step's image features;
 - "hf": transformers' `model.generate` on B * G repeated rows, the reference the engine is tested against.
@@ -15,10 +15,9 @@ from tqdm import tqdm
 from src.data.prompts import build_messages
 from src.data.sample import Sample
 from src.models import engine
-from src.models.completions import END_TOKENS, VISION_TOKENS, Completions, completion_mask, token_ids
+from src.models.engine import END_TOKENS, VISION_TOKENS, Completions, completion_mask, token_ids
 from src.models.encoded_prompts import EncodedPrompts, encode_prompts
-from src.models.images import load_image
-from src.models.inputs import PromptBatch, build_prompt_batch, repeat_rows
+from src.models.inputs import PromptBatch, build_prompt_batch, load_image, repeat_rows
 
 ENGINES = ("engine", "hf")
 

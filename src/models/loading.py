@@ -140,7 +140,7 @@ def load_policy(name: str, device: torch.device | str | None = None, dtype: torc
     adapter_config = Path(name) / "adapter_config.json"
     if not adapter_config.is_file():
         return load_base(name, device, dtype)
-    from src.models.peft_io import load_adapter
+    from src.models.lora import load_adapter
 
     base = base_model_name(name)
     if not Path(base).is_dir() and not is_hub_id(base):  # "tiny" reads as a hub id

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from src.data.cache_lock import cache_lock
-from src.models.chat_template import QWEN2_VL_CHAT_TEMPLATE
+from src.models.inputs import QWEN2_VL_CHAT_TEMPLATE
 
 # Qwen2-VL's special tokens, in the order of their ids (151643 ... 151656) in the real vocabulary.
 SPECIAL_TOKENS = (
