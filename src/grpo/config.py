@@ -42,6 +42,9 @@ class ModelConfig:
                                        min=0, lt=1)
     lora_targets: tuple[str, ...] = flag(LoRAConfig.targets, "language-model linear layers that get an adapter")
     gradient_checkpointing: bool = flag(True, "recompute activations in backward (less memory, ~30% slower)")
+    prefix_sharing: bool = flag(True, "compute each prompt once per mini-batch in the update, reference and old-policy "
+                                      "passes, its completions attending to it (--no-prefix-sharing: every completion "
+                                      "with its own copy of the prompt, the reference path; docs/PREFIX_SHARING.md)")
     dtype: str = flag("auto", "the weights' dtype: bfloat16, float32, or auto (bfloat16 on CUDA, float32 on CPU; "
                               "config.json records what it resolved to, and --resume keeps it). LoRA factors and "
                               "the -full methods' optimizer copies are float32 in any case", choices=DTYPES)

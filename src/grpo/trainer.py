@@ -170,10 +170,9 @@ def grpo_step(run: Run, samples: list[Sample], prompt_names: list[str]) -> tuple
         rewards = torch.tensor(scores.total)                                                   # [N]
         advantages = group_advantages(rewards, G, scale=cfg.loss.advantage_scale == "group")   # [N]
     with timer("reference"):  # eq. 3's pi_ref; pi_old only if the policy moves between updates
-        temperature, mini_batch = cfg.rollout.temperature, cfg.optim.mini_batch_size
-        ref_logp = run.reference.logprobs(rollout, temperature, mini_batch) if run.reference else None  # [N, L]
-        old_logp = rollout_logprobs(model, rollout, temperature, mini_batch) \
-            if cfg.loss.num_iterations > 1 else None                                          # [N, L]
+        passes = (cfg.rollout.temperature, cfg.optim.mini_batch_size, cfg.model.prefix_sharing)
+        ref_logp = run.reference.logprobs(rollout, *passes) if run.reference else None        # [N, L]
+        old_logp = rollout_logprobs(model, rollout, *passes) if cfg.loss.num_iterations > 1 else None  # [N, L]
     with timer("update"):
         stats = grpo_update(run, rollout, advantages.to(run.policy.device), ref_logp, old_logp)
     metrics = grpo_metrics(stats, gather_rows(rewards), scores.means(), rollout, zero_std_fraction(rewards, G),
@@ -205,7 +204,7 @@ def grpo_update(run: Run, rollout: Rollout, advantages: torch.Tensor, ref_logp: 
         totals = {"loss": 0.0, "kl": 0.0, "ratio_mean": 0.0, "clipfrac_low": 0.0, "clipfrac_high": 0.0}
         for rows in minibatches(mask.shape[0], cfg.optim.mini_batch_size):
             logp = completion_logprobs(model, rollout.prompts, *rollout.rows(rows), cfg.rollout.temperature,
-                                       rollout.banned)                                     # [n, L]
+                                       rollout.banned, cfg.model.prefix_sharing)           # [n, L]
             if iteration == 0:  # the weights that sampled: the trainer's log-probs against the sampler's
                 mismatch += sampler_mismatch(logp.detach(), rollout.sampler_logp[rows], rollout.completion_mask[rows])
             # eq. 1 with eq. 3: ratio = exp(logp - old_logp), min(ratio A, clip(ratio) A) - beta k3(logp, ref_logp)
@@ -239,9 +238,9 @@ def completion_records(rollout: Rollout, samples: list[Sample], prompt_names: li
 
 
 RESUMABLE_CHANGES = ("run.resume", "run.output_dir", "run.save_steps", "run.device", "run.report_to",
-                     "optim.max_steps", "optim.epochs")
+                     "optim.max_steps", "optim.epochs", "model.prefix_sharing")
 """Settings a resumed run may change: where the run directory now lies, when to save, where to run,
-where else metrics go, and how long to go on."""
+where else metrics go, how long to go on, and whether prompts are shared (the same numbers either way)."""
 
 
 def check_same_settings(saved_path: Path, cfg: TrainConfig) -> None:
