@@ -335,6 +335,32 @@ def test_dr_grpo_divides_by_the_generation_budget_not_the_longest_completion(tmp
     assert stats["loss"] == pytest.approx(-(advantages * lengths).sum().item() / (8 * 40), abs=1e-6)
 
 
+def test_drop_tied_groups_takes_them_out_of_the_normaliser_and_importance_level_reaches_the_loss(tmp_path,
+                                                                                                   monkeypatch):
+    """First update, beta 0, sequence aggregation: r = 1, so the loss is -sum_i A_i / (completions in the
+    normaliser). Group 1's advantages are 0 (its rewards tie): by default the 8 completions count, with
+    --drop-tied-groups only group 0's 4."""
+    assert LossConfig().importance_level == "token" and not LossConfig().drop_tied_groups  # the paper's default
+    seen = []
+    loss_fn = trainer.grpo_loss
+    monkeypatch.setattr(trainer, "grpo_loss", lambda *a, **kw: seen.append(kw["importance_level"]) or loss_fn(*a, **kw))
+    cfg = tiny_config(tmp_path, loss=dict(beta=0.0))
+    run = trainer.setup(cfg)
+    rollout = sample_rollout(run.policy, run.samples[:2], ["explanation"] * 2, group_size=4, max_completion_length=12,
+                             temperature=1.0)
+    advantages = torch.tensor([1.5, -0.5, 0.25, -0.75, 0.0, 0.0, 0.0, 0.0])   # sum 0.5
+    losses = {}
+    for drop, level in ((False, "token"), (True, "sequence")):
+        object.__setattr__(run, "cfg", dataclasses.replace(
+            cfg, loss=dataclasses.replace(cfg.loss, drop_tied_groups=drop, importance_level=level)))
+        run.optimizer = torch.optim.SGD(run.params, lr=0.0)
+        run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, lambda _: 1.0)
+        losses[drop] = trainer.grpo_update(run, rollout, advantages, None, None)["loss"]
+    assert losses[False] == pytest.approx(-0.5 / 8, abs=1e-6)
+    assert losses[True] == pytest.approx(-0.5 / 4, abs=1e-6)
+    assert seen == ["token"] * 2 + ["sequence"] * 2  # two mini-batches of 4 each
+
+
 def test_continuing_an_adapter_takes_its_starting_weights_as_the_reference(tmp_path):
     """--model ADAPTER_DIR: pi_ref is that adapter as loaded, neither the base model nor the adapter
     after the run's updates."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from src.cli.checks import BOUNDS, number
 from src.cli.config_file import add_config_option
 from src.cli.help import HelpFormatter, escape
-from src.grpo.loss import AGGREGATIONS
+from src.grpo.loss import AGGREGATIONS, IMPORTANCE_LEVELS
 from src.models.loading import DEFAULT_MODEL, DTYPES, default_device, resolve_dtype
 from src.models.lora import LoRAConfig
 from src.rewards.open_answers import METHODS as OPEN_ANSWER_SCORES
@@ -80,6 +80,13 @@ class LossConfig:
     aggregation: str = flag("sequence", "how token losses become one number: sequence (paper eq. 1: mean per "
                                         "completion, then over completions), token (DAPO), dr_grpo",
                             choices=tuple(AGGREGATIONS))
+    importance_level: str = flag("token", "the ratio pi / pi_old of eq. 1: token (the paper: one per token) or "
+                                          "sequence (GSPO: exp of the completion's mean token log-ratio, one clip per "
+                                          "completion; GSPO clips at --epsilon-low 3e-4 --epsilon-high 4e-4). With "
+                                          "--num-iterations 1 both give the same gradient", choices=IMPORTANCE_LEVELS)
+    drop_tied_groups: bool = flag(False, "leave groups whose G rewards all tie (zero advantage) out of the loss and its "
+                                         "normaliser, so that they do not dilute the others' gradient (their KL term "
+                                         "goes with them)")
     num_iterations: int = flag(1, "policy updates per batch of rollouts (mu); > 1 caches old log-probs", min=1)
     advantage_scale: str = flag("group", "advantages: group (paper eq. 2: divide by the group's reward std) or "
                                          "none (Dr. GRPO: reward minus the group mean)", choices=("group", "none"))

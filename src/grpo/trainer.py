@@ -27,7 +27,7 @@ from src.data.loaders import load_dataset
 from src.data.prompts import assign_training_prompts
 from src.data.sample import Sample
 from src.data.subset import take_subset
-from src.grpo.advantages import group_advantages, zero_std_fraction
+from src.grpo.advantages import group_advantages, tied_group_rows, zero_std_fraction
 from src.grpo.checkpoint import (
     checkpoint_step, load_checkpoint, resume_checkpoint, rng_state, save_checkpoint, set_rng_state,
 )
@@ -188,12 +188,18 @@ def grpo_update(run: Run, rollout: Rollout, advantages: torch.Tensor, ref_logp: 
 
     Every token's weight in the loss is fixed up front over the global batch (all mini-batches, all
     ranks), so each mini-batch's loss is its weighted sum and the accumulated gradient is the batch's.
+    Cut-off completions (--mask-truncated) and tied groups (--drop-tied-groups) get weight 0; tied groups
+    also leave the count of completions the normaliser divides by.
     """
     cfg, model = run.cfg, run.policy.model
     mask = rollout.completion_mask                                                         # [N, L] in the loss
     if cfg.rollout.mask_truncated:  # a cut-off completion was never judged on a finished answer
         mask = mask & ~rollout.truncated.unsqueeze(1)                                       # [N, L]
-    batch = sum_over_ranks({"completions": mask.shape[0], "tokens": mask.sum().item(),
+    kept = torch.ones(mask.shape[0], dtype=torch.bool, device=mask.device)                  # [N] rows in the loss
+    if cfg.loss.drop_tied_groups:  # a tied group has A = 0: out of the normaliser too, not just the numerator
+        kept = ~tied_group_rows(advantages, cfg.rollout.group_size)                         # [N]
+        mask = mask & kept.unsqueeze(1)                                                     # [N, L]
+    batch = sum_over_ranks({"completions": kept.sum().item(), "tokens": mask.sum().item(),
                             "sampled_tokens": rollout.completion_mask.sum().item()})        # the global batch
     weights = token_weights(mask, cfg.loss.aggregation, batch["completions"], batch["tokens"],
                             cfg.rollout.max_completion_length)                              # [N, L]
@@ -211,7 +217,7 @@ def grpo_update(run: Run, rollout: Rollout, advantages: torch.Tensor, ref_logp: 
             loss, stats = grpo_loss(logp, None if old_logp is None else old_logp[rows],
                                     None if ref_logp is None else ref_logp[rows], advantages[rows], weights[rows],
                                     epsilon_low=cfg.loss.epsilon_low, epsilon_high=cfg.loss.epsilon_high,
-                                    beta=cfg.loss.beta)
+                                    beta=cfg.loss.beta, importance_level=cfg.loss.importance_level)
             loss.backward()
             token_share = mask[rows].sum().item() / max(1, batch["tokens"])  # stats are token means
             totals["loss"] += loss.item()
