@@ -5,6 +5,7 @@ No timings are asserted: the machine is shared, and the figures live in docs/BEN
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -87,3 +88,18 @@ def test_bench_trl_runs_both_trainers_on_the_tiny_model(tmp_path):
     assert len(result["ours_all"]) == len(result["trl_all"]) == 2  # warm-up + 1 timed step each
     assert result["trl_mean_completion_length"] == [4.0, 4.0]  # TRL also decoded exactly L tokens per completion
     assert result["trl_over_ours"] == result["trl_step_seconds"] / result["ours_step_seconds"] > 0
+
+
+def test_prefix_sharing_benchmark_on_the_tiny_model(tmp_path, capsys):
+    """Both sides on the same rollout, a group split across mini-batches (G 3, mini-batches of 2); its last line."""
+    from benchmarks import prefix_sharing
+
+    result = prefix_sharing.main(["--model", "tiny", "--image-size", "112", "--length", "6", "--group-size", "3",
+                                  "--mini-batch-size", "2", "--output", str(tmp_path / "sharing.json")])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert re.fullmatch(r"prefix sharing: update \d+\.\d\dx faster, peak memory \d+\.\d\dx lower, "
+                        r"max \|d logp\| \d\.\d\de[-+]\d\d", last), last
+    assert result["max_abs_logp_diff"] < 1e-5  # fp32
+    for name in ("update", "reference"):
+        assert result["speedup"][name] == result["unshared"][name]["seconds"] / result["shared"][name]["seconds"]
+    assert json.loads((tmp_path / "sharing.json").read_text())["line"] == last
