@@ -361,9 +361,11 @@ def test_drop_tied_groups_takes_them_out_of_the_normaliser_and_importance_level_
     assert seen == ["token"] * 2 + ["sequence"] * 2  # two mini-batches of 4 each
 
 
-def test_first_steps_give_the_same_metrics_with_and_without_prefix_sharing(tmp_path):
+def test_first_steps_give_the_same_metrics_with_and_without_prefix_sharing(tmp_path, monkeypatch):
     """train.py's first 2 RL steps on the tiny model, prompts shared (the default) and not: the same
-    samples, rewards, losses and KL within float tolerance (groups of 4 split over mini-batches of 2)."""
+    samples, rewards, losses and KL within float tolerance (groups of 4 split over mini-batches of 2).
+    The untrained tiny model's rewards tie, so advantages are fixed and nonzero: step 1 moves the policy."""
+    monkeypatch.setattr(trainer, "group_advantages", lambda rewards, G, scale: torch.linspace(-1, 2, len(rewards)))
     metrics = {}
     for sharing in (True, False):
         cfg = tiny_config(tmp_path / str(sharing), model=dict(prefix_sharing=sharing), optim=dict(max_steps=2,
@@ -377,7 +379,7 @@ def test_first_steps_give_the_same_metrics_with_and_without_prefix_sharing(tmp_p
             assert shared[key] == pytest.approx(unshared[key], rel=1e-4, abs=1e-7), key
         for key in ("rollout_logp_diff", "rollout_kl"):  # fp32 noise on both sides
             assert shared[key] == pytest.approx(unshared[key], abs=1e-5) and shared[key] < 1e-4, key
-    assert metrics[True][1]["kl"] > 0  # step 2 sees a moved policy
+    assert metrics[True][0]["loss"] != 0 and metrics[True][1]["kl"] > 0  # step 2 sees a moved policy
 
 
 def test_continuing_an_adapter_takes_its_starting_weights_as_the_reference(tmp_path):

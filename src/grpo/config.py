@@ -82,8 +82,8 @@ class LossConfig:
                             choices=tuple(AGGREGATIONS))
     importance_level: str = flag("token", "the ratio pi / pi_old of eq. 1: token (the paper: one per token) or "
                                           "sequence (GSPO: exp of the completion's mean token log-ratio, one clip per "
-                                          "completion; GSPO clips at --epsilon-low 3e-4 --epsilon-high 4e-4). With "
-                                          "--num-iterations 1 both give the same gradient", choices=IMPORTANCE_LEVELS)
+                                          "completion; GSPO's clip range is 3e-4 below and 4e-4 above 1). With one "
+                                          "update per rollout both give the same gradient", choices=IMPORTANCE_LEVELS)
     drop_tied_groups: bool = flag(False, "leave groups whose G rewards all tie (zero advantage) out of the loss and its "
                                          "normaliser, so that they do not dilute the others' gradient (their KL term "
                                          "goes with them)")

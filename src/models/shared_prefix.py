@@ -26,6 +26,9 @@ layer on Qwen2-VL-2B, a third of one hidden state), against running the prompt's
 once per completion. Attention runs as torch's scaled_dot_product_attention with a boolean mask, like
 the rollout engine's prefill (src/models/decoder.py).
 
+Which completions share a pass is the caller's mini-batch: src/grpo/forward.py takes consecutive rows,
+whole groups by default (mini_batch_size = G), group slices when smaller, and says why.
+
 Gradient checkpointing is per layer, as transformers does it: with the layer's `gradient_checkpointing`
 flag set (src/models/loading.enable_gradient_checkpointing) and the model in training mode, a layer keeps
 only its input [T, H] and recomputes the rest in backward.
