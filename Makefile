@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install demo test clean
+.PHONY: install demo test test-demo clean
 
 install: $(VENV)/.installed
 
@@ -21,6 +21,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The demo at its full budget, asserting its RL gain (tests marked `demo`; tens of minutes on 2 cores).
+test-demo: install
+	$(BIN)/python -m pytest -q -m demo
 
 clean:
 	rm -rf $(VENV) runs .cache

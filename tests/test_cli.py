@@ -284,7 +284,7 @@ def test_train_refuses_to_overwrite_a_run_or_resume_it_with_other_settings(tmp_p
     run = tmp_path / "run"
     (run / "checkpoint-2").mkdir(parents=True)
     (run / "checkpoint-2" / "trainer_state.pt").write_bytes(b"")   # what makes a checkpoint complete
-    (run / "config.json").write_text(TrainConfig().to_json())
+    (run / "config.json").write_text(TrainConfig().resolved().to_json())
     monkeypatch.setattr(trainer, "setup", lambda cfg: pytest.fail("setup reached"))
     with pytest.raises(UserError, match="holds checkpoints of an earlier run: add --resume"):
         train.main(["--output-dir", str(run)])

@@ -74,7 +74,7 @@ def test_demo_runs_every_stage_and_writes_its_report(tmp_path):
                       "--methods", "rarl", "grpo"]) == table
 
 
-@pytest.mark.slow
+@pytest.mark.demo
 def test_demo_rl_raises_closed_accuracy_and_every_reward_without_losing_answers(tmp_path):
     """The README's first command at its full budget (seed 0; 6 minutes on a 2-core Xeon, 21 on an EPYC).
 

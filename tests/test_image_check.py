@@ -166,3 +166,18 @@ def test_a_10000_by_10000_image_is_named_once_then_resized_whole_by_the_processo
     # bright corner (CLIP-normalised white is +1.9 to +2.1), and the first, the top-left, is black (-1.8 to -1.5).
     patches = vision["pixel_values"]
     assert patches[-1].min() > 1.8 and patches[0].max() < -1.4
+
+
+def test_a_checked_image_that_changes_on_disk_is_checked_again(tmp_path):
+    from src.data.image_check import image_problem
+    from src.models.prompt_length import image_size
+
+    path = tmp_path / "scan.png"
+    random_image(28, 42).save(path)
+    assert image_problem(str(path), "scan.png") == (None, (42, 28)) and image_size(str(path)) == (42, 28)
+    random_image(30, 20).save(path)                                     # another image under the same name
+    assert image_problem(str(path), "scan.png") == (None, (20, 30)) and image_size(str(path)) == (20, 30)
+    path.write_bytes(path.read_bytes()[:40])                            # then cut on disk
+    problem, size = image_problem(str(path), "scan.png")
+    assert "scan.png" in problem and size is None
+    assert "cannot be read" in image_size(str(path))

@@ -58,12 +58,35 @@ def check_images(samples: list[Sample], bad: BadRows, workers: int | None = None
 
 
 def image_problem(source: str | bytes, name: str) -> tuple[str | None, tuple[int, int] | None]:
-    """(None, (width, height)) for an image that decodes, else (the reason, None)."""
+    """(None, (width, height)) for an image that decodes, else (the reason, None).
+
+    A file's result is kept for the process under its path, size and modification time, so a dataset
+    that loads again (evaluation after training, the demo's stages) is not decoded again, and a file
+    that changes is."""
+    key = file_key(source)
+    if key is not None and key in _CHECKED:
+        return _CHECKED[key]
     try:
-        image = load_image(source, name=name)
+        result = None, load_image(source, name=name).size
     except ImageLoadError as error:
-        return str(error), None
-    return None, image.size
+        result = str(error), None
+    if key is not None:
+        _CHECKED[key] = result
+    return result
+
+
+_CHECKED: dict[tuple[str, int, int], tuple[str | None, tuple[int, int] | None]] = {}
+
+
+def file_key(source: str | bytes) -> tuple[str, int, int] | None:
+    """(path, size, mtime in ns) of an image file; None for image bytes or a file that cannot be stat'ed."""
+    if not isinstance(source, str):
+        return None
+    try:
+        stat = os.stat(source)
+    except OSError:
+        return None
+    return source, stat.st_size, stat.st_mtime_ns
 
 
 def main(argv: list[str] | None = None) -> None:

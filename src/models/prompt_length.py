@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 
 from PIL import Image
 
+from src.data.image_check import file_key
 from src.data.prompts import build_messages
 from src.data.rows import SHOWN_REASONS, DatasetError
 from src.data.sample import Sample
@@ -69,9 +70,13 @@ class PromptLimit:
         return patches // self.image_processor.merge_size**2
 
     def prompt_tokens(self, questions: Sequence[str], system_prompt: str) -> list[int]:
-        """Text tokens of each question's rendered chat, its one image placeholder not counted."""
-        texts = [render_prompt(self.tokenizer, build_messages(question, system_prompt)) for question in questions]
-        return [len(ids) - 1 for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        """Text tokens of each question's rendered chat, its one image placeholder not counted (each
+        distinct question rendered and tokenized once)."""
+        distinct = list(dict.fromkeys(questions))
+        texts = [render_prompt(self.tokenizer, build_messages(question, system_prompt)) for question in distinct]
+        counts = {question: len(ids) - 1
+                  for question, ids in zip(distinct, self.tokenizer(texts, add_special_tokens=False)["input_ids"])}
+        return [counts[question] for question in questions]
 
     def check(self, samples: list[Sample], system_prompts: Sequence[str], completion_tokens: Callable[[Sample], int],
               skip_bad_rows: bool = False) -> list[Sample]:
@@ -123,7 +128,20 @@ class PromptLimit:
 
 
 def image_size(source: str | bytes) -> tuple[int, int] | str:
-    """(width, height) after EXIF rotation, read from the header alone; or why it cannot be read."""
+    """(width, height) after EXIF rotation, read from the header alone; or why it cannot be read. A
+    file's answer is kept for the process under its path, size and modification time."""
+    key = file_key(source)
+    if key is None:
+        return read_image_size(source)
+    if key not in _SIZES:
+        _SIZES[key] = read_image_size(source)
+    return _SIZES[key]
+
+
+_SIZES: dict[tuple[str, int, int], tuple[int, int] | str] = {}
+
+
+def read_image_size(source: str | bytes) -> tuple[int, int] | str:
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
             width, height = image.size
