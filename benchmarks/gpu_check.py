@@ -23,6 +23,9 @@ command sequence for a machine without network. Phases, in order:
                LoRA r 8, beta 0.04: benchmarks/bench_step.py's seconds and peak memory per phase, ours and the
                bare-minimum baseline, how the engine decoded, and decode time per token against the
                memory-bandwidth bound
+  prefix-sharing  benchmarks/prefix_sharing.py at paper scale (28 layers and the whole lm_head, --dtype, B 4 x G 8 x
+               512 tokens on 512 x 512 images, mini-batches of 8): the update and the reference pass with and
+               without the shared-prefix forward, seconds, peak memory and max |d logp| between the two
   evaluate     evaluate.py's generation (generate_completions: greedy, batch 8, 512 new tokens, LoRA attached
                as when evaluating a checkpoint) on 8 real-size images, in tokens per second (every row
                decodes 512 tokens: end tokens banned, and the tokens counted from what came back)
@@ -360,6 +363,23 @@ def step(ctx: Context, figures: dict, extra: tuple[str, ...] = (), label: str = 
                           f"{figures['decode_ms_per_token']:.1f} ms/token = {figures['decode_over_bound']:.1f} x bound")
 
 
+def prefix_sharing(ctx: Context, figures: dict) -> None:
+    """benchmarks/prefix_sharing.py at paper scale: update and reference, shared prefix against unshared."""
+    from benchmarks import prefix_sharing as bench
+
+    a = ctx.args
+    argv = ["--device", str(ctx.device), "--dtype", a.dtype, "--prompts", str(a.prompts), "--group-size",
+            str(a.group_size), "--length", str(a.length), "--image-size", str(a.image_size)]
+    argv += ["--model", "tiny"] if a.tiny else ["--layers", "28", "--lm-head-rows", "151936"]
+    result = bench.main(argv, report=figures.__setitem__)  # each side's figures, as they are measured
+    figures.update(settings=result["settings"], unshared=result["unshared"], shared=result["shared"],
+                   update_speedup=result["speedup"]["update"], reference_speedup=result["speedup"]["reference"],
+                   update_memory_ratio=result["memory_ratio"]["update"],
+                   reference_memory_ratio=result["memory_ratio"]["reference"],
+                   max_abs_logp_diff=result["max_abs_logp_diff"])
+    figures["summary"] = result["line"]
+
+
 @contextlib.contextmanager
 def forced_and_counted(counted: list[int], decodings: list[str]):
     """The engine decodes every row to max_new_tokens (end tokens banned) for the duration, and the
@@ -545,6 +565,7 @@ PHASES = [
     Phase("correctness", 120, correctness),  # a 2B build, one update of 8 x 32 tokens, 3 greedy decodings of 64
     Phase("processor", 60, processor),
     Phase("step", 240, step),  # 6 steps of 512 decode steps (engine, HF generate, baseline; warm-up + timed) and the build
+    Phase("prefix-sharing", 90, prefix_sharing),  # a 28-layer build, 2 x (update + reference) of 32 x 512 tokens
     Phase("evaluate", 90, evaluate),
     Phase("torchrun", 90, torchrun),
     Phase("trl", 150, trl),

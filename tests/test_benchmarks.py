@@ -6,6 +6,7 @@ is that the figures agree with each other and with the time the benchmark proces
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -105,3 +106,24 @@ def test_bench_trl_runs_both_trainers_on_the_tiny_model(tmp_path):
     # the reported step is the timed one, not the warm-up, and every step ran inside the process
     assert (result["ours_step_seconds"], result["trl_step_seconds"]) == (result["ours_all"][1], result["trl_all"][1])
     assert sum(result["ours_all"]) + sum(result["trl_all"]) < wall
+
+
+def test_prefix_sharing_benchmark_on_the_tiny_model(tmp_path, capsys):
+    """Both sides on the same rollout, a group split across mini-batches (G 3, mini-batches of 2); its last line."""
+    from benchmarks import prefix_sharing
+
+    start = time.perf_counter()
+    result = prefix_sharing.main(["--model", "tiny", "--image-size", "112", "--length", "6", "--group-size", "3",
+                                  "--mini-batch-size", "2", "--output", str(tmp_path / "sharing.json")])
+    wall = time.perf_counter() - start
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    found = re.fullmatch(r"prefix sharing: update (\d+\.\d\d)x faster, peak memory (\d+\.\d\d)x lower, "
+                         r"max \|d logp\| (\d\.\d\de[-+]\d\d)", last)
+    assert found, last
+    assert result["max_abs_logp_diff"] < 1e-5  # fp32
+    # the line reports the measured figures, and every timed pass ran inside this call
+    assert float(found.group(1)) == round(result["speedup"]["update"], 2)
+    assert float(found.group(3)) == float(f"{result['max_abs_logp_diff']:.2e}")
+    timed = [result[side][name]["seconds"] for side in ("shared", "unshared") for name in ("update", "reference")]
+    assert sum(timed) < wall
+    assert json.loads((tmp_path / "sharing.json").read_text())["line"] == last

@@ -108,9 +108,10 @@ def test_gpu_check_runs_every_phase_at_toy_size_on_cpu(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "gpu_check.log", "summary.md"]
     phases = json.loads((out / "gpu_check.json").read_text())["phases"]
-    assert list(phases) == ["environment", "correctness", "processor", "step", "evaluate", "torchrun", "trl",
-                            "step-hf-static"]
-    for name in ("environment", "correctness", "processor", "step", "evaluate", "torchrun", "step-hf-static"):
+    assert list(phases) == ["environment", "correctness", "processor", "step", "prefix-sharing", "evaluate", "torchrun",
+                            "trl", "step-hf-static"]
+    for name in ("environment", "correctness", "processor", "step", "prefix-sharing", "evaluate", "torchrun",
+                 "step-hf-static"):
         assert phases[name]["status"] == "ok", (name, phases[name].get("reason"))
     assert phases["environment"]["figures"]["torch"] == torch.__version__
     correctness = phases["correctness"]["figures"]
@@ -135,6 +136,11 @@ def test_gpu_check_runs_every_phase_at_toy_size_on_cpu(tmp_path):
         step["ours_hf_phases"]["generate"]["seconds"] / step["ours_phases"]["generate"]["seconds"])
     assert phases["step-hf-static"]["figures"]["engine_step_speedup"] == pytest.approx(
         phases["step-hf-static"]["figures"]["ours_hf_step_seconds"] / phases["step-hf-static"]["figures"]["ours_step_seconds"])
+    sharing = phases["prefix-sharing"]["figures"]
+    assert sharing["settings"]["group_size"] == 2 and sharing["settings"]["dtype"] == "float32"
+    assert sharing["max_abs_logp_diff"] < 1e-4 and sharing["update_speedup"] > 0
+    assert {"unshared_update_run0", "shared_update_run0"} <= set(sharing)  # each side, as it ended
+    assert sharing["summary"].startswith("prefix sharing: update ")
     evaluate = phases["evaluate"]["figures"]
     assert evaluate["questions"] == 2 and evaluate["generated_tokens"] == 2 * 4 and evaluate["tokens_per_s"] > 0
     torchrun = phases["torchrun"]["figures"]

@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from src.grpo.advantages import group_advantages, zero_std_fraction
+from src.grpo.advantages import group_advantages, tied_group_rows, zero_std_fraction
 from src.grpo.kl import k3_kl
-from src.grpo.loss import AGGREGATIONS, LossStats, clipped_surrogate, grpo_loss, token_weights
+from src.grpo.loss import AGGREGATIONS, LossStats, clipped_surrogate, grpo_loss, importance_logratio, token_weights
 
 LN = math.log
 
@@ -146,6 +146,87 @@ def test_clipped_surrogate_asymmetric_clip_higher():
     logp = torch.tensor([[1.0], [-1.0]])
     out = clipped_surrogate(logp, torch.zeros(2, 1), torch.tensor([1.0, -1.0]), 0.2, 0.28)
     torch.testing.assert_close(out, torch.tensor([[1.28], [-0.8]]), rtol=0, atol=1e-6)
+
+
+# --- GSPO: the sequence-level importance ratio ---------------------------------------------------------------------
+
+# Three completions, L = 3, clip range [0.8, 1.2]; log r_it = logp - old_logp per token (99 = padding, masked):
+#   row 0, A = +1, 2 tokens:  0.3, -0.3  -> mean 0    -> s = 1         (per token: e^0.3 = 1.35, e^-0.3 = 0.74)
+#   row 1, A = -1, 3 tokens:  0.1, 0.2, 0.3 -> mean 0.2 -> s = e^0.2 = 1.2214 (A < 0: min(-1.2214, -1.2) unclipped)
+#   row 2, A = +1, 2 tokens:  0.5, 0.3  -> mean 0.4 -> s = e^0.4 = 1.4918, held by the upper clip at 1.2
+GSPO_LOGRATIO = torch.tensor([[0.3, -0.3, 99.0], [0.1, 0.2, 0.3], [0.5, 0.3, 99.0]])
+GSPO_MASK = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+GSPO_ADVANTAGES = torch.tensor([1.0, -1.0, 1.0])
+
+
+def test_sequence_importance_ratio_is_the_mean_token_log_ratio_of_each_completion():
+    logratio = importance_logratio(GSPO_LOGRATIO, torch.zeros(3, 3), GSPO_MASK, "sequence")
+    assert torch.equal(importance_logratio(GSPO_LOGRATIO, torch.zeros(3, 3), GSPO_MASK, "token"), GSPO_LOGRATIO)
+    expected = torch.tensor([[0.0] * 3, [0.2] * 3, [0.4] * 3])  # padding's 99 is not in the mean
+    torch.testing.assert_close(logratio, expected, rtol=0, atol=1e-7)
+    with pytest.raises(ValueError, match="unknown importance level"):
+        importance_logratio(GSPO_LOGRATIO, torch.zeros(3, 3), GSPO_MASK, "token-level")
+
+
+def test_sequence_level_loss_gradient_and_clip_fraction_by_hand():
+    logp = GSPO_LOGRATIO.clone().requires_grad_()
+    weights = token_weights(GSPO_MASK, "sequence")  # 1 / (3 |o_i|): 1/6, 1/9, 1/6
+    loss, stats = grpo_loss(logp, torch.zeros(3, 3), None, GSPO_ADVANTAGES, weights, beta=0.0,
+                            importance_level="sequence")
+    # surrogate per token: row 0: 1 * 1 = 1; row 1: -e^0.2 = -1.2214; row 2: clip(e^0.4) * 1 = 1.2
+    # loss = -(2 * 1/6 - 3 * e^0.2 / 9 + 2 * 1.2 / 6) = -(0.33333 - 0.40713 + 0.4) = -0.32620
+    assert loss.item() == pytest.approx(-(1 / 3 - math.exp(0.2) / 3 + 0.4), abs=1e-6)
+    loss.backward()
+    # d s_i / d logp_it = s_i / |o_i|, and every token of a completion carries s_i:
+    #   row 0: -(2 tokens x 1/6) x 1/2 = -1/6 on each token;  row 1: +(3 x 1/9) x e^0.2 / 3 = e^0.2 / 9 on each;
+    #   row 2: held by the clip as a whole, 0 on both tokens.
+    # (Per token, row 0's first token, r = 1.35, would be clipped and get 0, its second -1/6 x 0.74.)
+    expected = torch.tensor([[-1 / 6, -1 / 6, 0.0], [math.exp(0.2) / 9] * 3, [0.0, 0.0, 0.0]])
+    torch.testing.assert_close(logp.grad, expected, rtol=0, atol=1e-6)
+    # tokens carry their completion's ratio: mean (2 * 1 + 3 * e^0.2 + 2 * e^0.4) / 7; row 2's 2 tokens clipped high
+    assert stats.ratio_mean.item() == pytest.approx((2 + 3 * math.exp(0.2) + 2 * math.exp(0.4)) / 7, abs=1e-6)
+    assert stats.clipfrac_high.item() == pytest.approx(2 / 7, abs=1e-7) and stats.clipfrac_low.item() == 0.0
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_on_the_first_update_sequence_and_token_ratios_give_the_same_gradient(aggregation):
+    # r = 1 (old = logp.detach()): d s_i / d logp_it = 1 / |o_i|, and a completion's tokens share one weight
+    # in every aggregation, so sum_t w_i / |o_i| = w_i: the per-token policy gradient.
+    grads = []
+    for level in ("token", "sequence"):
+        logp = GSPO_LOGRATIO.clone().requires_grad_()
+        loss, _ = grpo_loss(logp, None, None, GSPO_ADVANTAGES, token_weights(GSPO_MASK, aggregation), beta=0.0,
+                            importance_level=level)
+        loss.backward()
+        grads.append(logp.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=1e-7)
+
+
+# --- tied groups out of the normaliser -----------------------------------------------------------------------------
+
+
+def test_tied_groups_leave_the_normaliser():
+    # B = 3 groups of G = 2: group 1's rewards tie (advantages exactly 0, eq. 2), groups 0 and 2 do not.
+    rewards = torch.tensor([1.0, 0.0, 0.5, 0.5, 0.2, 0.7])
+    advantages = group_advantages(rewards, 2)
+    tied = tied_group_rows(advantages, 2)
+    assert tied.tolist() == [False, False, True, True, False, False]
+    mask = torch.tensor([[1.0, 1, 1], [1, 0, 0], [1, 1, 0], [1, 1, 1], [1, 1, 0], [1, 0, 0]])  # lengths 3 1 2 3 2 1
+    kept = mask * ~tied.unsqueeze(1)  # the trainer's loss mask: 4 completions, 7 tokens
+    # sequence: 1 / (4 kept completions x |o_i|), so each kept completion weighs 1/4 (not 1/6)
+    sequence = token_weights(kept, "sequence", completions=4)
+    torch.testing.assert_close(sequence.sum(1), torch.tensor([0.25, 0.25, 0, 0, 0.25, 0.25]), rtol=0, atol=1e-7)
+    # token: 1 / 7 kept tokens (not 1 / 12); dr_grpo: 1 / (4 x 3) per kept token
+    torch.testing.assert_close(token_weights(kept, "token"), kept / 7, rtol=0, atol=1e-8)
+    torch.testing.assert_close(token_weights(kept, "dr_grpo", completions=4), kept / 12, rtol=0, atol=1e-8)
+    # the first update's loss -sum_i A_i w_i |o_i| grows by 6/4 for sequence: tied rows had A = 0 anyway
+    every = token_weights(mask, "sequence")
+    loss_every, _ = grpo_loss(torch.zeros(6, 3), None, None, advantages, every, beta=0.0)
+    loss_kept, _ = grpo_loss(torch.zeros(6, 3), None, None, advantages, sequence, beta=0.0)
+    assert loss_kept.item() == pytest.approx(loss_every.item() * 6 / 4, abs=1e-6)
+    # every group tied: no weight anywhere, and no 0 / 0
+    none = token_weights(torch.zeros(6, 3), "sequence", completions=0)
+    assert torch.equal(none, torch.zeros(6, 3))
 
 
 # --- aggregations --------------------------------------------------------------------------------

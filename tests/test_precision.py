@@ -245,8 +245,9 @@ def test_grpo_in_bf16_moves_the_adapter_as_fp32_does_and_reports_the_sampler_mis
         mismatch[dtype] = [(m["rollout_logp_diff"], m["rollout_kl"]) for m in metrics]
     assert moved["float32"] > 0.99 and moved["bfloat16"] > 0.95 * moved["float32"], moved
     assert all(diff < 1e-4 and abs(kl) < 1e-6 for diff, kl in mismatch["float32"]), mismatch
-    assert all(diff > 0 for diff, _ in mismatch["bfloat16"]), mismatch  # measured, and not fp32's ~0
-    assert all(diff > 10 * max(d for d, _ in mismatch["float32"]) for diff, _ in mismatch["bfloat16"]), mismatch
+    # measured, and not fp32's ~0. A step may measure exactly 0: the shared-prefix forward runs the engine's
+    # arithmetic (the same modules and attention), and in bf16 can match the sampler bit for bit
+    assert max(diff for diff, _ in mismatch["bfloat16"]) > 10 * max(d for d, _ in mismatch["float32"]), mismatch
 
 
 def test_full_fine_tuning_in_bf16_moves_its_master_weights_at_lr_1e_6_as_fp32_does(tmp_path):

@@ -335,6 +335,53 @@ def test_dr_grpo_divides_by_the_generation_budget_not_the_longest_completion(tmp
     assert stats["loss"] == pytest.approx(-(advantages * lengths).sum().item() / (8 * 40), abs=1e-6)
 
 
+def test_drop_tied_groups_takes_them_out_of_the_normaliser_and_importance_level_reaches_the_loss(tmp_path,
+                                                                                                   monkeypatch):
+    """First update, beta 0, sequence aggregation: r = 1, so the loss is -sum_i A_i / (completions in the
+    normaliser). Group 1's advantages are 0 (its rewards tie): by default the 8 completions count, with
+    --drop-tied-groups only group 0's 4."""
+    assert LossConfig().importance_level == "token" and not LossConfig().drop_tied_groups  # the paper's default
+    seen = []
+    loss_fn = trainer.grpo_loss
+    monkeypatch.setattr(trainer, "grpo_loss", lambda *a, **kw: seen.append(kw["importance_level"]) or loss_fn(*a, **kw))
+    cfg = tiny_config(tmp_path, loss=dict(beta=0.0))
+    run = trainer.setup(cfg)
+    rollout = sample_rollout(run.policy, run.samples[:2], ["explanation"] * 2, group_size=4, max_completion_length=12,
+                             temperature=1.0)
+    advantages = torch.tensor([1.5, -0.5, 0.25, -0.75, 0.0, 0.0, 0.0, 0.0])   # sum 0.5
+    losses = {}
+    for drop, level in ((False, "token"), (True, "sequence")):
+        object.__setattr__(run, "cfg", dataclasses.replace(
+            cfg, loss=dataclasses.replace(cfg.loss, drop_tied_groups=drop, importance_level=level)))
+        run.optimizer = torch.optim.SGD(run.params, lr=0.0)
+        run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, lambda _: 1.0)
+        losses[drop] = trainer.grpo_update(run, rollout, advantages, None, None)["loss"]
+    assert losses[False] == pytest.approx(-0.5 / 8, abs=1e-6)
+    assert losses[True] == pytest.approx(-0.5 / 4, abs=1e-6)
+    assert seen == ["token"] * 2 + ["sequence"] * 2  # two mini-batches of 4 each
+
+
+def test_first_steps_give_the_same_metrics_with_and_without_prefix_sharing(tmp_path, monkeypatch):
+    """train.py's first 2 RL steps on the tiny model, prompts shared (the default) and not: the same
+    samples, rewards, losses and KL within float tolerance (groups of 4 split over mini-batches of 2).
+    The untrained tiny model's rewards tie, so advantages are fixed and nonzero: step 1 moves the policy."""
+    monkeypatch.setattr(trainer, "group_advantages", lambda rewards, G, scale: torch.linspace(-1, 2, len(rewards)))
+    metrics = {}
+    for sharing in (True, False):
+        cfg = tiny_config(tmp_path / str(sharing), model=dict(prefix_sharing=sharing), optim=dict(max_steps=2,
+                                                                                                   mini_batch_size=2))
+        trainer.train(cfg)
+        metrics[sharing] = read_metrics(Path(cfg.run.output_dir) / "metrics.jsonl")
+    assert [m["step"] for m in metrics[True]] == [1, 2]
+    for shared, unshared in zip(metrics[True], metrics[False]):
+        assert shared["reward"] == unshared["reward"] and shared["completion_length"] == unshared["completion_length"]
+        for key in ("loss", "kl", "grad_norm"):
+            assert shared[key] == pytest.approx(unshared[key], rel=1e-4, abs=1e-7), key
+        for key in ("rollout_logp_diff", "rollout_kl"):  # fp32 noise on both sides
+            assert shared[key] == pytest.approx(unshared[key], abs=1e-5) and shared[key] < 1e-4, key
+    assert metrics[True][0]["loss"] != 0 and metrics[True][1]["kl"] > 0  # step 2 sees a moved policy
+
+
 def test_continuing_an_adapter_takes_its_starting_weights_as_the_reference(tmp_path):
     """--model ADAPTER_DIR: pi_ref is that adapter as loaded, neither the base model nor the adapter
     after the run's updates."""

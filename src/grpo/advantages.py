@@ -51,3 +51,13 @@ def zero_std_fraction(rewards: Tensor, group_size: int) -> float:
     rewards: [N] laid out as in group_advantages. A python float, for logging.
     """
     return _all_equal(_grouped(rewards, group_size)).float().mean().item()
+
+
+def tied_group_rows(advantages: Tensor, group_size: int) -> Tensor:
+    """[N] bool: the rows of groups whose G rewards all tie, the groups `--drop-tied-groups` leaves out.
+
+    Read from the advantages [N] (laid out as in group_advantages): group_advantages sets such a group's
+    to exactly 0, and any other group has a completion off its mean, so a nonzero advantage.
+    """
+    grouped = _grouped(advantages, group_size)  # [B, G]
+    return (grouped == 0).all(dim=1, keepdim=True).expand_as(grouped).reshape(-1)  # [N]

@@ -10,7 +10,7 @@ import json
 import typing
 from dataclasses import dataclass, field
 
-from src.grpo.loss import AGGREGATIONS
+from src.grpo.loss import AGGREGATIONS, IMPORTANCE_LEVELS
 from src.models.loading import DEFAULT_MODEL, DTYPES, default_device, resolve_dtype
 from src.models.lora import LoRAConfig
 from src.rewards.open_answers import METHODS as OPEN_ANSWER_SCORES
@@ -38,6 +38,9 @@ class ModelConfig:
                                        min=0, lt=1)
     lora_targets: tuple[str, ...] = flag(LoRAConfig.targets, "language-model linear layers that get an adapter")
     gradient_checkpointing: bool = flag(True, "recompute activations in backward (less memory, ~30% slower)")
+    prefix_sharing: bool = flag(True, "compute each prompt once per mini-batch in the update, reference and old-policy "
+                                      "passes, its completions attending to it (--no-prefix-sharing: every completion "
+                                      "with its own copy of the prompt, the reference path; docs/PREFIX_SHARING.md)")
     dtype: str = flag("auto", "the weights' dtype: bfloat16, float32, or auto (bfloat16 on CUDA, float32 on CPU; "
                               "config.json records what it resolved to, and --resume keeps it). LoRA factors and "
                               "the -full methods' optimizer copies are float32 in any case", choices=DTYPES)
@@ -73,6 +76,13 @@ class LossConfig:
     aggregation: str = flag("sequence", "how token losses become one number: sequence (paper eq. 1: mean per "
                                         "completion, then over completions), token (DAPO), dr_grpo",
                             choices=tuple(AGGREGATIONS))
+    importance_level: str = flag("token", "the ratio pi / pi_old of eq. 1: token (the paper: one per token) or "
+                                          "sequence (GSPO: exp of the completion's mean token log-ratio, one clip per "
+                                          "completion; GSPO's clip range is 3e-4 below and 4e-4 above 1). With one "
+                                          "update per rollout both give the same gradient", choices=IMPORTANCE_LEVELS)
+    drop_tied_groups: bool = flag(False, "leave groups whose G rewards all tie (zero advantage) out of the loss and its "
+                                         "normaliser, so that they do not dilute the others' gradient (their KL term "
+                                         "goes with them)")
     num_iterations: int = flag(1, "policy updates per batch of rollouts (mu); > 1 caches old log-probs", min=1)
     advantage_scale: str = flag("group", "advantages: group (paper eq. 2: divide by the group's reward std) or "
                                          "none (Dr. GRPO: reward minus the group mean)", choices=("group", "none"))

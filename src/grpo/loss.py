@@ -7,6 +7,10 @@ ref. [28]) and every GRPO trainer, it is applied per token t of completion i,
 and the loss we minimise is -J summed over tokens with the weights of one of the AGGREGATIONS
 (token_weights). eps_low = eps_high
 is eq. 1's symmetric clip; DAPO raises eps_high ("clip-higher") to let rare tokens grow.
+
+The ratio is one of the IMPORTANCE_LEVELS (importance_logratio): per token as above (the paper), or
+per completion, GSPO's (Zheng et al. 2025) s_i = exp(mean_t log r_it), the same for all its tokens and
+clipped once for the whole completion.
 """
 from __future__ import annotations
 
@@ -17,18 +21,42 @@ from torch import Tensor
 from src.grpo.kl import k3_kl
 
 
+IMPORTANCE_LEVELS = ("token", "sequence")
+
+
+def importance_logratio(logp: Tensor, old_logp: Tensor, mask: Tensor, level: str = "token") -> Tensor:
+    """log r of each completion token: [N, L] fp32 (padding positions hold junk; they get no weight).
+
+    logp, old_logp: [N, L] as in clipped_surrogate; mask: [N, L] the tokens in the loss.
+    - "token" (eq. 1 per token, DeepSeekMath): log r_it = log pi(o_it) - log pi_old(o_it);
+    - "sequence" (GSPO, Zheng et al. 2025): log s_i = (1 / |o_i|) sum_t log r_it, the length-normalised
+      log-ratio of the whole completion, given to each of its tokens. Its gradient reaches every token of
+      the completion through the mean, and one clip holds or releases the whole completion.
+    """
+    if level not in IMPORTANCE_LEVELS:
+        raise ValueError(f"unknown importance level {level!r}; choose one of {IMPORTANCE_LEVELS}")
+    logratio = logp.float() - old_logp.float()  # [N, L]
+    if level == "token":
+        return logratio
+    mask = mask.float()  # [N, L]
+    per_completion = (logratio * mask).sum(1, keepdim=True) / mask.sum(1, keepdim=True).clamp(min=1)  # [N, 1]
+    return per_completion.expand_as(logratio)  # [N, L]
+
+
 def clipped_surrogate(
-    logp: Tensor, old_logp: Tensor, advantages: Tensor, epsilon_low: float = 0.2, epsilon_high: float = 0.2
+    logp: Tensor, old_logp: Tensor, advantages: Tensor, epsilon_low: float = 0.2, epsilon_high: float = 0.2,
+    mask: Tensor | None = None, importance_level: str = "token",
 ) -> Tensor:
     """Eq. 1's surrogate per token: min(r A, clip(r, 1 - eps_low, 1 + eps_high) A), r = pi / pi_old.
 
     logp, old_logp: [N, L] log-probabilities of the sampled tokens under the policy being trained
     and the policy that sampled them. advantages: [N], one per completion, shared by its tokens.
+    mask, importance_level: which ratio r is (importance_logratio; mask is needed for "sequence").
     Returns [N, L] fp32, to be maximised. The min makes it pessimistic: once r has left the clip
     range in the direction the advantage pushes it, the token's gradient is zero.
     """
-    logratio = logp.float() - old_logp.float()  # [N, L]
-    ratio = torch.exp(logratio)  # [N, L]
+    mask = torch.ones_like(logp, dtype=torch.bool) if mask is None else mask  # [N, L]
+    ratio = torch.exp(importance_logratio(logp, old_logp, mask, importance_level))  # [N, L]
     adv = advantages.float().unsqueeze(1)  # [N, 1], broadcast over the completion's tokens
     unclipped = ratio * adv  # [N, L]
     clipped = torch.clamp(ratio, 1.0 - epsilon_low, 1.0 + epsilon_high) * adv  # [N, L]
@@ -60,7 +88,7 @@ def token_weights(mask: Tensor, aggregation: str, completions: int | None = None
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"unknown aggregation {aggregation!r}; choose one of {AGGREGATIONS}")
     mask = mask.float()                                                            # [N, L]
-    completions = mask.shape[0] if completions is None else completions
+    completions = max(mask.shape[0] if completions is None else completions, 1)  # 0: no completion has weight
     if aggregation == "sequence":
         lengths = mask.sum(dim=1, keepdim=True).clamp(min=1)  # [N, 1]; a row with no token weighs 0
         return mask / (lengths * completions)                                      # [N, L]
@@ -98,6 +126,7 @@ def grpo_loss(
     epsilon_low: float = 0.2,
     epsilon_high: float = 0.2,
     beta: float = 0.04,
+    importance_level: str = "token",
 ) -> tuple[Tensor, LossStats]:
     """The GRPO loss -(surrogate - beta * KL) (eq. 1 with eq. 3), summed over tokens with `weights`.
 
@@ -113,6 +142,8 @@ def grpo_loss(
     weights:    [N, L] each token's weight in the batch (token_weights: the aggregation), 0 on padding.
     epsilon_low, epsilon_high: the clip range [1 - epsilon_low, 1 + epsilon_high] of the ratio.
     beta:       KL weight; 0.04 is DeepSeekMath's (and R1-V's) value.
+    importance_level: "token" (eq. 1) or "sequence" (GSPO): importance_logratio, over the tokens
+                that have a weight.
     Returns the scalar fp32 loss to minimise and its LossStats (token means over the tokens with a
     weight). All math is in fp32 whatever the inputs' dtype.
     """
@@ -126,15 +157,17 @@ def grpo_loss(
     logp = logp.float()  # [N, L]
     old_logp = logp.detach() if old_logp is None else old_logp.float()  # [N, L]
 
-    objective = clipped_surrogate(logp, old_logp, advantages, epsilon_low, epsilon_high)  # [N, L]
+    mask = weights > 0  # [N, L] the tokens in the loss
+    objective = clipped_surrogate(logp, old_logp, advantages, epsilon_low, epsilon_high, mask,
+                                  importance_level)  # [N, L]
     kl = None if ref_logp is None else k3_kl(logp, ref_logp)  # [N, L]
     if beta > 0:
         objective = objective - beta * kl  # [N, L]
     loss = -(objective * weights).sum()  # weights already hold the aggregation's normaliser
 
     with torch.no_grad():
-        mask = (weights > 0).float()  # [N, L]
-        ratio = torch.exp(logp - old_logp)  # [N, L]
+        ratio = torch.exp(importance_logratio(logp, old_logp, mask, importance_level))  # [N, L]
+        mask = mask.float()  # [N, L]
         adv = advantages.float().unsqueeze(1)  # [N, 1]
         stats = LossStats(
             kl=None if kl is None else token_mean(kl, mask),

@@ -28,11 +28,11 @@ class Reference:
     context: Callable[[], AbstractContextManager]
     kind: str                    # "adapters disabled", "starting adapter" or "frozen copy", for the log
 
-    def logprobs(self, rollout, temperature: float, mini_batch_size: int) -> torch.Tensor:
-        """log pi_ref of every completion token of the rollout: [N, L] fp32."""
+    def logprobs(self, rollout, temperature: float, mini_batch_size: int, prefix_sharing: bool = True) -> torch.Tensor:
+        """log pi_ref of every completion token of the rollout: [N, L] fp32 (src/grpo/forward.py)."""
         self.model.eval()
         with self.context():
-            return rollout_logprobs(self.model, rollout, temperature, mini_batch_size)
+            return rollout_logprobs(self.model, rollout, temperature, mini_batch_size, prefix_sharing)
 
 
 def make_reference(model: torch.nn.Module, uses_lora: bool, continuing_adapter: bool) -> Reference:

@@ -49,7 +49,8 @@ def sft_step(run, samples: list[Sample]) -> dict[str, float]:
     run.optimizer.zero_grad(set_to_none=True)
     total_tokens, loss_sum = sum_over_ranks({"tokens": mask.sum().item()})["tokens"], 0.0
     for rows in minibatches(len(samples), cfg.optim.mini_batch_size):
-        logp = completion_logprobs(policy.model, prompts, rows, ids[rows], mask[rows])  # [b, L]
+        logp = completion_logprobs(policy.model, prompts, rows, ids[rows], mask[rows],
+                                   prefix_sharing=cfg.model.prefix_sharing)                  # [b, L]
         nll = -(logp * mask[rows]).sum()
         (nll / total_tokens).backward()  # the whole batch's token mean, accumulated over mini-batches
         loss_sum += nll.item()

@@ -26,7 +26,7 @@ from src.data.loaders import load_dataset
 from src.data.prompts import assign_training_prompts
 from src.data.sample import Sample
 from src.data.subset import take_subset
-from src.grpo.advantages import group_advantages, zero_std_fraction
+from src.grpo.advantages import group_advantages, tied_group_rows, zero_std_fraction
 from src.grpo.checkpoint import (
     checkpoint_step, load_checkpoint, resume_checkpoint, rng_state, save_checkpoint, set_rng_state,
 )
@@ -168,10 +168,9 @@ def grpo_step(run: Run, samples: list[Sample], prompt_names: list[str]) -> tuple
         rewards = torch.tensor(scores.total)                                                   # [N]
         advantages = group_advantages(rewards, G, scale=cfg.loss.advantage_scale == "group")   # [N]
     with timer("reference"):  # eq. 3's pi_ref; pi_old only if the policy moves between updates
-        temperature, mini_batch = cfg.rollout.temperature, cfg.optim.mini_batch_size
-        ref_logp = run.reference.logprobs(rollout, temperature, mini_batch) if run.reference else None  # [N, L]
-        old_logp = rollout_logprobs(model, rollout, temperature, mini_batch) \
-            if cfg.loss.num_iterations > 1 else None                                          # [N, L]
+        passes = (cfg.rollout.temperature, cfg.optim.mini_batch_size, cfg.model.prefix_sharing)
+        ref_logp = run.reference.logprobs(rollout, *passes) if run.reference else None        # [N, L]
+        old_logp = rollout_logprobs(model, rollout, *passes) if cfg.loss.num_iterations > 1 else None  # [N, L]
     with timer("update"):
         stats = grpo_update(run, rollout, advantages.to(run.policy.device), ref_logp, old_logp)
     metrics = grpo_metrics(stats, gather_rows(rewards), scores.means(), rollout, zero_std_fraction(rewards, G),
@@ -187,12 +186,18 @@ def grpo_update(run: Run, rollout: Rollout, advantages: torch.Tensor, ref_logp: 
 
     Every token's weight in the loss is fixed up front over the global batch (all mini-batches, all
     ranks), so each mini-batch's loss is its weighted sum and the accumulated gradient is the batch's.
+    Cut-off completions (--mask-truncated) and tied groups (--drop-tied-groups) get weight 0; tied groups
+    also leave the count of completions the normaliser divides by.
     """
     cfg, model = run.cfg, run.policy.model
     mask = rollout.completion_mask                                                         # [N, L] in the loss
     if cfg.rollout.mask_truncated:  # a cut-off completion was never judged on a finished answer
         mask = mask & ~rollout.truncated.unsqueeze(1)                                       # [N, L]
-    batch = sum_over_ranks({"completions": mask.shape[0], "tokens": mask.sum().item(),
+    kept = torch.ones(mask.shape[0], dtype=torch.bool, device=mask.device)                  # [N] rows in the loss
+    if cfg.loss.drop_tied_groups:  # a tied group has A = 0: out of the normaliser too, not just the numerator
+        kept = ~tied_group_rows(advantages, cfg.rollout.group_size)                         # [N]
+        mask = mask & kept.unsqueeze(1)                                                     # [N, L]
+    batch = sum_over_ranks({"completions": kept.sum().item(), "tokens": mask.sum().item(),
                             "sampled_tokens": rollout.completion_mask.sum().item()})        # the global batch
     weights = token_weights(mask, cfg.loss.aggregation, batch["completions"], batch["tokens"],
                             cfg.rollout.max_completion_length)                              # [N, L]
@@ -203,14 +208,14 @@ def grpo_update(run: Run, rollout: Rollout, advantages: torch.Tensor, ref_logp: 
         totals = {"loss": 0.0, "kl": 0.0, "ratio_mean": 0.0, "clipfrac_low": 0.0, "clipfrac_high": 0.0}
         for rows in minibatches(mask.shape[0], cfg.optim.mini_batch_size):
             logp = completion_logprobs(model, rollout.prompts, *rollout.rows(rows), cfg.rollout.temperature,
-                                       rollout.banned)                                     # [n, L]
+                                       rollout.banned, cfg.model.prefix_sharing)           # [n, L]
             if iteration == 0:  # the weights that sampled: the trainer's log-probs against the sampler's
                 mismatch += sampler_mismatch(logp.detach(), rollout.sampler_logp[rows], rollout.completion_mask[rows])
             # eq. 1 with eq. 3: ratio = exp(logp - old_logp), min(ratio A, clip(ratio) A) - beta k3(logp, ref_logp)
             loss, stats = grpo_loss(logp, None if old_logp is None else old_logp[rows],
                                     None if ref_logp is None else ref_logp[rows], advantages[rows], weights[rows],
                                     epsilon_low=cfg.loss.epsilon_low, epsilon_high=cfg.loss.epsilon_high,
-                                    beta=cfg.loss.beta)
+                                    beta=cfg.loss.beta, importance_level=cfg.loss.importance_level)
             loss.backward()
             token_share = mask[rows].sum().item() / max(1, batch["tokens"])  # stats are token means
             totals["loss"] += loss.item()
@@ -237,9 +242,9 @@ def completion_records(rollout: Rollout, samples: list[Sample], prompt_names: li
 
 
 RESUMABLE_CHANGES = ("run.resume", "run.output_dir", "run.save_steps", "run.device", "run.report_to",
-                     "optim.max_steps", "optim.epochs")
+                     "optim.max_steps", "optim.epochs", "model.prefix_sharing")
 """Settings a resumed run may change: where the run directory now lies, when to save, where to run,
-where else metrics go, and how long to go on."""
+where else metrics go, how long to go on, and whether prompts are shared (the same numbers either way)."""
 
 
 def check_same_settings(saved_path: Path, cfg: TrainConfig) -> None:

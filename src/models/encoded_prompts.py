@@ -42,16 +42,22 @@ class EncodedPrompts:
         index = torch.as_tensor(list(prompt_index), dtype=torch.long, device=self.input_ids.device)
         ids, attention, positions = self.input_ids[index], self.attention_mask[index], self.positions[:, index]
         if completion_ids is not None:
-            steps = torch.arange(completion_ids.shape[1], device=ids.device)               # [L]
             ids = torch.cat([ids, completion_ids], 1)                                     # [n, P+L]
             attention = torch.cat([attention, completion_mask.long()], 1)                 # [n, P+L]
-            after = (self.next_position[index, None] + steps).expand(3, -1, -1)           # [3, n, L]
+            after = self.completion_positions(index, completion_ids.shape[1])             # [3, n, L]
             positions = torch.cat([positions, after], 2)                                  # [3, n, P+L]
         embeds = model.get_input_embeddings()(ids)                                        # [n, P+L, H]
         features = torch.cat([self.image_features[i] for i in index.tolist()]).to(embeds.dtype)  # [sum T, H]
         is_image = (ids == model.config.image_token_id).unsqueeze(-1)                     # [n, P+L, 1]
         embeds = embeds.masked_scatter(is_image, features)       # row-major: each row gets its own image's
         return dict(inputs_embeds=embeds, attention_mask=attention, position_ids=positions)
+
+    def completion_positions(self, prompt_index: Sequence[int] | torch.Tensor, length: int) -> torch.Tensor:
+        """M-RoPE positions [3, n, L] of completions of prompts `prompt_index`: token j of a completion
+        of prompt b sits at next_position[b] + j on all three axes."""
+        index = torch.as_tensor(prompt_index, dtype=torch.long, device=self.input_ids.device)
+        steps = torch.arange(length, device=self.input_ids.device)                         # [L]
+        return (self.next_position[index, None] + steps).expand(3, -1, -1)                 # [3, n, L]
 
 
 def distinct_images(batch: PromptBatch) -> tuple[list[torch.Tensor], list[int]]:
