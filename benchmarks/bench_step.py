@@ -50,7 +50,7 @@ from benchmarks.qwen2_vl_2b import random_qwen2_vl_2b
 from src.data.prompts import TRAINING_PROMPTS
 from src.data.sample import Sample
 from src.grpo import trainer
-from src.grpo.advantages import group_advantages
+from src.grpo.loss import group_advantages
 from src.grpo.config import LossConfig, ModelConfig, OptimConfig, RolloutConfig, RunConfig, TrainConfig
 from src.grpo.rollout import sample_rollout
 from src.models import engine

@@ -4,9 +4,10 @@ import math
 import pytest
 import torch
 
-from src.grpo.advantages import group_advantages, tied_group_rows, zero_std_fraction
-from src.grpo.kl import k3_kl
-from src.grpo.loss import AGGREGATIONS, LossStats, clipped_surrogate, grpo_loss, importance_logratio, token_weights
+from src.grpo.loss import (
+    AGGREGATIONS, LossStats, clipped_surrogate, group_advantages, grpo_loss, importance_logratio, k3_kl,
+    tied_group_rows, token_weights, zero_std_fraction,
+)
 
 LN = math.log
 

@@ -15,7 +15,7 @@ from src.data.prompts import TRAINING_PROMPTS
 from src.data.sample import Sample
 from src.grpo import trainer
 from src.grpo.config import DataConfig, LossConfig, ModelConfig, OptimConfig, RolloutConfig, RunConfig, TrainConfig
-from src.grpo.advantages import group_advantages
+from src.grpo.loss import group_advantages
 from src.grpo.forward import completion_logprobs, rollout_logprobs
 from src.grpo.rollout import sample_rollout
 from src.grpo.run_log import read_metrics

@@ -1,11 +1,11 @@
 """GRPO: the RL loop and its math.
 
-The pure core (advantages, kl, loss, logprobs: they import only torch; unit-tested on CPU with
+The pure core (loss: eq. 1-3; logprobs: they import only torch; unit-tested on CPU with
 hand-computed numbers) maps onto the paper (RARL, sec. 2.2.1, which follows DeepSeekMath's GRPO) one
 function per equation:
 
-    eq. 2  A_i = (r_i - mean(r)) / std(r) over a group ...... advantages.group_advantages
-    eq. 3  D_KL = pi_ref/pi - log(pi_ref/pi) - 1 (k3) ....... kl.k3_kl
+    eq. 2  A_i = (r_i - mean(r)) / std(r) over a group ...... loss.group_advantages
+    eq. 3  D_KL = pi_ref/pi - log(pi_ref/pi) - 1 (k3) ....... loss.k3_kl
     eq. 1  min(r A, clip(r, 1-eps, 1+eps) A) ................ loss.clipped_surrogate
     eq. 1  1/G sum_i (...) - beta D_KL, as a loss ........... loss.grpo_loss, weighted by loss.token_weights
            log pi(token) without [T, V] fp32 logits ......... logprobs.linear_logprobs

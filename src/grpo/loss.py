@@ -1,4 +1,8 @@
-"""The GRPO loss: eq. 1 of the paper, per token, with a named choice of how tokens are averaged.
+"""The GRPO objective, eq. 1-3 of the paper, in the order a step uses them: the group advantages
+(eq. 2), the k3 KL to the reference (eq. 3), and the clipped surrogate with its token weights, the loss
+(eq. 1). Pure tensor code: it imports only torch.
+
+The GRPO loss: eq. 1 of the paper, per token, with a named choice of how tokens are averaged.
 
 Eq. 1 writes the objective per completion v_i with one ratio r_i. As in DeepSeekMath (the paper's
 ref. [28]) and every GRPO trainer, it is applied per token t of completion i,
@@ -15,11 +19,124 @@ clipped once for the whole completion.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+
 import torch
 from torch import Tensor
 
-from src.grpo.kl import k3_kl
 
+# ----------------------------------------------------------------------------------------------------
+# Eq. 2. Group-relative advantages: eq. 2 of the paper (GRPO's baseline is the group mean, not a critic).
+# ----------------------------------------------------------------------------------------------------
+
+def _grouped(rewards: Tensor, group_size: int) -> Tensor:
+    """View a flat [N] reward vector as [B, G]: row b holds the G completions of prompt b."""
+    if rewards.dim() != 1:
+        raise ValueError(f"rewards must be a flat [B*G] vector, got shape {tuple(rewards.shape)}")
+    if group_size < 2 or rewards.numel() % group_size != 0:
+        raise ValueError(
+            f"group_size must be >= 2 and divide the {rewards.numel()} rewards, got {group_size}"
+        )
+    return rewards.float().view(-1, group_size)  # [B, G]
+
+
+def _all_equal(grouped: Tensor) -> Tensor:
+    """[B, 1] bool: True for groups whose G rewards are all the same number."""
+    return grouped.amax(dim=1, keepdim=True) == grouped.amin(dim=1, keepdim=True)  # [B, 1]
+
+
+def group_advantages(rewards: Tensor, group_size: int, scale: bool = True, eps: float = 1e-4) -> Tensor:
+    """Eq. 2: A_i = (r_i - mean(r_1..r_G)) / (std(r_1..r_G) + eps), per group of G completions.
+
+    rewards: [N] with N = B * G, completions of prompt b at indices b*G .. b*G + G - 1.
+    Returns [N] fp32 advantages, one per completion (broadcast over its tokens by the loss).
+
+    std is the unbiased sample std (divides by G - 1), as torch.std and TRL compute it; eps (TRL's
+    1e-4) keeps the division finite when a group's rewards are all equal. Such a group carries no
+    learning signal, and its advantages are set to exactly 0: the fp32 mean of G equal numbers is
+    not always that number (eight 0.1s give deviations of ~1e-8), and 1e-8 / (1e-8 + eps) would
+    otherwise be a spurious ~1e-4 advantage.
+
+    scale=False drops the division (Dr. GRPO, Liu et al. 2025: A_i = r_i - mean). With it, a group
+    whose rewards differ only by noise (0.01 of BERTScore or length) gets advantages as large as a
+    group split between right and wrong answers; without it, advantages keep the rewards' units.
+    """
+    grouped = _grouped(rewards, group_size)  # [B, G]
+    mean = grouped.mean(dim=1, keepdim=True)  # [B, 1]
+    advantages = grouped - mean  # [B, G]
+    if scale:
+        advantages = advantages / (grouped.std(dim=1, keepdim=True) + eps)  # unbiased std, [B, 1]
+    advantages = advantages.masked_fill(_all_equal(grouped), 0.0)  # [B, G]
+    return advantages.view(-1)  # [N]
+
+
+def zero_std_fraction(rewards: Tensor, group_size: int) -> float:
+    """Fraction of groups whose G rewards are all equal (zero advantage, no gradient): frac_zero_std.
+
+    rewards: [N] laid out as in group_advantages. A python float, for logging.
+    """
+    return _all_equal(_grouped(rewards, group_size)).float().mean().item()
+
+
+def tied_group_rows(advantages: Tensor, group_size: int) -> Tensor:
+    """[N] bool: the rows of groups whose G rewards all tie, the groups `--drop-tied-groups` leaves out.
+
+    Read from the advantages [N] (laid out as in group_advantages): group_advantages sets such a group's
+    to exactly 0, and any other group has a completion off its mean, so a nonzero advantage.
+    """
+    grouped = _grouped(advantages, group_size)  # [B, G]
+    return (grouped == 0).all(dim=1, keepdim=True).expand_as(grouped).reshape(-1)  # [N]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Eq. 3. Per-token KL with the k3 estimator: eq. 3 of the paper (the policy against the reference), and the
+# same estimate between the sampler and the trainer (are the rollouts on-policy?).
+#
+# k3 is from John Schulman, "Approximating KL Divergence" (http://joschu.net/blog/kl-approx.html):
+# with x = log pi_ref(t) - log pi(t) for a token t sampled from pi,
+#     k3 = exp(x) - x - 1,
+# an unbiased estimate of KL(pi || pi_ref) that, unlike -x, is never negative (e^x >= 1 + x).
+# ----------------------------------------------------------------------------------------------------
+
+# exp(20) = 4.85e8 is finite in fp32 and bf16, and so is its gradient. Without the clamp a token the
+# reference finds far likelier than the policy (x around 89 in fp32) gives exp(x) = inf and a NaN
+# loss, a failure reported on VLM GRPO runs. Where |x| > 20 the clamp stops that token's KL gradient.
+LOG_RATIO_CLAMP = 20.0
+
+
+def k3_kl(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """Eq. 3 per token: pi_ref/pi - log(pi_ref/pi) - 1, with log(pi_ref/pi) clamped to [-20, 20].
+
+    logp, ref_logp: [N, L] log-probabilities of the sampled tokens under the policy and the
+    reference. Returns [N, L] fp32, >= 0, exactly 0 where the two agree.
+    """
+    log_ratio = (ref_logp.float() - logp.float()).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [N, L]
+    # expm1(x) - x equals exp(x) - x - 1 but keeps its digits for small x, where policy ~ reference
+    # (the usual case), and its rounding can never produce a negative value.
+    return torch.expm1(log_ratio) - log_ratio  # [N, L]
+
+
+def sampler_mismatch(train_logp: Tensor, sampler_logp: Tensor, mask: Tensor) -> Tensor:
+    """How far the trainer's log-probs of the sampled tokens are from the sampler's, summed over the
+    completion tokens: [sum |log p_sampler - log p_train|, sum k3]. Divided by the token count these
+    are metrics.jsonl's rollout_logp_diff and rollout_kl.
+
+    Both sides compute the same policy (same weights, temperature and banned ids), so in fp32 the
+    difference is float rounding (~1e-6); in bf16 the sampler's decode path and the training forward
+    round differently, and a large value means the update treats off-policy samples as on-policy.
+    The tokens were drawn from the sampler, so k3 with x = log p_train - log p_sampler estimates
+    KL(sampler || trainer).
+
+    train_logp, sampler_logp: [N, L] fp32; mask: [N, L] bool, the completion tokens. Returns [2] fp32.
+    """
+    mask = mask.float()                                                                    # [N, L]
+    diff = (sampler_logp.float() - train_logp.float()).abs()                               # [N, L]
+    kl = k3_kl(sampler_logp, train_logp)                                                   # [N, L]
+    return torch.stack([(diff * mask).sum(), (kl * mask).sum()])                           # [2]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Eq. 1. The clipped surrogate per token, its ratio, and how token losses become one number.
+# ----------------------------------------------------------------------------------------------------
 
 IMPORTANCE_LEVELS = ("token", "sequence")
 
@@ -138,7 +255,7 @@ def grpo_loss(
                 gradient -A grad(logp), and no extra forward pass is needed.
     ref_logp:   [N, L] log pi_ref(token) under the frozen reference, or None. Required when beta > 0;
                 when given with beta == 0 the KL is measured for the stats only.
-    advantages: [N] one per completion (eq. 2, advantages.group_advantages).
+    advantages: [N] one per completion (eq. 2, loss.group_advantages).
     weights:    [N, L] each token's weight in the batch (token_weights: the aggregation), 0 on padding.
     epsilon_low, epsilon_high: the clip range [1 - epsilon_low, 1 + epsilon_high] of the ratio.
     beta:       KL weight; 0.04 is DeepSeekMath's (and R1-V's) value.

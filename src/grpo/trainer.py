@@ -26,7 +26,9 @@ from src.data.loaders import load_dataset
 from src.data.prompts import assign_training_prompts
 from src.data.sample import Sample
 from src.data.subset import take_subset
-from src.grpo.advantages import group_advantages, tied_group_rows, zero_std_fraction
+from src.grpo.loss import (
+    group_advantages, grpo_loss, sampler_mismatch, tied_group_rows, token_weights, zero_std_fraction,
+)
 from src.grpo.checkpoint import (
     checkpoint_step, load_checkpoint, resume_checkpoint, rng_state, save_checkpoint, set_rng_state,
 )
@@ -36,8 +38,6 @@ from src.grpo.distributed import (
     rank_share, reduce_metrics, sampling_seed, sum_over_ranks,
 )
 from src.grpo.forward import completion_logprobs, minibatches, rollout_logprobs
-from src.grpo.kl import sampler_mismatch
-from src.grpo.loss import grpo_loss, token_weights
 from src.grpo.optim import make_optimizer, make_scheduler, optimizer_step
 from src.grpo.preflight import check_training_prompts
 from src.grpo.reference import Reference, make_reference
@@ -182,7 +182,7 @@ def grpo_update(run: Run, rollout: Rollout, advantages: torch.Tensor, ref_logp: 
                 old_logp: torch.Tensor | None) -> dict[str, float]:
     """num_iterations optimizer updates on one rollout (eq. 1); returns the last update's statistics,
     and how far the first update's log-probs are from the sampler's (rollout_logp_diff, rollout_kl:
-    token means over the completion tokens, src/grpo/kl.py), measured on the update's own forward pass.
+    token means over the completion tokens, src/grpo/loss.py: sampler_mismatch), measured on the update's own forward pass.
 
     Every token's weight in the loss is fixed up front over the global batch (all mini-batches, all
     ranks), so each mini-batch's loss is its weighted sum and the accumulated gradient is the batch's.
