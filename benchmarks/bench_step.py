@@ -52,7 +52,7 @@ from src.data.sample import Sample
 from src.grpo import trainer
 from src.grpo.loss import group_advantages
 from src.grpo.config import LossConfig, ModelConfig, OptimConfig, RolloutConfig, RunConfig, TrainConfig
-from src.grpo.rollout import sample_rollout
+from src.grpo.step import Run, grpo_update, sample_rollout
 from src.models import engine
 from src.models.engine import END_TOKENS, VISION_TOKENS, token_ids
 from src.models.generation import prompt_batch
@@ -173,7 +173,7 @@ def generation_settings(model, **settings):
             setattr(config, name, value)
 
 
-def our_step(run: trainer.Run, samples: list[Sample], prompt_names: list[str], args: argparse.Namespace) -> Phases:
+def our_step(run: Run, samples: list[Sample], prompt_names: list[str], args: argparse.Namespace) -> Phases:
     """grpo_step's phases (beta > 0, one update per rollout), each timed on its own."""
     cfg, model = run.cfg, run.policy.model
     phases = Phases(run.policy.device)
@@ -201,7 +201,7 @@ def our_step(run: trainer.Run, samples: list[Sample], prompt_names: list[str], a
     with phases.phase("reference"):
         ref_logp = run.reference.logprobs(rollout, cfg.rollout.temperature, cfg.optim.mini_batch_size)
     phases.open("policy")  # closed by the optimizer's pre-step hook, which opens "optimizer"
-    trainer.grpo_update(run, rollout, advantages, ref_logp, None)
+    grpo_update(run, rollout, advantages, ref_logp, None)
     for hook in hooks:
         hook.remove()
     phases.decoding = rollout.decoding
@@ -217,7 +217,7 @@ def plain_logprobs(model, prompts: PromptBatch, ids: torch.Tensor, mask: torch.T
     return torch.log_softmax(logits, -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)     # [n, L]
 
 
-def baseline_step(run: trainer.Run, prompts: PromptBatch, optimizer: torch.optim.Optimizer) -> Phases:
+def baseline_step(run: Run, prompts: PromptBatch, optimizer: torch.optim.Optimizer) -> Phases:
     """The bare minimum of the same work: HF generate, one reference forward, one forward/backward, AdamW."""
     cfg, model, tokenizer = run.cfg, run.policy.model, run.policy.tokenizer
     length, temperature, mb = cfg.rollout.max_completion_length, cfg.rollout.temperature, cfg.optim.mini_batch_size

@@ -212,7 +212,7 @@ def correctness(ctx: Context, figures: dict) -> None:
     from benchmarks import bench_step
     from src.data.prompts import TRAINING_PROMPTS
     from src.grpo import trainer
-    from src.grpo.rollout import sample_rollout
+    from src.grpo.step import grpo_update, sample_rollout
     from src.models import engine
     from src.models.encoded_prompts import encode_prompts
     from src.models.generation import prompt_batch, sample_groups
@@ -234,7 +234,7 @@ def correctness(ctx: Context, figures: dict) -> None:
     advantages = torch.linspace(-1.0, 1.0, rollout.completion_ids.shape[0], device=ctx.device)
     ref_logp = run.reference.logprobs(rollout, 1.0, args.mini_batch_size)
     before = {name: p.detach().clone() for name, p in factors.items()}
-    stats = trainer.grpo_update(run, rollout, advantages, ref_logp, None)
+    stats = grpo_update(run, rollout, advantages, ref_logp, None)
     moved = {kind: sum(int((p.detach() != before[n]).sum()) for n, p in factors.items() if f".lora_{kind}." in n)
              / sum(p.numel() for n, p in factors.items() if f".lora_{kind}." in n) for kind in "AB"}
     figures.update(rows=rollout.completion_ids.shape[0], completion_tokens=int(rollout.completion_mask.sum()),

@@ -45,9 +45,9 @@ from pathlib import Path
 import torch
 
 from src.data.prompts import TRAINING_PROMPTS
-from src.grpo.forward import completion_logprobs, minibatches
-from src.grpo.reference import make_reference
-from src.grpo.rollout import Rollout
+from src.grpo.step import completion_logprobs, minibatches
+from src.grpo.step import make_reference
+from src.grpo.step import Rollout
 from src.memory import peak_bytes, reset_peak, synchronize
 from src.models.engine import VISION_TOKENS, token_ids
 from src.models.encoded_prompts import encode_prompts

@@ -19,6 +19,7 @@ sys.path.insert(0, str(REPO))
 
 from src.grpo import distributed, trainer  # noqa: E402
 from src.grpo.config import config_from_dict  # noqa: E402
+from src.grpo.step import grpo_update  # noqa: E402
 from src.models.lora import lora_state_dict  # noqa: E402
 
 
@@ -48,7 +49,7 @@ def update(directory: Path) -> dict:
         run.cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, aggregation=aggregation))
         run.optimizer = torch.optim.SGD(run.params, lr=0.0)  # lr 0: gradients computed, weights untouched
         run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, lambda _: 1.0)
-        stats = trainer.grpo_update(run, share, job["advantages"][rows], job["ref_logp"][rows, :width],
+        stats = grpo_update(run, share, job["advantages"][rows], job["ref_logp"][rows, :width],
                                     job["old_logp"][rows, :width])
         results[aggregation] = {"stats": stats, "grads": [p.grad.clone() for p in run.params]}
     return results

@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 
 from src.data.synthetic import ensure_synthetic
 from src.grpo import distributed, trainer
-from src.grpo.forward import rollout_logprobs
-from src.grpo.rollout import sample_rollout
+from src.grpo.step import grpo_update, rollout_logprobs
+from src.grpo.step import sample_rollout
 from src.grpo.run_log import read_metrics
 from src.models.lora import PEFT_PREFIX, lora_layers, lora_state_dict
 from tests.test_trainer import tiny_config
@@ -121,7 +121,7 @@ def test_two_ranks_accumulate_the_gradient_of_one_process_on_the_whole_batch(tmp
         run.cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, aggregation=aggregation))
         run.optimizer = torch.optim.SGD(run.params, lr=0.0)
         run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, lambda _: 1.0)
-        stats = trainer.grpo_update(run, rollout, advantages, ref_logp, old_logp)
+        stats = grpo_update(run, rollout, advantages, ref_logp, old_logp)
         single[aggregation] = {"stats": stats, "grads": [p.grad.clone() for p in run.params]}
     assert single["token"]["stats"]["clipfrac_low"] > 0 and single["token"]["stats"]["clipfrac_high"] > 0
 

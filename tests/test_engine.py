@@ -13,7 +13,7 @@ import torch
 
 from src.data.prompts import TRAINING_PROMPTS
 from src.data.sample import Sample
-from src.grpo.forward import completion_logprobs
+from src.grpo.step import completion_logprobs
 from src.models import engine
 from src.models.engine import END_TOKENS, VISION_TOKENS, StaticKVCache, token_ids
 from src.models.encoded_prompts import encode_prompts

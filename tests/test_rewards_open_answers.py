@@ -226,13 +226,13 @@ def test_on_real_vqa_rad_open_answers_clinical_meets_the_issues_targets(scorer):
 
 
 def test_train_passes_the_open_answer_score_to_the_accuracy_reward(tmp_path, monkeypatch):
-    from src.grpo import trainer
+    from src.grpo import step, trainer
     from src.grpo.config import RewardConfig
     from tests.test_trainer import tiny_config
 
     cfg = dataclasses.replace(tiny_config(tmp_path), reward=RewardConfig(open_answer_score="clinical"))
     run = trainer.setup(cfg)
-    seen, real = [], trainer.score_completions
-    monkeypatch.setattr(trainer, "score_completions", lambda *args: seen.append(args[-1]) or real(*args))
-    trainer.grpo_step(run, run.samples[:2], ["explanation", "explanation"])
+    seen, real = [], step.score_completions
+    monkeypatch.setattr(step, "score_completions", lambda *args: seen.append(args[-1]) or real(*args))
+    step.grpo_step(run, run.samples[:2], ["explanation", "explanation"])
     assert seen == ["clinical"]

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from src.data.prompts import TRAINING_PROMPTS
-from src.grpo.forward import completion_logprobs, minibatches, rollout_logprobs
-from src.grpo.rollout import Rollout
+from src.grpo.step import completion_logprobs, minibatches, rollout_logprobs
+from src.grpo.step import Rollout
 from src.models.engine import VISION_TOKENS, token_ids
 from src.models.encoded_prompts import encode_prompts
 from src.models.generation import prompt_batch

@@ -13,11 +13,11 @@ from safetensors.torch import load_file
 
 from src.data.prompts import TRAINING_PROMPTS
 from src.data.sample import Sample
-from src.grpo import trainer
+from src.grpo import step, trainer
 from src.grpo.config import DataConfig, LossConfig, ModelConfig, OptimConfig, RolloutConfig, RunConfig, TrainConfig
 from src.grpo.loss import group_advantages
-from src.grpo.forward import completion_logprobs, rollout_logprobs
-from src.grpo.rollout import sample_rollout
+from src.grpo.step import completion_logprobs, grpo_update, rollout_logprobs
+from src.grpo.step import sample_rollout
 from src.grpo.run_log import read_metrics
 from src.models.engine import END_TOKENS, VISION_TOKENS, completion_mask, token_ids
 from src.models.encoded_prompts import encode_prompts
@@ -128,7 +128,7 @@ def test_update_log_probs_are_the_ones_the_completions_were_sampled_with(tiny_po
 def test_first_step_has_zero_kl_unit_ratio_and_changes_only_lora(tmp_path):
     run = trainer.setup(tiny_config(tmp_path))
     before = {k: v.clone() for k, v in run.policy.model.state_dict().items()}
-    metrics, _ = trainer.grpo_step(run, run.samples[:2], ["explanation", "explanation"])
+    metrics, _ = step.grpo_step(run, run.samples[:2], ["explanation", "explanation"])
     # policy == reference at step 1 (B = 0): the k3 KL is exactly 0 and the ratio exactly 1
     assert metrics["kl"] == 0.0
     assert metrics["ratio_mean"] == 1.0 and metrics["clip_ratio"] == 0.0
@@ -153,7 +153,7 @@ def test_mini_batch_accumulation_equals_one_big_batch(tmp_path, aggregation):
         object.__setattr__(run, "cfg", dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, mini_batch_size=mini_batch)))
         run.optimizer = torch.optim.SGD(run.params, lr=0.0)  # lr 0: grads computed, weights untouched
         run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, lambda _: 1.0)
-        trainer.grpo_update(run, rollout, advantages, None, None)
+        grpo_update(run, rollout, advantages, None, None)
         grads.append([p.grad.clone() for p in run.params])
     for big, small in zip(*grads):
         torch.testing.assert_close(small, big, rtol=1e-4, atol=1e-7)
@@ -173,8 +173,8 @@ def test_train_command_runs_end_to_end(tmp_path):
                 "reward/accuracy", "completion_length", "frac_zero_std", "lr", "grad_norm", "time/generate",
                 "time/score", "time/update", "peak_memory_mb"}
     assert required <= set(metrics[0]), required - set(metrics[0])
-    for step in (2, 4):
-        checkpoint = out / f"checkpoint-{step}"
+    for saved in (2, 4):
+        checkpoint = out / f"checkpoint-{saved}"
         config = json.loads((checkpoint / "adapter_config.json").read_text())
         assert config["peft_type"] == "LORA" and config["r"] == 8
         assert (checkpoint / "trainer_state.pt").is_file()
@@ -276,7 +276,7 @@ def test_grpo_full_trains_the_language_model_against_a_frozen_copy(tmp_path):
     assert run.reference.kind == "frozen copy" and run.reference.model is not run.policy.model
     visual_before = {k: v.clone() for k, v in run.policy.model.model.visual.state_dict().items()}
     reference_before = {k: v.clone() for k, v in run.reference.model.state_dict().items()}
-    metrics, _ = trainer.grpo_step(run, run.samples[:2], ["explanation"] * 2)
+    metrics, _ = step.grpo_step(run, run.samples[:2], ["explanation"] * 2)
     assert metrics["kl"] == 0.0
     lm_after = run.policy.model.model.language_model.state_dict()
     assert any(not torch.equal(lm_after[k], reference_before["model.language_model." + k]) for k in lm_after)
@@ -305,15 +305,15 @@ def test_with_two_iterations_the_first_update_has_ratio_exactly_one(tmp_path, mo
     for layer in lora_layers(run.policy.model):  # B != 0: the step moves every output
         torch.nn.init.normal_(layer.lora_B.weight, std=0.05)
     seen = []
-    loss_fn = trainer.grpo_loss
+    loss_fn = step.grpo_loss
 
     def recording(*args, **kwargs):
         loss, stats = loss_fn(*args, **kwargs)
         seen.append(stats.as_floats())
         return loss, stats
 
-    monkeypatch.setattr(trainer, "grpo_loss", recording)
-    trainer.grpo_step(run, run.samples[:2], ["explanation"] * 2)
+    monkeypatch.setattr(step, "grpo_loss", recording)
+    step.grpo_step(run, run.samples[:2], ["explanation"] * 2)
     assert len(seen) == 8                                        # 2 iterations x 8 rows / mini-batch 2
     assert all(s["ratio_mean"] == 1.0 and s["clipfrac_low"] == s["clipfrac_high"] == 0.0 for s in seen[:4])
     assert all(abs(s["ratio_mean"] - 1.0) > 1e-4 for s in seen[4:])
@@ -331,7 +331,7 @@ def test_dr_grpo_divides_by_the_generation_budget_not_the_longest_completion(tmp
     rollout.completion_mask[:, 10:] = False        # completions of at most 10 tokens, well under the budget of 40
     advantages = torch.linspace(-1.5, 2.0, 8)
     lengths = rollout.completion_mask.sum(1).float()
-    stats = trainer.grpo_update(run, rollout, advantages, None, None)
+    stats = grpo_update(run, rollout, advantages, None, None)
     assert stats["loss"] == pytest.approx(-(advantages * lengths).sum().item() / (8 * 40), abs=1e-6)
 
 
@@ -342,8 +342,8 @@ def test_drop_tied_groups_takes_them_out_of_the_normaliser_and_importance_level_
     --drop-tied-groups only group 0's 4."""
     assert LossConfig().importance_level == "token" and not LossConfig().drop_tied_groups  # the paper's default
     seen = []
-    loss_fn = trainer.grpo_loss
-    monkeypatch.setattr(trainer, "grpo_loss", lambda *a, **kw: seen.append(kw["importance_level"]) or loss_fn(*a, **kw))
+    loss_fn = step.grpo_loss
+    monkeypatch.setattr(step, "grpo_loss", lambda *a, **kw: seen.append(kw["importance_level"]) or loss_fn(*a, **kw))
     cfg = tiny_config(tmp_path, loss=dict(beta=0.0))
     run = trainer.setup(cfg)
     rollout = sample_rollout(run.policy, run.samples[:2], ["explanation"] * 2, group_size=4, max_completion_length=12,
@@ -355,7 +355,7 @@ def test_drop_tied_groups_takes_them_out_of_the_normaliser_and_importance_level_
             cfg, loss=dataclasses.replace(cfg.loss, drop_tied_groups=drop, importance_level=level)))
         run.optimizer = torch.optim.SGD(run.params, lr=0.0)
         run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, lambda _: 1.0)
-        losses[drop] = trainer.grpo_update(run, rollout, advantages, None, None)["loss"]
+        losses[drop] = grpo_update(run, rollout, advantages, None, None)["loss"]
     assert losses[False] == pytest.approx(-0.5 / 8, abs=1e-6)
     assert losses[True] == pytest.approx(-0.5 / 4, abs=1e-6)
     assert seen == ["token"] * 2 + ["sequence"] * 2  # two mini-batches of 4 each
@@ -365,7 +365,7 @@ def test_first_steps_give_the_same_metrics_with_and_without_prefix_sharing(tmp_p
     """train.py's first 2 RL steps on the tiny model, prompts shared (the default) and not: the same
     samples, rewards, losses and KL within float tolerance (groups of 4 split over mini-batches of 2).
     The untrained tiny model's rewards tie, so advantages are fixed and nonzero: step 1 moves the policy."""
-    monkeypatch.setattr(trainer, "group_advantages", lambda rewards, G, scale: torch.linspace(-1, 2, len(rewards)))
+    monkeypatch.setattr(step, "group_advantages", lambda rewards, G, scale: torch.linspace(-1, 2, len(rewards)))
     metrics = {}
     for sharing in (True, False):
         cfg = tiny_config(tmp_path / str(sharing), model=dict(prefix_sharing=sharing), optim=dict(max_steps=2,
@@ -400,7 +400,7 @@ def test_continuing_an_adapter_takes_its_starting_weights_as_the_reference(tmp_p
     policy = rollout_logprobs(run.policy.model, rollout, 1.0, 8)
     mask = rollout.completion_mask
     assert torch.equal(before[mask], policy[mask])               # at the start, pi_ref is the policy itself
-    trainer.grpo_update(run, rollout, torch.linspace(-1.0, 1.0, 8), before, None)
+    grpo_update(run, rollout, torch.linspace(-1.0, 1.0, 8), before, None)
     after = run.reference.logprobs(rollout, 1.0, 8)
     assert torch.equal(after[mask], before[mask])                # the updates did not move pi_ref
     moved = rollout_logprobs(run.policy.model, rollout, 1.0, 8)
@@ -420,7 +420,7 @@ def test_mask_truncated_takes_cut_off_completions_out_of_the_gradient(tmp_path):
             torch.nn.init.normal_(layer.lora_B.weight, std=0.05, generator=torch.Generator().manual_seed(3))
         run.optimizer = torch.optim.SGD(run.params, lr=0.0)
         run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, lambda _: 1.0)
-        trainer.grpo_update(run, rollout, advantages, None, None)
+        grpo_update(run, rollout, advantages, None, None)
         return [p.grad.clone() for p in run.params]
 
     run = trainer.setup(tiny_config(tmp_path))

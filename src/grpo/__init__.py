@@ -10,9 +10,9 @@ function per equation:
     eq. 1  1/G sum_i (...) - beta D_KL, as a loss ........... loss.grpo_loss, weighted by loss.token_weights
            log pi(token) without [T, V] fp32 logits ......... logprobs.linear_logprobs
 
-The loop around it may import the rest of the project: trainer.grpo_step (one step, in the paper's
-order), rollout (sampling), reference (pi_ref), forward (the policy's log-probs), sft, optim,
-distributed, checkpoint, run_log (metrics, TensorBoard, curves), config, preflight.
+The loop around it may import the rest of the project: step (grpo_step, one step in the paper's
+order, with the rollout, the policy's log-probs and the reference policy pi_ref), trainer (setup and
+the loop), sft, optim, distributed, checkpoint, run_log (metrics, TensorBoard, curves), config.
 
 Shape legend, used in every shape comment of this package:
     B  prompts in a batch            G  completions sampled per prompt (group size)

@@ -13,7 +13,7 @@ import torch
 from src.data.prompts import TRAINING_PROMPTS
 from src.data.sample import Sample
 from src.grpo.distributed import sum_over_ranks
-from src.grpo.forward import completion_logprobs, minibatches
+from src.grpo.step import completion_logprobs, minibatches
 from src.grpo.optim import optimizer_step
 from src.models.encoded_prompts import encode_prompts
 from src.models.generation import prompt_batch

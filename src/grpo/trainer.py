@@ -1,13 +1,9 @@
-"""The training loop. One GRPO step on B prompts (grpo_step, in the paper's order):
+"""The training loop: set a run up once, then step, log and checkpoint until the end.
 
-    sample     G completions per prompt from the current policy (pi_old)
-    rewards    r_i of each completion; advantages A_i normalised within its group (eq. 2)
-    reference  log pi_ref of every completion token, only when beta > 0 (eq. 3)
-    old        log pi_old, only when num_iterations > 1 (with one update the ratio is exactly 1)
-    update     num_iterations times: the loss of eq. 1 accumulated over mini-batches, weighted over the
-               global batch (loss.token_weights), then one clipped AdamW step
-
-`--method sft` / `sft-full` replace sampling-to-update by cross-entropy on the reference answer (src/grpo/sft.py).
+Each RL step is src/grpo/step.py's grpo_step (sample, score, reference, update, in the paper's order);
+`--method sft` / `sft-full` replace it by cross-entropy on the reference answer (src/grpo/sft.py).
+Everything cheap is checked before weights load: the dataset's files, rows and images, the model's
+whereabouts, and that every training prompt fits the model (check_training_prompts, below).
 Shape legend: B prompts, G group size, N = B*G completions, P prompt tokens, L completion tokens.
 """
 from __future__ import annotations
@@ -15,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import signal
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,51 +18,29 @@ from tqdm import tqdm
 
 from src.checks import check_model_source, phase
 from src.data.loaders import load_dataset
-from src.data.prompts import assign_training_prompts
+from src.data.prompts import TRAINING_PROMPTS, assign_training_prompts
 from src.data.sample import Sample
 from src.data.subset import take_subset
-from src.grpo.loss import (
-    group_advantages, grpo_loss, sampler_mismatch, tied_group_rows, token_weights, zero_std_fraction,
-)
+from src.files import changed_settings, write_atomic
 from src.grpo.checkpoint import (
     checkpoint_step, load_checkpoint, resume_checkpoint, rng_state, save_checkpoint, set_rng_state,
 )
 from src.grpo.config import TrainConfig
 from src.grpo.distributed import (
-    barrier, check_batch_split, gather_objects, gather_rows, init_distributed, is_main, rank,
+    barrier, check_batch_split, gather_objects, init_distributed, is_main, rank,
     rank_share, reduce_metrics, sampling_seed, sum_over_ranks,
 )
-from src.grpo.forward import completion_logprobs, minibatches, rollout_logprobs
-from src.grpo.optim import make_optimizer, make_scheduler, optimizer_step
-from src.grpo.preflight import check_training_prompts
-from src.grpo.reference import Reference, make_reference
-from src.grpo.rollout import Rollout, sample_rollout
-from src.grpo.run_log import MetricsLog, PhaseTimer, TensorBoardLog, check_run_log, grpo_metrics
-from src.files import changed_settings, write_atomic
+from src.grpo.optim import make_optimizer, make_scheduler
+from src.grpo.run_log import MetricsLog, TensorBoardLog, check_run_log
+from src.grpo.sft import sft_target
+from src.grpo.step import Reference, Run, grpo_step, make_reference
 from src.memory import peak_bytes
 from src.models.loading import (
     Policy, base_model_name, enable_gradient_checkpointing, freeze_vision, load_policy, resolve_dtype,
 )
 from src.models.lora import LoRAConfig, inject_lora, lora_layers, mark_only_lora_as_trainable, merge_and_unload
-from src.rewards.total import score_completions
+from src.models.prompt_length import PromptLimit
 from src.run_guard import Interrupted, signal_name, stop_requested, stop_signals
-
-
-@dataclass
-class Run:
-    """Everything a run sets up once."""
-
-    cfg: TrainConfig
-    policy: Policy
-    lora: LoRAConfig | None          # None for the -full methods
-    reference: Reference | None      # pi_ref of eq. 3; None when beta = 0 (and for SFT)
-    samples: list[Sample]
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    params: list[torch.nn.Parameter]
-    steps_per_epoch: int
-    total_steps: int
-    scorer: object = None            # BERTScore scorer (None for sft)
 
 
 def training_samples(cfg: TrainConfig) -> list[Sample]:
@@ -82,7 +55,7 @@ def training_samples(cfg: TrainConfig) -> list[Sample]:
 
 
 def prepare_weights(policy: Policy, cfg: TrainConfig) -> tuple[LoRAConfig | None, Reference | None]:
-    """Make the right parameters trainable and build the reference policy (src/grpo/reference.py).
+    """Make the right parameters trainable and build the reference policy (src/grpo/step.py: make_reference).
 
     LoRA from a base model injects a fresh adapter; from an adapter directory it trains that adapter
     on. The -full methods fold any adapter into the weights and train the whole language model. The
@@ -151,94 +124,6 @@ def batch_for_step(step: int, num_samples: int, batch_size: int, seed: int) -> t
     epoch, offset = divmod(step, steps_per_epoch)
     order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
     return epoch, order[offset * batch_size:(offset + 1) * batch_size]
-
-
-def grpo_step(run: Run, samples: list[Sample], prompt_names: list[str]) -> tuple[dict[str, float], list[dict]]:
-    """One GRPO step (eq. 1-3) on B prompts; returns the step's metrics and one record per completion."""
-    cfg, model, G, timer = run.cfg, run.policy.model, run.cfg.rollout.group_size, PhaseTimer()
-    with timer("generate"):  # G completions per prompt from the current policy, pi_old
-        rollout = sample_rollout(run.policy, samples, prompt_names, group_size=G,
-                                 max_completion_length=cfg.rollout.max_completion_length,
-                                 temperature=cfg.rollout.temperature,
-                                 engine=cfg.rollout.rollout_engine)                   # ids, mask [N, L]
-    with timer("score"):  # eq. 2: rewards r_i, advantages A_i = (r_i - mean) / std within each group
-        scores = score_completions(rollout.texts, [s for s in samples for _ in range(G)],
-                                   rollout.completion_mask.sum(1).tolist(), run.scorer, cfg.reward.weights,
-                                   cfg.uses_reasoning_reward, cfg.reward.open_answer_score)
-        rewards = torch.tensor(scores.total)                                                   # [N]
-        advantages = group_advantages(rewards, G, scale=cfg.loss.advantage_scale == "group")   # [N]
-    with timer("reference"):  # eq. 3's pi_ref; pi_old only if the policy moves between updates
-        passes = (cfg.rollout.temperature, cfg.optim.mini_batch_size, cfg.model.prefix_sharing)
-        ref_logp = run.reference.logprobs(rollout, *passes) if run.reference else None        # [N, L]
-        old_logp = rollout_logprobs(model, rollout, *passes) if cfg.loss.num_iterations > 1 else None  # [N, L]
-    with timer("update"):
-        stats = grpo_update(run, rollout, advantages.to(run.policy.device), ref_logp, old_logp)
-    metrics = grpo_metrics(stats, gather_rows(rewards), scores.means(), rollout, zero_std_fraction(rewards, G),
-                           timer.seconds)
-    return metrics, completion_records(rollout, samples, prompt_names, G, rewards, advantages, scores.components)
-
-
-def grpo_update(run: Run, rollout: Rollout, advantages: torch.Tensor, ref_logp: torch.Tensor | None,
-                old_logp: torch.Tensor | None) -> dict[str, float]:
-    """num_iterations optimizer updates on one rollout (eq. 1); returns the last update's statistics,
-    and how far the first update's log-probs are from the sampler's (rollout_logp_diff, rollout_kl:
-    token means over the completion tokens, src/grpo/loss.py: sampler_mismatch), measured on the update's own forward pass.
-
-    Every token's weight in the loss is fixed up front over the global batch (all mini-batches, all
-    ranks), so each mini-batch's loss is its weighted sum and the accumulated gradient is the batch's.
-    Cut-off completions (--mask-truncated) and tied groups (--drop-tied-groups) get weight 0; tied groups
-    also leave the count of completions the normaliser divides by.
-    """
-    cfg, model = run.cfg, run.policy.model
-    mask = rollout.completion_mask                                                         # [N, L] in the loss
-    if cfg.rollout.mask_truncated:  # a cut-off completion was never judged on a finished answer
-        mask = mask & ~rollout.truncated.unsqueeze(1)                                       # [N, L]
-    kept = torch.ones(mask.shape[0], dtype=torch.bool, device=mask.device)                  # [N] rows in the loss
-    if cfg.loss.drop_tied_groups:  # a tied group has A = 0: out of the normaliser too, not just the numerator
-        kept = ~tied_group_rows(advantages, cfg.rollout.group_size)                         # [N]
-        mask = mask & kept.unsqueeze(1)                                                     # [N, L]
-    batch = sum_over_ranks({"completions": kept.sum().item(), "tokens": mask.sum().item(),
-                            "sampled_tokens": rollout.completion_mask.sum().item()})        # the global batch
-    weights = token_weights(mask, cfg.loss.aggregation, batch["completions"], batch["tokens"],
-                            cfg.rollout.max_completion_length)                              # [N, L]
-    mismatch = torch.zeros(2, device=mask.device)  # summed |log p_sampler - log p_train| and k3, first update
-    model.train()  # for gradient checkpointing; RL has no dropout (TrainConfig), so every pass sees one policy
-    for iteration in range(cfg.loss.num_iterations):
-        run.optimizer.zero_grad(set_to_none=True)
-        totals = {"loss": 0.0, "kl": 0.0, "ratio_mean": 0.0, "clipfrac_low": 0.0, "clipfrac_high": 0.0}
-        for rows in minibatches(mask.shape[0], cfg.optim.mini_batch_size):
-            logp = completion_logprobs(model, rollout.prompts, *rollout.rows(rows), cfg.rollout.temperature,
-                                       rollout.banned, cfg.model.prefix_sharing)           # [n, L]
-            if iteration == 0:  # the weights that sampled: the trainer's log-probs against the sampler's
-                mismatch += sampler_mismatch(logp.detach(), rollout.sampler_logp[rows], rollout.completion_mask[rows])
-            # eq. 1 with eq. 3: ratio = exp(logp - old_logp), min(ratio A, clip(ratio) A) - beta k3(logp, ref_logp)
-            loss, stats = grpo_loss(logp, None if old_logp is None else old_logp[rows],
-                                    None if ref_logp is None else ref_logp[rows], advantages[rows], weights[rows],
-                                    epsilon_low=cfg.loss.epsilon_low, epsilon_high=cfg.loss.epsilon_high,
-                                    beta=cfg.loss.beta, importance_level=cfg.loss.importance_level)
-            loss.backward()
-            token_share = mask[rows].sum().item() / max(1, batch["tokens"])  # stats are token means
-            totals["loss"] += loss.item()
-            for name, value in stats.as_floats().items():
-                totals[name] += value * token_share
-        grad_norm = optimizer_step(run.params, run.optimizer, run.scheduler, cfg.optim.max_grad_norm)
-    logp_diff, rollout_kl = (mismatch / max(1, batch["sampled_tokens"])).tolist()
-    totals = sum_over_ranks({**totals, "rollout_logp_diff": logp_diff, "rollout_kl": rollout_kl})
-    totals["grad_norm"] = grad_norm
-    return totals
-
-
-def completion_records(rollout: Rollout, samples: list[Sample], prompt_names: list[str], group_size: int,
-                       rewards: torch.Tensor, advantages: torch.Tensor,
-                       components: dict[str, list[float | None]]) -> list[dict]:
-    """What each sampled completion was and what it earned: the question it answers (sample id,
-    training prompt), its text, its total reward and each component, its advantage, and whether it
-    was cut off. Row b*G+g is completion g of prompt b."""
-    return [{"id": samples[i // group_size].id, "prompt": prompt_names[i // group_size], "completion": text,
-             "reward": rewards[i].item(),
-             **{f"reward/{name}": values[i] for name, values in components.items()},
-             "advantage": advantages[i].item(), "truncated": bool(rollout.truncated[i])}
-            for i, text in enumerate(rollout.texts)]
 
 
 RESUMABLE_CHANGES = ("run.resume", "run.output_dir", "run.save_steps", "run.device", "run.report_to",
@@ -348,3 +233,24 @@ def stop_signal() -> int | None:
     if sum_over_ranks({"stop": float(received is not None)})["stop"] == 0:
         return None
     return received or signal.SIGTERM  # a rank that got none stops with the others
+
+
+# ----------------------------------------------------------------------------------------------------
+# What a training run checks about its samples before any weights load: each prompt fits the model.
+#
+# RL samples up to max_completion_length tokens after the prompt; SFT appends the reference target
+# (src/grpo/sft.py). The prompts are the method's training prompts (all three for rarl). See
+# src/models/prompt_length.py for how a prompt is counted.
+# ----------------------------------------------------------------------------------------------------
+
+def check_training_prompts(samples: list[Sample], cfg: TrainConfig) -> list[Sample]:
+    """The samples that fit the model; the others raise a DatasetError (or with --skip-bad-rows are left out)."""
+    limit = PromptLimit.from_model(cfg.model.model)
+    prompts = list(TRAINING_PROMPTS.values()) if cfg.prompt_diversity else [TRAINING_PROMPTS["explanation"]]
+    if cfg.is_sft:
+        def completion_tokens(sample: Sample) -> int:
+            return limit.text_tokens(sft_target(sample) + "<|im_end|>")
+    else:
+        def completion_tokens(sample: Sample) -> int:
+            return cfg.rollout.max_completion_length
+    return limit.check(samples, prompts, completion_tokens, cfg.data.skip_bad_rows)

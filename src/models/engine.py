@@ -98,7 +98,7 @@ def completion_mask(ids: torch.Tensor, end_ids: Sequence[int]) -> tuple[torch.Te
 #
 # Each token comes with its log-probability under the distribution it was drawn from: the softmax of
 # logits / temperature over the ids that are not banned (the policy the trainer's log-probs compute,
-# src/grpo/forward.py), so the trainer can measure how far its own forward pass is from the sampler's.
+# src/grpo/step.py: completion_logprobs), so the trainer can measure how far its own forward pass is from the sampler's.
 # Greedy tokens come with the log-probabilities of the unscaled distribution (temperature 1).
 # ----------------------------------------------------------------------------------------------------
 

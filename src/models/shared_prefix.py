@@ -26,7 +26,7 @@ layer on Qwen2-VL-2B, a third of one hidden state), against running the prompt's
 once per completion. Attention runs as torch's scaled_dot_product_attention with a boolean mask, like
 the rollout engine's prefill (src/models/engine.py).
 
-Which completions share a pass is the caller's mini-batch: src/grpo/forward.py takes consecutive rows,
+Which completions share a pass is the caller's mini-batch: src/grpo/step.py (completion_logprobs) takes consecutive rows,
 whole groups by default (mini_batch_size = G), group slices when smaller, and says why.
 
 Gradient checkpointing is per layer, as transformers does it: with the layer's `gradient_checkpointing`
