@@ -19,7 +19,7 @@ def folder_bytes(folder):
 def test_two_generations_are_byte_identical(tmp_path):
     first = folder_bytes(ensure_synthetic(seed=5, config=SMALL, cache_dir=tmp_path / "a"))
     second = folder_bytes(ensure_synthetic(seed=5, config=SMALL, cache_dir=tmp_path / "b"))
-    assert len(first) == 60 + 10 + 3  # images, train.jsonl, test.jsonl, manifest.json
+    assert len(first) == 60 + 10 + 4  # images, train.jsonl, random-answers.jsonl, test.jsonl, manifest.json
     assert first == second
     other = folder_bytes(ensure_synthetic(seed=6, config=SMALL, cache_dir=tmp_path / "c"))
     assert other["train.jsonl"] != first["train.jsonl"]
@@ -100,6 +100,31 @@ def test_split_sizes_reasoning_share_and_answer_types(tmp_path):
     assert 0.6 <= sum(s.reasoning is not None for s in train) / 60 <= 0.95  # 0.8 expected; sd 0.05
     for sample in train:
         assert sample.answer_type == ("closed" if sample.task in ("presence", "side", "brightness") else "open")
+
+
+def test_random_answers_split_describes_the_image_and_draws_the_answer_at_random(tmp_path):
+    """The training questions again, each with the evidence of its true reasoning but no conclusion,
+    and an answer drawn uniformly among its kind's: right about as often as chance, never on purpose."""
+    config = SyntheticConfig(n_train=400, n_test=0)
+    root = ensure_synthetic(seed=3, config=config, cache_dir=tmp_path)
+    train, drawn = load_dataset("synthetic", root, "train"), load_dataset("synthetic", root, "random-answers")
+    assert [(s.id, s.image, s.question, s.task, s.answer_type) for s in drawn] == \
+        [(s.id, s.image, s.question, s.task, s.answer_type) for s in train]
+    for true, random in zip(train, drawn):
+        assert random.answer in synthetic.answer_choices(true.task, config)
+        assert random.reasoning and not any(word in random.reasoning for word in (" So ", "present", "lies"))
+        if true.reasoning:  # the true reasoning is this evidence followed by its conclusion
+            assert true.reasoning.startswith(random.reasoning + " So ")
+    for kind in QUESTIONS:
+        answers = [s.answer for s in drawn if s.task == kind]
+        choices = synthetic.answer_choices(kind, config)
+        assert set(answers) == set(choices)
+        for choice in choices:  # uniform: each share within 3 binomial standard deviations
+            share, n = answers.count(choice) / len(answers), len(answers)
+            p = 1 / len(choices)
+            assert abs(share - p) < 3 * (p * (1 - p) / n) ** 0.5, (kind, choice, share)
+    agree = sum(t.answer == r.answer for t, r in zip(train, drawn)) / len(train)
+    assert 0.3 < agree < 0.5  # chance: 1/2 for the closed kinds, 1/4 for count and location
 
 
 def test_default_location_follows_rarl_cache(tmp_path, monkeypatch):

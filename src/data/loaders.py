@@ -38,7 +38,7 @@ from src.data.datasets import (SLAKE_DEFECTS, is_json_layout, load_cv_bench, loa
 from src.data.reasoning_set import is_reasoning_set, load_silvar_med, upstream_folder
 from src.data.rows import BadRows, DatasetError
 from src.data.sample import Sample
-from src.data.synthetic import load_synthetic_split
+from src.data.synthetic import SPLITS as SYNTHETIC_SPLITS, load_synthetic_split
 from src.files import file_key
 from src.models.inputs import LARGE_IMAGE_PIXELS, ImageLoadError, load_image
 
@@ -56,7 +56,7 @@ DATASETS = {
     "vqa-med-2019": DatasetSpec(load_vqa_med_2019, ("train", "val", "test")),
     "path-vqa": DatasetSpec(load_path_vqa, ("train", "val", "test")),
     "cv-bench": DatasetSpec(load_cv_bench, ("test",)),
-    "synthetic": DatasetSpec(load_synthetic_split, ("train", "test")),
+    "synthetic": DatasetSpec(load_synthetic_split, SYNTHETIC_SPLITS),
 }
 SPLIT_ALIASES = {"validation": "val", "validate": "val", "valid": "val"}
 

@@ -19,8 +19,15 @@ A `reasoning_fraction` of the samples carry a templated reasoning that states th
 e.g. "The organ shows two lesions: a bright one in the upper left and a dark one in the lower right.
 The largest is the bright one in the upper left. So the largest lesion lies in the upper left."
 
+A third split, `random-answers`, holds the training questions and images again, each with an answer
+drawn at random among those its kind allows and a reasoning that only describes the image (the
+visual evidence, no conclusion). A model trained on it learns the <think>/<answer> format, the
+answer vocabulary and how to describe an image, but not which answer is right: its answers are at
+chance, and what it describes is the evidence a right answer can be drawn from.
+
 Files are written in the reasoning-set schema (reasoning_set.py): ROOT/train.jsonl, ROOT/test.jsonl,
-ROOT/images/<split>-<index>.png, plus ROOT/manifest.json (generator version, seed, config). The set is
+ROOT/random-answers.jsonl, ROOT/images/<split>-<index>.png (random-answers rows point at the training
+images), plus ROOT/manifest.json (generator version, seed, config). The set is
 generated into a temporary folder that is renamed into place when complete, so an interrupted run never
 leaves half a dataset, and it is regenerated when the manifest differs (another seed, config or version).
 """
@@ -42,7 +49,7 @@ from src.data.reasoning_set import load_reasoning_set
 from src.data.rows import BadRows
 from src.data.sample import Sample
 
-GENERATOR_VERSION = 1  # bump whenever the output for a given seed and config changes
+GENERATOR_VERSION = 2  # bump whenever the output for a given seed and config changes
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 QUESTIONS = {
     "presence": "Is there a lesion in the organ?",
@@ -52,9 +59,11 @@ QUESTIONS = {
     "location": "Where is the largest lesion?",
 }
 CLOSED_KINDS = ("presence", "side", "brightness")
+QUADRANTS = ("upper left", "upper right", "lower left", "lower right")
 NEEDS_LESION = ("brightness", "location")
 # modality: (background level, organ level, organ ramp amplitude), on the 0-255 scale
 PROFILES = {"synthetic-CT": (10.0, 110.0, 0.0), "synthetic-MRI": (30.0, 140.0, 12.0)}
+SPLITS = ("train", "random-answers", "test")
 
 
 @dataclass(frozen=True)
@@ -132,6 +141,7 @@ def load_synthetic_split(root: Path | None, split: str, bad: BadRows) -> list[Sa
     return load_reasoning_set("synthetic", root or ensure_synthetic(), split, bad)
 
 
+
 def read_manifest(folder: Path) -> dict | None:
     try:
         return json.loads((folder / "manifest.json").read_text())
@@ -142,18 +152,30 @@ def read_manifest(folder: Path) -> dict | None:
 def write_synthetic(folder: Path, seed: int, config: SyntheticConfig) -> None:
     (folder / "images").mkdir()
     for split_code, (split, count) in enumerate((("train", config.n_train), ("test", config.n_test))):
-        rows = []
+        rows, random_rows = [], []
         for index in tqdm(range(count), desc=f"synthetic {split}", leave=False):
             rng = np.random.default_rng([seed, split_code, index])  # one stream per sample: order-independent
-            image, row = synthetic_sample(rng, config)
+            image, row, lesions = synthetic_sample(rng, config)
             row = {"id": f"{split}-{index:05d}", "image": f"images/{split}-{index:05d}.png", **row}
             Image.fromarray(image).save(folder / row["image"], format="PNG")
             rows.append(json.dumps(row))
+            if split == "train":
+                answers = answer_choices(row["task"], config)
+                drawn = answers[np.random.default_rng([seed, 2, index]).integers(len(answers))]
+                random_rows.append(json.dumps({**row, "answer": drawn, "reasoning": describe(lesions, config.image_size)}))
         (folder / f"{split}.jsonl").write_text("\n".join(rows) + "\n")
+        if split == "train":
+            (folder / "random-answers.jsonl").write_text("\n".join(random_rows) + "\n")
 
 
-def synthetic_sample(rng: np.random.Generator, config: SyntheticConfig) -> tuple[np.ndarray, dict]:
-    """One image (H, W) uint8 and its row: question, answer, answer_type, task, modality, reasoning."""
+def answer_choices(kind: str, config: SyntheticConfig) -> tuple[str, ...]:
+    """Every answer a question of this kind can have."""
+    return {"presence": ("yes", "no"), "side": ("yes", "no"), "brightness": ("bright", "dark"),
+            "count": NUMBER_WORDS[:config.max_lesions + 1], "location": QUADRANTS}[kind]
+
+
+def synthetic_sample(rng: np.random.Generator, config: SyntheticConfig) -> tuple[np.ndarray, dict, list[Lesion]]:
+    """One image (H, W) uint8, its row (question, answer, answer_type, task, modality, reasoning) and its lesions."""
     modality = config.modalities[rng.integers(len(config.modalities))]
     axes = rng.uniform(*config.organ_axes, size=2) * config.image_size  # (x semi-axis, y semi-axis)
     lesions = place_lesions(rng, config, axes, count=int(rng.integers(config.max_lesions + 1)))
@@ -165,7 +187,7 @@ def synthetic_sample(rng: np.random.Generator, config: SyntheticConfig) -> tuple
            "task": kind, "modality": modality}
     if rng.random() < config.reasoning_fraction:
         row["reasoning"] = describe(lesions, config.image_size) + " " + conclusion(kind, answer)
-    return image, row
+    return image, row, lesions
 
 
 def place_lesions(rng: np.random.Generator, config: SyntheticConfig, axes: np.ndarray, count: int,
@@ -252,7 +274,7 @@ def conclusion(kind: str, answer: str) -> str:
 def corpus() -> list[str]:
     """Every phrase the generator writes, for training a tokenizer that holds them in few tokens."""
     lesions = [Lesion(x=10, y=10, radius=9, bright=True), Lesion(x=90, y=90, radius=8, bright=False)]
-    texts = list(QUESTIONS.values()) + list(NUMBER_WORDS) + ["upper left", "upper right", "lower left", "lower right"]
+    texts = list(QUESTIONS.values()) + list(NUMBER_WORDS) + list(QUADRANTS)
     texts += [describe(lesions[:n], 112) for n in range(3)]
     texts += [conclusion(kind, answer) for kind, answers in (
         ("presence", ("yes", "no")), ("side", ("yes", "no")), ("count", NUMBER_WORDS[:4]),
