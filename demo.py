@@ -69,8 +69,11 @@ def run_train(argv: list[str]) -> Path:
     return Path(train.main(argv + ["--resume"]))
 
 
-def run_evaluate(model: Path, output_dir: Path, split: str = "test") -> dict:
+def run_evaluate(model: Path, output_dir: Path, questions: int | None, split: str = "test") -> dict:
+    """evaluate.py on the split, or on its first `questions` questions (--questions: a quick pipeline run)."""
     argv = ["--model", str(model), "--output-dir", str(output_dir), "--datasets", f"synthetic:{split}", *EVALUATION]
+    if questions:
+        argv += ["--limit", str(questions)]
     show(argv, "evaluate.py")
     summary = evaluate.main(argv)
     metrics = summary["groups"][0]["metrics"]
@@ -83,14 +86,16 @@ def run_evaluate(model: Path, output_dir: Path, split: str = "test") -> dict:
             "reasoning": metrics["reasoning"]["bertscore_f1"], "by_kind": dict(sorted(by_kind.items()))}
 
 
-def run_seed(seed: int, methods: list[str], out: Path, warm_steps: int, rl_steps: int) -> dict[str, dict]:
+def run_seed(seed: int, methods: list[str], out: Path, warm_steps: int, rl_steps: int,
+             questions: int | None = None) -> dict[str, dict]:
     """Warm start, then each RL method from it; test metrics of every model."""
     seed_dir = out / f"seed-{seed}"
     steps = ["--max-steps", str(warm_steps), "--save-steps", str(warm_steps)]
     warm = run_train(COMMON + WARM_START + steps + ["--split", TRAIN_SPLIT, "--seed", str(seed),
                                                     "--output-dir", str(seed_dir / "warm-start")])
-    results = {WARM: run_evaluate(warm, seed_dir / "eval-warm-start")}
-    results[WARM]["validation"] = {0: run_evaluate(warm, seed_dir / "validation-warm-start", VALIDATION_SPLIT)["final"]}
+    results = {WARM: run_evaluate(warm, seed_dir / "eval-warm-start", questions)}
+    validation = run_evaluate(warm, seed_dir / "validation-warm-start", questions, VALIDATION_SPLIT)
+    results[WARM]["validation"] = {0: validation["final"]}
     for method in methods:
         run_dir = seed_dir / method
         save_every = min(SAVE_EVERY, rl_steps)
@@ -99,19 +104,20 @@ def run_seed(seed: int, methods: list[str], out: Path, warm_steps: int, rl_steps
                                                   "--seed", str(seed), "--output-dir", str(run_dir)])
         plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", title=f"{method}, seed {seed}")
         saved = sorted({*range(save_every, rl_steps + 1, save_every), rl_steps})
-        chosen, validation = choose_checkpoint(run_dir, saved, seed_dir / f"validation-{method}")
-        result = run_evaluate(run_dir / f"checkpoint-{chosen}", seed_dir / f"eval-{method}")
-        last = result if chosen == rl_steps else run_evaluate(final, seed_dir / f"eval-{method}-last")
+        chosen, validation = choose_checkpoint(run_dir, saved, seed_dir / f"validation-{method}", questions)
+        result = run_evaluate(run_dir / f"checkpoint-{chosen}", seed_dir / f"eval-{method}", questions)
+        last = result if chosen == rl_steps else run_evaluate(final, seed_dir / f"eval-{method}-last", questions)
         result.update(step=chosen, validation=validation, last={k: last[k] for k, _, _ in ROWS},
                       rise=reward_rise(run_dir / "metrics.jsonl"))
         results[f"{method} (RL from the warm start)"] = result
     return results
 
 
-def choose_checkpoint(run_dir: Path, steps: list[int], eval_dir: Path) -> tuple[int, dict[int, float]]:
+def choose_checkpoint(run_dir: Path, steps: list[int], eval_dir: Path,
+                      questions: int | None) -> tuple[int, dict[int, float]]:
     """The step whose checkpoint answers most validation questions right (the earliest of ties), and
     each checkpoint's share right. Only RL checkpoints compete: the warm start is what RL is compared to."""
-    validation = {step: run_evaluate(run_dir / f"checkpoint-{step}", eval_dir / f"checkpoint-{step}",
+    validation = {step: run_evaluate(run_dir / f"checkpoint-{step}", eval_dir / f"checkpoint-{step}", questions,
                                      VALIDATION_SPLIT)["final"] for step in steps}
     return best_step(validation), validation
 
@@ -190,9 +196,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warm-start-steps", type=number(int, min=1), default=WARM_START_STEPS,
                         help="supervised warm-start steps")
     parser.add_argument("--rl-steps", type=number(int, min=1), default=RL_STEPS, help="RL steps per method")
+    parser.add_argument("--questions", type=number(int, min=1), default=None,
+                        help="evaluate on the first N questions of the test and validation splits (default: all; "
+                             "a smaller number makes a quick pipeline run, not a measurement)")
     args = parser.parse_args(argv)
-    per_seed = {seed: run_seed(seed, args.methods, args.output_dir, args.warm_start_steps, args.rl_steps)
-                for seed in args.seeds}
+    per_seed = {seed: run_seed(seed, args.methods, args.output_dir, args.warm_start_steps, args.rl_steps,
+                         args.questions) for seed in args.seeds}
     table, markdown = summarise(per_seed)
     write_atomic(args.output_dir / "summary.json", json.dumps({"per_seed": per_seed, "table": table}, indent=2))
     write_atomic(args.output_dir / "summary.md", markdown)

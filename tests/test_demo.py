@@ -51,8 +51,8 @@ def test_summary_reports_each_seeds_gain_the_chosen_step_and_the_worst_seed():
 def test_demo_runs_every_stage_and_writes_its_report(tmp_path):
     import demo
 
-    table = demo.main(["--output-dir", str(tmp_path), "--warm-start-steps", "3", "--rl-steps", "2",
-                       "--methods", "rarl", "grpo"])
+    budget = ["--warm-start-steps", "3", "--rl-steps", "2", "--questions", "40", "--methods", "rarl", "grpo"]
+    table = demo.main(["--output-dir", str(tmp_path), *budget])
     assert list(table) == ["warm start (sft-full)", "rarl (RL from the warm start)", "grpo (RL from the warm start)"]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert set(summary["per_seed"]["0"]) == set(table)
@@ -63,15 +63,14 @@ def test_demo_runs_every_stage_and_writes_its_report(tmp_path):
         summary_path = tmp_path / "seed-0" / f"eval-{method}" / "summary.json"
         metrics = json.loads(summary_path.read_text())["groups"][0]["metrics"]
         closed, open_ = metrics["closed"], metrics["open"]
-        assert metrics["n"] == closed["n"] + open_["n"] == 1000
+        assert metrics["n"] == closed["n"] + open_["n"] == 40  # --questions 40
         right = closed["accuracy"] * closed["n"] + open_["exact_match"] * open_["n"]
         row = table[f"{method} (RL from the warm start)"]
-        assert row["final"]["mean"] == pytest.approx(right / 1000)
+        assert row["final"]["mean"] == pytest.approx(right / 40)
         assert row["reasoning"]["mean"] == pytest.approx(metrics["reasoning"]["bertscore_f1"])
     assert "| Model | Format | Closed acc. | Open exact match |" in (tmp_path / "summary.md").read_text()
     # re-running finds every stage on disk and returns the same table
-    assert demo.main(["--output-dir", str(tmp_path), "--warm-start-steps", "3", "--rl-steps", "2",
-                      "--methods", "rarl", "grpo"]) == table
+    assert demo.main(["--output-dir", str(tmp_path), *budget]) == table
 
 
 @pytest.mark.demo

@@ -43,3 +43,43 @@ def test_train_then_evaluate_the_adapter_checkpoint(tmp_path):
     before = {p.name: (p.read_text(), p.stat().st_mtime_ns) for p in (eval_dir / "predictions").iterdir()}
     run(*args)
     assert {p.name: (p.read_text(), p.stat().st_mtime_ns) for p in (eval_dir / "predictions").iterdir()} == before
+
+
+@pytest.mark.slow
+def test_rl_from_a_warm_start_that_answers_at_random_learns_the_rewarded_answer(tmp_path):
+    """RL learns from the reward, in under a minute: it raises the share of right answers from a warm
+    start that has only been shown random ones. Side questions of a small synthetic set, kept where
+    the right answer is "yes" (train and test): the warm start (60 sft-full steps on `random-answers`,
+    yes and no drawn at random) samples "yes" about half the time; rarl, rewarded for the format and
+    the answer only (length and reasoning weights 0), must learn that "yes" is right. Fails if the
+    policy gradient loses its sign, stops reaching the weights, or the accuracy reward stops reading
+    the answer. Measured on a 2-core EPYC with 1 and 2 threads: sampled accuracy 0.40 over steps 1-6,
+    0.61 over steps 19-24; greedy answers to the held-out questions 100% right."""
+    import evaluate
+    import train
+    from src.data.synthetic import SyntheticConfig, ensure_synthetic
+    from src.grpo.run_log import read_metrics
+
+    root = ensure_synthetic(seed=0, config=SyntheticConfig(n_train=128, n_test=64, question_kinds=("side",)),
+                            cache_dir=tmp_path / "data")
+    for split in ("train", "test"):  # only the questions whose right answer is "yes"
+        path = root / f"{split}.jsonl"
+        rows = [line for line in path.read_text().splitlines() if json.loads(line)["answer"] == "yes"]
+        path.write_text("\n".join(rows) + "\n")
+    common = ["--dataset", "synthetic", "--data-root", str(root), "--device", "cpu", "--no-gradient-checkpointing",
+              "--schedule", "constant", "--warmup-ratio", "0"]
+    warm = train.main(common + ["--method", "sft-full", "--model", "tiny", "--split", "random-answers",
+                                "--prompts-per-step", "16", "--mini-batch-size", "16", "--learning-rate", "5e-3",
+                                "--max-steps", "60", "--save-steps", "60", "--output-dir", str(tmp_path / "warm")])
+    final = train.main(common + ["--method", "rarl", "--model", str(warm), "--split", "train",
+                                 "--prompts-per-step", "4", "--group-size", "8", "--mini-batch-size", "32",
+                                 "--max-completion-length", "48", "--learning-rate", "1e-2", "--beta", "0.04",
+                                 "--length-weight", "0", "--reasoning-weight", "0",
+                                 "--max-steps", "24", "--save-steps", "24", "--output-dir", str(tmp_path / "rl")])
+    accuracy = [record["reward/accuracy"] for record in read_metrics(tmp_path / "rl" / "metrics.jsonl")]
+    first, last = sum(accuracy[:6]) / 6, sum(accuracy[-6:]) / 6  # 192 sampled answers each
+    assert first < 0.7 and last > first + 0.15, accuracy
+    summary = evaluate.main(["--model", str(final), "--output-dir", str(tmp_path / "eval"),
+                             "--data-root", f"synthetic={root}", "--datasets", "synthetic:test",
+                             "--prompt", "explanation", "--max-new-tokens", "48", "--judge", "none"])
+    assert summary["groups"][0]["metrics"]["closed"]["accuracy"] > 0.75  # greedy, held-out questions
