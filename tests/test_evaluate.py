@@ -124,11 +124,12 @@ def test_ctrl_c_stops_after_the_batch_in_progress_and_a_rerun_goes_on(tmp_path, 
         return real(samples, system_prompt)
 
     monkeypatch.setattr(fake, "generate", generate)
+    handler = signal.getsignal(signal.SIGINT)  # Python's default_int_handler, or SIG_IGN in a background job
     with pytest.raises(Interrupted, match=r"^SIGINT: stopped after 2 of 2 new predictions, appended to "
                                           rf"{out / 'predictions' / 'silvar-med-test-non-reasoning.jsonl'}") as stop:
         run(data_root, out, "--judge", "none")
     assert stop.value.exit_status == 130 and len(fake.generated) == 4 and not (out / ".lock").exists()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is handler  # the run's handler is gone again
     run(data_root, out, "--judge", "none")
     assert len(fake.generated) == len(set(fake.generated)) == 10   # the rest, nothing twice
 
