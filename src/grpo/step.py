@@ -136,7 +136,7 @@ def minibatches(num_rows: int, size: int) -> Iterator[list[int]]:
 
 @torch.no_grad()
 def rollout_logprobs(model, rollout, temperature: float, mini_batch_size: int, prefix_sharing: bool = True) -> torch.Tensor:
-    """log pi of every completion token of a rollout (a src.grpo.rollout.Rollout), mini-batch by
+    """log pi of every completion token of a rollout (a Rollout, above), mini-batch by
     mini-batch, without building a graph: the reference and old-policy passes. [N, L] fp32."""
     parts = [completion_logprobs(model, rollout.prompts, *rollout.rows(rows), temperature, rollout.banned,
                                  prefix_sharing)
