@@ -39,9 +39,8 @@ from src.cli.help import HelpFormatter  # noqa: E402
 from src.files import write_atomic  # noqa: E402
 from src.grpo.run_log import plot_curves, plot_validation, read_metrics  # noqa: E402
 
-# The settings of each stage, as the command-line flags they are. Chosen once (docs/DEMO.md tells how)
-# and not tuned per method: rarl and grpo get the same budget. RL's lr went from 2e-3 to 1e-3 after
-# 2e-3 let one seed in three drift into answers its reward scores lower (docs/DEMO.md).
+# The settings of each stage, as the command-line flags they are (docs/DEMO.md has the runs behind
+# them), not tuned per method: rarl and grpo get the same budget.
 COMMON = ["--dataset", "synthetic", "--device", "cpu", "--no-gradient-checkpointing"]
 WARM_START = ["--method", "sft-full", "--model", "tiny", "--prompts-per-step", "16", "--mini-batch-size", "16",
               "--learning-rate", "2e-3", "--schedule", "constant", "--warmup-ratio", "0"]

@@ -216,7 +216,6 @@ def correctness(ctx: Context, figures: dict) -> None:
     from src.models import engine
     from src.models.encoded_prompts import encode_prompts
     from src.models.generation import prompt_batch, sample_groups
-    from src.models.lora import lora_layers
 
     a = ctx.args
     args = bench_step.parse_args(ctx.step_argv(dtype="bfloat16") + ["--prompts", str(a.check_prompts),

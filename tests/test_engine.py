@@ -18,7 +18,8 @@ from src.models import engine
 from src.models.engine import END_TOKENS, VISION_TOKENS, StaticKVCache, token_ids
 from src.models.encoded_prompts import encode_prompts
 from src.models.generation import prompt_batch, sample_groups
-from src.models.inputs import repeat_rows, with_completions
+from benchmarks.bench_step import with_completions
+from src.models.inputs import repeat_rows
 from src.models.mrope import prompt_positions, rotary_cos_sin
 from tests.conftest import random_image
 

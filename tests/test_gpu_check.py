@@ -127,9 +127,9 @@ def test_gpu_check_runs_every_phase_at_toy_size_on_cpu(tmp_path):
     # 72 x 22 patches -> 396, 100 x 80 -> 112 x 84 = 8 x 6 -> 12
     assert processor["image_tokens"] == [324, 391, 391, 396, 12]
     step = phases["step"]["figures"]
-    assert step["settings"]["rows"] == 2 and step["ours_step_seconds"] > 0 and step["decoding"] == "eager"
+    assert step["settings"]["rows"] == 2 and step["decoding"] == "eager"
+    assert step["ours_step_seconds"] + step["baseline_step_seconds"] < phases["step"]["seconds"]  # timed inside it
     assert step["settings"]["dtype"] == "float32"  # auto on a CPU
-    assert step["overhead_ratio"] == step["ours_step_seconds"] / step["baseline_step_seconds"]
     assert {"ours_run0", "ours_hf_run0", "baseline_run0", "ours_run1"} <= set(step)  # each run, as it ended
     # the engine against HF generate, both sides timed in the same process
     assert step["engine_generate_speedup"] == pytest.approx(
@@ -138,7 +138,9 @@ def test_gpu_check_runs_every_phase_at_toy_size_on_cpu(tmp_path):
         phases["step-hf-static"]["figures"]["ours_hf_step_seconds"] / phases["step-hf-static"]["figures"]["ours_step_seconds"])
     sharing = phases["prefix-sharing"]["figures"]
     assert sharing["settings"]["group_size"] == 2 and sharing["settings"]["dtype"] == "float32"
-    assert sharing["max_abs_logp_diff"] < 1e-4 and sharing["update_speedup"] > 0
+    assert sharing["max_abs_logp_diff"] < 1e-4
+    timed = sharing["shared"]["update"]["seconds"] + sharing["unshared"]["update"]["seconds"]
+    assert timed < phases["prefix-sharing"]["seconds"]  # both sides timed inside the phase
     assert {"unshared_update_run0", "shared_update_run0"} <= set(sharing)  # each side, as it ended
     assert sharing["summary"].startswith("prefix sharing: update ")
     evaluate = phases["evaluate"]["figures"]

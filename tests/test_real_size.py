@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -83,13 +84,18 @@ def test_image_processor_without_an_auto_class_falls_back_to_pil(tiny_path, monk
 
 @pytest.mark.slow
 def test_real_size_command_runs_every_phase_on_the_tiny_model(tmp_path):
+    start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "benchmarks.real_size", "--scale", "tiny", "--work-dir", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
+    wall = time.perf_counter() - start
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads((tmp_path / "real_size.json").read_text())
     phases = result["phases"]
     assert list(phases) == ["train", "resume", "evaluate", "checks", "peft"]  # the tiny model needs no build
-    assert all(p["status"] == "ok" and p["seconds"] > 0 and p["peak_rss_bytes"] > 0 for p in phases.values())
+    assert all(p["status"] == "ok" for p in phases.values())
+    # each phase is a child process timed within this test's call, and holds torch (over 128 MiB resident)
+    assert sum(p["seconds"] for p in phases.values()) < wall
+    assert all(p["peak_rss_bytes"] > 2**27 for p in phases.values())
     assert [len(phases[name]["figures"]["steps"]) for name in ("train", "resume")] == [2, 1]
     checks = phases["checks"]["figures"]
     assert checks["lora_modules"] == 2 * 4  # tiny: 2 layers x q, k, v, o

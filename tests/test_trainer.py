@@ -228,8 +228,8 @@ def test_completions_log_holds_every_sample_with_its_rewards_and_advantage(tmp_p
     metrics = read_metrics(Path(cfg.run.output_dir) / "metrics.jsonl")
     group, prompts = cfg.rollout.group_size, cfg.optim.prompts_per_step
     assert [line["step"] for line in lines] == [1] * (prompts * group) + [2] * (prompts * group)
-    for step, record in zip((1, 2), metrics):
-        step_lines = [line for line in lines if line["step"] == step]
+    for number, record in zip((1, 2), metrics):
+        step_lines = [line for line in lines if line["step"] == number]
         assert sum(line["reward"] for line in step_lines) / len(step_lines) == pytest.approx(record["reward"])
         assert step_lines[0]["completion"].startswith(record["sample_completion"])
         for start in range(0, len(step_lines), group):  # one prompt's group: same question, eq. 2 advantages

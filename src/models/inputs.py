@@ -208,29 +208,3 @@ def repeat_rows(batch: PromptBatch, times: int) -> PromptBatch:
         pixel_values=torch.cat([block for block in blocks for _ in range(times)]),
         image_grid_thw=batch.image_grid_thw.repeat_interleave(times, 0),
     )
-
-
-def select_rows(batch: PromptBatch, rows: Sequence[int]) -> PromptBatch:
-    """The sub-batch of `rows` (e.g. one mini-batch of completions), each row keeping its own image."""
-    blocks = torch.split(batch.pixel_values, batch.image_grid_thw.prod(-1).tolist())
-    index = torch.as_tensor(list(rows), dtype=torch.long)
-    return PromptBatch(
-        input_ids=batch.input_ids[index],
-        attention_mask=batch.attention_mask[index],
-        mm_token_type_ids=batch.mm_token_type_ids[index],
-        pixel_values=torch.cat([blocks[i] for i in rows]),
-        image_grid_thw=batch.image_grid_thw[index],
-    )
-
-
-def with_completions(prompts: PromptBatch, completion_ids: torch.Tensor,
-                     completion_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Forward kwargs for prompt + completion rows: [N, P + L], completions right-padded (mask 0)."""
-    return dict(
-        input_ids=torch.cat([prompts.input_ids, completion_ids], 1),                  # [N, P+L]
-        attention_mask=torch.cat([prompts.attention_mask, completion_mask.long()], 1),  # [N, P+L]
-        mm_token_type_ids=torch.cat([prompts.mm_token_type_ids,
-                                     torch.zeros_like(completion_ids, dtype=prompts.mm_token_type_ids.dtype)], 1),
-        pixel_values=prompts.pixel_values,
-        image_grid_thw=prompts.image_grid_thw,
-    )

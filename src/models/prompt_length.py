@@ -154,9 +154,3 @@ def read_image_size(source: str | bytes) -> tuple[int, int] | str:
 
 def image_label(sample: Sample) -> str:
     return f" (image {sample.image})" if isinstance(sample.image, str) else ""
-
-
-def check_prompt_lengths(samples: list[Sample], model: str, system_prompts: Sequence[str],
-                         completion_tokens: int, skip_bad_rows: bool = False) -> list[Sample]:
-    """`PromptLimit.check` for generation of at most `completion_tokens` new tokens (evaluation, RL rollouts)."""
-    return PromptLimit.from_model(model).check(samples, system_prompts, lambda sample: completion_tokens, skip_bad_rows)
