@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install demo test test-demo clean
+.PHONY: install demo test test-demo test-benchmarks clean
 
 install: $(VENV)/.installed
 
@@ -25,6 +25,10 @@ test: install
 # The demo at its full budget, asserting its RL gain (tests marked `demo`; tens of minutes on 2 cores).
 test-demo: install
 	$(BIN)/python -m pytest -q -m demo
+
+# Each benchmark's whole command on the tiny model (tests marked `benchmark`).
+test-benchmarks: install
+	$(BIN)/python -m pytest -q -m benchmark
 
 clean:
 	rm -rf $(VENV) runs .cache

@@ -82,7 +82,7 @@ def test_image_processor_without_an_auto_class_falls_back_to_pil(tiny_path, monk
     assert dict(processor.to_dict()["size"]) == saved["size"] == {"longest_edge": 112 * 112, "shortest_edge": 56 * 56}
 
 
-@pytest.mark.slow
+@pytest.mark.benchmark
 def test_real_size_command_runs_every_phase_on_the_tiny_model(tmp_path):
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "benchmarks.real_size", "--scale", "tiny", "--work-dir", str(tmp_path)],
