@@ -2,6 +2,7 @@
 
     python demo.py --output-dir runs/demo                                  # the README's first command
     python demo.py --output-dir runs/table --seeds 0 1 2 3 4 --methods rarl grpo  # rarl vs grpo, 5 seeds
+    python demo.py --output-dir runs/open --seeds 0 1 2 --open-answer-scores bertscore clinical  # open-answer rewards
 
 A random tiny model cannot produce the <think>/<answer> format by chance, so RL starts from a warm
 start made by the same command: a short supervised run (sft-full) that learns the format and part of
@@ -13,6 +14,7 @@ project's own command, run in-process and printed as a command line:
     1. python train.py --method sft-full --split "train[:616]" ...        warm start (full fine-tuning)
     2. python evaluate.py --model WARM_START --datasets synthetic:test ...  held-out test set, before RL
     3. python train.py --method rarl --model WARM_START ...                RL with LoRA, a checkpoint every 25 steps
+                                                                           (per method and open-answer score)
     4. python evaluate.py --model CHECKPOINT --datasets "synthetic:train[616:]" ...   each checkpoint on validation
     5. python evaluate.py --model CHOSEN ...                               the test set, after RL (and the last
                                                                            checkpoint's, to show what choosing did)
@@ -38,6 +40,7 @@ from src.cli.errors import run_main  # noqa: E402
 from src.cli.help import HelpFormatter  # noqa: E402
 from src.files import write_atomic  # noqa: E402
 from src.grpo.run_log import plot_curves, plot_validation, read_metrics  # noqa: E402
+from src.rewards.open_answers import METHODS as OPEN_ANSWER_SCORES  # noqa: E402
 
 # The settings of each stage, as the command-line flags they are (docs/DEMO.md has the runs behind
 # them), not tuned per method: rarl and grpo get the same budget.
@@ -51,12 +54,17 @@ RL = ["--prompts-per-step", "8", "--group-size", "8", "--mini-batch-size", "64",
 WARM_START_STEPS, RL_STEPS, SAVE_EVERY = 600, 150, 25
 TRAIN_SPLIT, VALIDATION_SPLIT = "train[:616]", "train[616:]"  # of the 1,216 synthetic training questions
 WARM = "warm start (sft-full)"  # the warm start's row in every table
-EVALUATION = ["--prompt", "explanation", "--max-new-tokens", "64", "--batch-size", "50", "--judge", "none"]
+EVALUATION = ["--prompt", "explanation", "--max-new-tokens", "64", "--batch-size", "50", "--judge", "none",
+              "--open-answer-score", "clinical"]
 # The paper's Table 3 reports the final answer and the reasoning; so does the demo, offline: answers
 # right over all questions (closed: exact, open: exact match), and the reasoning's BERTScore F1 against
 # the reference reasoning (the paper's judge scores are what `evaluate.py --judge` adds on real data).
 ROWS = (("format_rate", "Format", "%"), ("closed", "Closed acc.", "%"), ("open", "Open exact match", "%"),
         ("final", "All answers", "%"), ("reasoning", "Reasoning F1 x100", ""))
+# The open answers scored three ways (every model, whichever reward trained it), and the share of them
+# naming a side or position that contradicts the reference (a wrong quadrant in the synthetic set).
+OPEN_ROWS = (("open", "Exact match", "%"), ("open_bertscore", "BERTScore x100", ""),
+             ("open_clinical", "Clinical x100", ""), ("side_errors", "Side errors", "%"))
 
 
 def show(argv: list[str], program: str) -> None:
@@ -82,12 +90,21 @@ def run_evaluate(model: Path, output_dir: Path, questions: int | None, split: st
                **{kind: m["exact_match"] for kind, m in open_["by_task"].items()}}   # count, location
     return {"n": metrics["n"], "format_rate": metrics["format_rate"], "closed": closed["accuracy"],
             "open": open_["exact_match"], "final": right / (closed["n"] + open_["n"]),
-            "reasoning": metrics["reasoning"]["bertscore_f1"], "by_kind": dict(sorted(by_kind.items()))}
+            "reasoning": metrics["reasoning"]["bertscore_f1"], "open_n": open_["n"],
+            "open_bertscore": open_["bertscore_f1"], "open_clinical": open_["clinical"],
+            "side_errors": open_["side_error_rate"], "by_kind": dict(sorted(by_kind.items()))}
+
+
+def rl_runs(methods: list[str], scores: list[str]) -> list[tuple[str, str, str]]:
+    """(run name, method, open-answer score) of each RL run; the name is the method's alone for the
+    paper's bertscore, else "method-score" (rarl-clinical)."""
+    return [(method if score == "bertscore" else f"{method}-{score}", method, score)
+            for method in methods for score in scores]
 
 
 def run_seed(seed: int, methods: list[str], out: Path, warm_steps: int, rl_steps: int,
-             questions: int | None = None) -> dict[str, dict]:
-    """Warm start, then each RL method from it; test metrics of every model."""
+             questions: int | None = None, scores: tuple[str, ...] = ("bertscore",)) -> dict[str, dict]:
+    """Warm start, then each RL method from it under each open-answer score; test metrics of every model."""
     seed_dir = out / f"seed-{seed}"
     steps = ["--max-steps", str(warm_steps), "--save-steps", str(warm_steps)]
     warm = run_train(COMMON + WARM_START + steps + ["--split", TRAIN_SPLIT, "--seed", str(seed),
@@ -95,20 +112,20 @@ def run_seed(seed: int, methods: list[str], out: Path, warm_steps: int, rl_steps
     results = {WARM: run_evaluate(warm, seed_dir / "eval-warm-start", questions)}
     validation = run_evaluate(warm, seed_dir / "validation-warm-start", questions, VALIDATION_SPLIT)
     results[WARM]["validation"] = {0: validation["final"]}
-    for method in methods:
-        run_dir = seed_dir / method
+    for name, method, score in rl_runs(methods, list(scores)):
+        run_dir = seed_dir / name
         save_every = min(SAVE_EVERY, rl_steps)
-        steps = ["--max-steps", str(rl_steps), "--save-steps", str(save_every)]
+        steps = ["--max-steps", str(rl_steps), "--save-steps", str(save_every), "--open-answer-score", score]
         final = run_train(COMMON + RL + steps + ["--method", method, "--model", str(warm), "--split", TRAIN_SPLIT,
                                                   "--seed", str(seed), "--output-dir", str(run_dir)])
-        plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", title=f"{method}, seed {seed}")
+        plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", title=f"{name}, seed {seed}")
         saved = sorted({*range(save_every, rl_steps + 1, save_every), rl_steps})
-        chosen, validation = choose_checkpoint(run_dir, saved, seed_dir / f"validation-{method}", questions)
-        result = run_evaluate(run_dir / f"checkpoint-{chosen}", seed_dir / f"eval-{method}", questions)
-        last = result if chosen == rl_steps else run_evaluate(final, seed_dir / f"eval-{method}-last", questions)
+        chosen, validation = choose_checkpoint(run_dir, saved, seed_dir / f"validation-{name}", questions)
+        result = run_evaluate(run_dir / f"checkpoint-{chosen}", seed_dir / f"eval-{name}", questions)
+        last = result if chosen == rl_steps else run_evaluate(final, seed_dir / f"eval-{name}-last", questions)
         result.update(step=chosen, validation=validation, last={k: last[k] for k, _, _ in ROWS},
                       rise=reward_rise(run_dir / "metrics.jsonl"))
-        results[f"{method} (RL from the warm start)"] = result
+        results[f"{name} (RL from the warm start)"] = result
     return results
 
 
@@ -165,7 +182,23 @@ def summarise(per_seed: dict[int, dict[str, dict]]) -> tuple[dict, str]:
         for model in models:
             means = [statistics.fmean(per_seed[s][model]["by_kind"][kind] for s in per_seed) for kind in kinds]
             lines.append(f"| {model} | " + " | ".join(f"{100 * m:.1f}%" for m in means) + " |")
-    return table, "\n".join(lines + gain_lines(per_seed)) + "\n"
+    return table, "\n".join(lines + open_lines(per_seed) + gain_lines(per_seed)) + "\n"
+
+
+def open_lines(per_seed: dict[int, dict[str, dict]]) -> list[str]:
+    """The open answers of each model scored three ways, and their side errors: mean over seeds."""
+    results = [result for results in per_seed.values() for result in results.values()]
+    if not all("open_clinical" in result for result in results):
+        return []
+    models = list(next(iter(per_seed.values())))
+    lines = ["", f"Open answers ({results[0]['open_n']} questions), mean over seeds; side errors: answers whose side "
+             "or position contradicts the reference:", "",
+             "| Model | " + " | ".join(label for _, label, _ in OPEN_ROWS) + " |", "|---" * (len(OPEN_ROWS) + 1) + "|"]
+    for model in models:
+        means = [statistics.fmean(per_seed[s][model][key] for s in per_seed) for key, _, _ in OPEN_ROWS]
+        lines.append(f"| {model} | " + " | ".join(f"{100 * m:.1f}{unit}" for m, (_, _, unit) in zip(means, OPEN_ROWS))
+                     + " |")
+    return lines
 
 
 def gain_lines(per_seed: dict[int, dict[str, dict]]) -> list[str]:
@@ -194,13 +227,16 @@ def main(argv: list[str] | None = None) -> dict:
                         help="RL methods, each run from the same warm start")
     parser.add_argument("--warm-start-steps", type=number(int, min=1), default=WARM_START_STEPS,
                         help="supervised warm-start steps")
-    parser.add_argument("--rl-steps", type=number(int, min=1), default=RL_STEPS, help="RL steps per method")
+    parser.add_argument("--open-answer-scores", nargs="+", default=["bertscore"], choices=OPEN_ANSWER_SCORES,
+                        help="how open answers earn the accuracy reward; one RL run per method and score "
+                             "(run folders: rarl, rarl-clinical)")
+    parser.add_argument("--rl-steps", type=number(int, min=1), default=RL_STEPS, help="RL steps per run")
     parser.add_argument("--questions", type=number(int, min=1), default=None,
                         help="evaluate on the first N questions of the test and validation splits (default: all; "
                              "a smaller number makes a quick pipeline run, not a measurement)")
     args = parser.parse_args(argv)
     per_seed = {seed: run_seed(seed, args.methods, args.output_dir, args.warm_start_steps, args.rl_steps,
-                         args.questions) for seed in args.seeds}
+                               args.questions, tuple(args.open_answer_scores)) for seed in args.seeds}
     table, markdown = summarise(per_seed)
     write_atomic(args.output_dir / "summary.json", json.dumps({"per_seed": per_seed, "table": table}, indent=2))
     write_atomic(args.output_dir / "summary.md", markdown)

@@ -51,26 +51,57 @@ def test_summary_reports_each_seeds_gain_the_chosen_step_and_the_worst_seed():
 def test_demo_runs_every_stage_and_writes_its_report(tmp_path):
     import demo
 
-    budget = ["--warm-start-steps", "3", "--rl-steps", "2", "--questions", "40", "--methods", "rarl", "grpo"]
+    budget = ["--warm-start-steps", "3", "--rl-steps", "2", "--questions", "40", "--methods", "rarl",
+              "--open-answer-scores", "bertscore", "clinical"]
     table = demo.main(["--output-dir", str(tmp_path), *budget])
-    assert list(table) == ["warm start (sft-full)", "rarl (RL from the warm start)", "grpo (RL from the warm start)"]
+    assert list(table) == ["warm start (sft-full)", "rarl (RL from the warm start)",
+                           "rarl-clinical (RL from the warm start)"]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert set(summary["per_seed"]["0"]) == set(table)
     assert (tmp_path / "validation.png").stat().st_size > 10_000
-    for method in ("rarl", "grpo"):
-        assert (tmp_path / "seed-0" / method / "curves.png").stat().st_size > 10_000
-        assert (tmp_path / "seed-0" / method / "checkpoint-2" / "adapter_config.json").is_file()
-        summary_path = tmp_path / "seed-0" / f"eval-{method}" / "summary.json"
-        metrics = json.loads(summary_path.read_text())["groups"][0]["metrics"]
+    for run, score in (("rarl", "bertscore"), ("rarl-clinical", "clinical")):
+        assert (tmp_path / "seed-0" / run / "curves.png").stat().st_size > 10_000
+        assert (tmp_path / "seed-0" / run / "checkpoint-2" / "adapter_config.json").is_file()
+        config = json.loads((tmp_path / "seed-0" / run / "config.json").read_text())
+        assert config["reward"]["open_answer_score"] == score
+        metrics = json.loads((tmp_path / "seed-0" / f"eval-{run}" / "summary.json").read_text())["groups"][0]["metrics"]
         closed, open_ = metrics["closed"], metrics["open"]
         assert metrics["n"] == closed["n"] + open_["n"] == 40  # --questions 40
         right = closed["accuracy"] * closed["n"] + open_["exact_match"] * open_["n"]
-        row = table[f"{method} (RL from the warm start)"]
+        row = table[f"{run} (RL from the warm start)"]
         assert row["final"]["mean"] == pytest.approx(right / 40)
         assert row["reasoning"]["mean"] == pytest.approx(metrics["reasoning"]["bertscore_f1"])
-    assert "| Model | Format | Closed acc. | Open exact match |" in (tmp_path / "summary.md").read_text()
+        result = summary["per_seed"]["0"][f"{run} (RL from the warm start)"]
+        assert result["open_clinical"] == pytest.approx(open_["clinical"])  # every model is scored both ways
+        assert result["side_errors"] == pytest.approx(open_["side_error_rate"])
+    markdown = (tmp_path / "summary.md").read_text()
+    assert "| Model | Format | Closed acc. | Open exact match |" in markdown
+    assert "| Model | Exact match | BERTScore x100 | Clinical x100 | Side errors |" in markdown
     # re-running finds every stage on disk and returns the same table
     assert demo.main(["--output-dir", str(tmp_path), *budget]) == table
+
+
+def test_rl_runs_are_named_by_method_and_by_a_score_other_than_the_papers():
+    import demo
+
+    assert demo.rl_runs(["rarl", "grpo"], ["bertscore", "clinical"]) == [
+        ("rarl", "rarl", "bertscore"), ("rarl-clinical", "rarl", "clinical"),
+        ("grpo", "grpo", "bertscore"), ("grpo-clinical", "grpo", "clinical")]
+
+
+def test_summary_scores_each_models_open_answers_three_ways():
+    import demo
+
+    def metrics(clinical, side):
+        return {"n": 1000, "format_rate": 1.0, "closed": 0.7, "open": 0.4, "final": 0.6, "reasoning": 0.9,
+                "open_n": 400, "open_bertscore": 0.8, "open_clinical": clinical, "side_errors": side}
+
+    per_seed = {0: {"warm": metrics(0.50, 0.30), "rarl-clinical": metrics(0.60, 0.20)},
+                1: {"warm": metrics(0.40, 0.10), "rarl-clinical": metrics(0.70, 0.00)}}
+    _, markdown = demo.summarise(per_seed)
+    assert "Open answers (400 questions)" in markdown
+    assert "| warm | 40.0% | 80.0 | 45.0 | 20.0% |" in markdown
+    assert "| rarl-clinical | 40.0% | 80.0 | 65.0 | 10.0% |" in markdown
 
 
 @pytest.mark.demo
