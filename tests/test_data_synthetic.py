@@ -1,4 +1,5 @@
 """The synthetic set is deterministic, written atomically, and its answers agree with its pixels."""
+import shutil
 from collections import deque
 
 import numpy as np
@@ -128,7 +129,13 @@ def test_random_answers_split_describes_the_image_and_draws_the_answer_at_random
 
 
 def test_default_location_follows_rarl_cache(tmp_path, monkeypatch):
+    shutil.copytree(ensure_synthetic(seed=0), tmp_path / "synthetic-seed0")  # the session's set, built once
     monkeypatch.setenv("RARL_CACHE", str(tmp_path))
+
+    def generate(folder, seed, config):
+        raise AssertionError(f"generated again into {folder}")
+
+    monkeypatch.setattr(synthetic, "write_synthetic", generate)  # a current set under RARL_CACHE is read as is
     samples = load_dataset("synthetic", None, "test")
     assert len(samples) == 1000
     assert samples[0].image == str(tmp_path / "synthetic-seed0" / "images" / "test-00000.png")
