@@ -2,8 +2,6 @@
 # torch is installed first so that pip takes the 2.13 build the project is tested with
 # (on a CPU-only machine with a local wheel, that is the CPU build) before anything pulls another;
 # constraints.txt keeps torch, transformers and peft at the versions CI tests (setup.cfg allows more).
-# --no-compile: Python compiles each module when it is first imported, so pip does not byte-compile the
-# thousands of torch and transformers modules nothing imports (90 of the install's 157 s on 2 cores).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -14,8 +12,8 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --no-compile torch==2.13.0
-	$(BIN)/pip install --quiet --no-compile -e ".[dev]" -c constraints.txt
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[dev]" -c constraints.txt
 	touch $@
 
 demo: install
