@@ -100,7 +100,7 @@ def test_bandwidth_by_device_name():
     assert gpu_check.bandwidth_of("Some Future GPU") is None
 
 
-@pytest.mark.slow
+@pytest.mark.benchmark
 def test_gpu_check_runs_every_phase_at_toy_size_on_cpu(tmp_path):
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--device", "cpu", "--tiny", "--output-dir",
