@@ -31,6 +31,7 @@ configure_cpu_threads()  # before torch loads its OpenMP runtime: see docs/CPU.m
 import argparse  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import evaluate  # noqa: E402
@@ -64,7 +65,7 @@ ROWS = (("format_rate", "Format", "%"), ("closed", "Closed acc.", "%"), ("open",
 # The open answers scored three ways (every model, whichever reward trained it), and the share of them
 # naming a side or position that contradicts the reference (a wrong quadrant in the synthetic set).
 OPEN_ROWS = (("open", "Exact match", "%"), ("open_bertscore", "BERTScore x100", ""),
-             ("open_clinical", "Clinical x100", ""), ("side_errors", "Side errors", "%"))
+             ("open_clinical", "Clinical x100", ""), ("side_error_rate", "Side errors", "%"))
 
 
 def show(argv: list[str], program: str) -> None:
@@ -92,10 +93,10 @@ def run_evaluate(model: Path, output_dir: Path, questions: int | None, split: st
             "open": open_["exact_match"], "final": right / (closed["n"] + open_["n"]),
             "reasoning": metrics["reasoning"]["bertscore_f1"], "open_n": open_["n"],
             "open_bertscore": open_["bertscore_f1"], "open_clinical": open_["clinical"],
-            "side_errors": open_["side_error_rate"], "by_kind": dict(sorted(by_kind.items()))}
+            "side_error_rate": open_["side_error_rate"], "by_kind": dict(sorted(by_kind.items()))}
 
 
-def rl_runs(methods: list[str], scores: list[str]) -> list[tuple[str, str, str]]:
+def rl_runs(methods: Sequence[str], scores: Sequence[str]) -> list[tuple[str, str, str]]:
     """(run name, method, open-answer score) of each RL run; the name is the method's alone for the
     paper's bertscore, else "method-score" (rarl-clinical)."""
     return [(method if score == "bertscore" else f"{method}-{score}", method, score)
@@ -103,7 +104,7 @@ def rl_runs(methods: list[str], scores: list[str]) -> list[tuple[str, str, str]]
 
 
 def run_seed(seed: int, methods: list[str], out: Path, warm_steps: int, rl_steps: int,
-             questions: int | None = None, scores: tuple[str, ...] = ("bertscore",)) -> dict[str, dict]:
+             questions: int | None = None, scores: Sequence[str] = ("bertscore",)) -> dict[str, dict]:
     """Warm start, then each RL method from it under each open-answer score; test metrics of every model."""
     seed_dir = out / f"seed-{seed}"
     steps = ["--max-steps", str(warm_steps), "--save-steps", str(warm_steps)]
@@ -112,7 +113,7 @@ def run_seed(seed: int, methods: list[str], out: Path, warm_steps: int, rl_steps
     results = {WARM: run_evaluate(warm, seed_dir / "eval-warm-start", questions)}
     validation = run_evaluate(warm, seed_dir / "validation-warm-start", questions, VALIDATION_SPLIT)
     results[WARM]["validation"] = {0: validation["final"]}
-    for name, method, score in rl_runs(methods, list(scores)):
+    for name, method, score in rl_runs(methods, scores):
         run_dir = seed_dir / name
         save_every = min(SAVE_EVERY, rl_steps)
         steps = ["--max-steps", str(rl_steps), "--save-steps", str(save_every), "--open-answer-score", score]
@@ -236,7 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
                              "a smaller number makes a quick pipeline run, not a measurement)")
     args = parser.parse_args(argv)
     per_seed = {seed: run_seed(seed, args.methods, args.output_dir, args.warm_start_steps, args.rl_steps,
-                               args.questions, tuple(args.open_answer_scores)) for seed in args.seeds}
+                               args.questions, args.open_answer_scores) for seed in args.seeds}
     table, markdown = summarise(per_seed)
     write_atomic(args.output_dir / "summary.json", json.dumps({"per_seed": per_seed, "table": table}, indent=2))
     write_atomic(args.output_dir / "summary.md", markdown)

@@ -73,7 +73,7 @@ def test_demo_runs_every_stage_and_writes_its_report(tmp_path):
         assert row["reasoning"]["mean"] == pytest.approx(metrics["reasoning"]["bertscore_f1"])
         result = summary["per_seed"]["0"][f"{run} (RL from the warm start)"]
         assert result["open_clinical"] == pytest.approx(open_["clinical"])  # every model is scored both ways
-        assert result["side_errors"] == pytest.approx(open_["side_error_rate"])
+        assert result["side_error_rate"] == pytest.approx(open_["side_error_rate"])
     markdown = (tmp_path / "summary.md").read_text()
     assert "| Model | Format | Closed acc. | Open exact match |" in markdown
     assert "| Model | Exact match | BERTScore x100 | Clinical x100 | Side errors |" in markdown
@@ -94,7 +94,7 @@ def test_summary_scores_each_models_open_answers_three_ways():
 
     def metrics(clinical, side):
         return {"n": 1000, "format_rate": 1.0, "closed": 0.7, "open": 0.4, "final": 0.6, "reasoning": 0.9,
-                "open_n": 400, "open_bertscore": 0.8, "open_clinical": clinical, "side_errors": side}
+                "open_n": 400, "open_bertscore": 0.8, "open_clinical": clinical, "side_error_rate": side}
 
     per_seed = {0: {"warm": metrics(0.50, 0.30), "rarl-clinical": metrics(0.60, 0.20)},
                 1: {"warm": metrics(0.40, 0.10), "rarl-clinical": metrics(0.70, 0.00)}}
