@@ -38,7 +38,7 @@ import json
 import os
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +56,7 @@ from src.grpo.step import Run, grpo_update, sample_rollout
 from src.models import engine
 from src.models.engine import END_TOKENS, VISION_TOKENS, token_ids
 from src.models.generation import prompt_batch
-from src.models.inputs import PromptBatch, repeat_rows
+from src.models.inputs import PromptBatch, repeat_rows, select_rows
 from src.models.loading import DTYPES, Policy, load_policy, resolve_dtype
 from src.models.lora import disabled_adapters, lora_layers
 from src.rewards.total import score_completions
@@ -68,25 +68,10 @@ PHASES = ("generate", "score", "reference", "policy", "optimizer")
 SIDES = ("ours", "ours_hf", "baseline")  # the trainer with the engine, the trainer with HF generate, bare minimum
 
 
-# The bare-minimum baseline's inputs: each completion row with its own copy of the prompt, as
-# transformers' forward takes it.
-
-def select_rows(batch: PromptBatch, rows: Sequence[int]) -> PromptBatch:
-    """The sub-batch of `rows` (e.g. one mini-batch of completions), each row keeping its own image."""
-    blocks = torch.split(batch.pixel_values, batch.image_grid_thw.prod(-1).tolist())
-    index = torch.as_tensor(list(rows), dtype=torch.long)
-    return PromptBatch(
-        input_ids=batch.input_ids[index],
-        attention_mask=batch.attention_mask[index],
-        mm_token_type_ids=batch.mm_token_type_ids[index],
-        pixel_values=torch.cat([blocks[i] for i in rows]),
-        image_grid_thw=batch.image_grid_thw[index],
-    )
-
-
 def with_completions(prompts: PromptBatch, completion_ids: torch.Tensor,
                      completion_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Forward kwargs for prompt + completion rows: [N, P + L], completions right-padded (mask 0)."""
+    """Forward kwargs for prompt + completion rows: [N, P + L], completions right-padded (mask 0); the
+    bare-minimum baseline's input, each completion row with its own copy of the prompt."""
     return dict(
         input_ids=torch.cat([prompts.input_ids, completion_ids], 1),                  # [N, P+L]
         attention_mask=torch.cat([prompts.attention_mask, completion_mask.long()], 1),  # [N, P+L]
@@ -95,6 +80,7 @@ def with_completions(prompts: PromptBatch, completion_ids: torch.Tensor,
         pixel_values=prompts.pixel_values,
         image_grid_thw=prompts.image_grid_thw,
     )
+
 
 def build_policy(name: str, device: torch.device, dtype: torch.dtype) -> Policy:
     if name == "tiny":

@@ -174,8 +174,8 @@ def checks(work: Work) -> dict:
     from src.grpo.logprobs import linear_logprobs
     from src.grpo.trainer import prepare_weights
     from src.models.generation import prompt_batch
-    from benchmarks.bench_step import select_rows, with_completions
-    from src.models.inputs import IMAGE_PAD
+    from benchmarks.bench_step import with_completions
+    from src.models.inputs import IMAGE_PAD, select_rows
     from src.models.loading import load_policy, resolve_dtype
     from src.models.lora import LoRALinear
 

@@ -193,18 +193,23 @@ def left_pad(rows: Sequence[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, t
     return ids, mask
 
 
-def repeat_rows(batch: PromptBatch, times: int) -> PromptBatch:
-    """Each prompt `times` times in a row (rows b*G + g), each copy with its own prompt's image.
+def select_rows(batch: PromptBatch, rows: Sequence[int]) -> PromptBatch:
+    """The batch of prompts `rows` in that order (an index may repeat), each row with its own image.
 
-    pixel_values is a concatenation of variable-length per-image blocks, so it is split by the grid,
-    each block repeated, and concatenated again in the new row order.
+    pixel_values is a concatenation of variable-length per-image blocks, so it is split by the grid
+    and the blocks are concatenated again in the new row order.
     """
-    patches = batch.image_grid_thw.prod(-1).tolist()  # [B] patches per image
-    blocks = torch.split(batch.pixel_values, patches)
+    blocks = torch.split(batch.pixel_values, batch.image_grid_thw.prod(-1).tolist())  # [B] blocks of patches
+    index = torch.as_tensor(list(rows), dtype=torch.long)
     return PromptBatch(
-        input_ids=batch.input_ids.repeat_interleave(times, 0),
-        attention_mask=batch.attention_mask.repeat_interleave(times, 0),
-        mm_token_type_ids=batch.mm_token_type_ids.repeat_interleave(times, 0),
-        pixel_values=torch.cat([block for block in blocks for _ in range(times)]),
-        image_grid_thw=batch.image_grid_thw.repeat_interleave(times, 0),
+        input_ids=batch.input_ids[index],
+        attention_mask=batch.attention_mask[index],
+        mm_token_type_ids=batch.mm_token_type_ids[index],
+        pixel_values=torch.cat([blocks[i] for i in rows]),
+        image_grid_thw=batch.image_grid_thw[index],
     )
+
+
+def repeat_rows(batch: PromptBatch, times: int) -> PromptBatch:
+    """Each prompt `times` times in a row (rows b*G + g), each copy with its own prompt's image."""
+    return select_rows(batch, [b for b in range(batch.input_ids.shape[0]) for _ in range(times)])
