@@ -26,6 +26,7 @@ import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
 import os  # noqa: E402
+import types  # noqa: E402
 import typing  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -53,8 +54,10 @@ def build_parser(description: str = __doc__) -> argparse.ArgumentParser:
     add_config_option(parser, note="; a run's config.json is one")
     for section in dataclasses.fields(TrainConfig):
         group = parser.add_argument_group(section.name)
-        for f in dataclasses.fields(section_class(section.name)):
-            kind = base_type(f.type)
+        cls = section_class(section.name)
+        hints = typing.get_type_hints(cls)  # the fields' annotations as types
+        for f in dataclasses.fields(cls):
+            kind = base_type(hints[f.name])
             kwargs = dict(default=f.default, help=escape(f.metadata["help"]), dest=f"{section.name}.{f.name}")
             if "choices" in f.metadata:
                 kwargs["choices"] = f.metadata["choices"]  # listed in --help as {a,b,c}
@@ -84,12 +87,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def base_type(annotation) -> type:
     """int | None -> int, tuple[str, ...] -> tuple, for argparse's `type=`."""
-    if isinstance(annotation, str):
-        annotation = eval(annotation, vars(typing), {})  # noqa: S307 - our own annotations only
     origin = typing.get_origin(annotation)
     if origin is tuple:
         return tuple
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         return next(a for a in typing.get_args(annotation) if a is not type(None))
     return annotation
 
