@@ -100,7 +100,7 @@ def qwen2_vl_tokenizer(folder: Path):
     from transformers import Qwen2Tokenizer
 
     from src.models.inputs import QWEN2_VL_CHAT_TEMPLATE
-    from src.models.tiny import SPECIAL_TOKENS
+    from src.models.families import QWEN_SPECIAL_TOKENS as SPECIAL_TOKENS
 
     vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
     if sorted(vocab.values()) != list(range(QWEN_BPE_ENTRIES)):
@@ -133,7 +133,7 @@ def stand_in_tokenizer():
 
 
 def check_special_ids(tokenizer) -> None:
-    from src.models.tiny import SPECIAL_TOKENS
+    from src.models.families import QWEN_SPECIAL_TOKENS as SPECIAL_TOKENS
 
     got = [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS]
     expected = list(range(QWEN2_VL_2B_IDS["endoftext"], QWEN2_VL_2B_IDS["endoftext"] + len(SPECIAL_TOKENS)))

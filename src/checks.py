@@ -27,11 +27,14 @@ def check_writable(path: str | Path, flag: str = "--output-dir") -> None:
 
 
 def check_model_source(name: str, flag: str = "--model") -> None:
-    """`name` is 'tiny', a model or adapter directory (whose base is usable), or a hub id; with
-    HF_HUB_OFFLINE set, a hub id must already be in the local cache."""
+    """`name` is a tiny model ('tiny', 'tiny-qwen3-vl', ...), a model or adapter directory (whose base is
+    usable), or a hub id; with HF_HUB_OFFLINE set, a hub id must already be in the local cache. A model
+    whose config.json is here is of a supported family (src/models/families.py)."""
+    from src.models.families import checkpoint_family
     from src.models.loading import base_model_name, is_hub_id
+    from src.models.tiny import is_tiny
 
-    if name == "tiny":
+    if is_tiny(name):
         return
     path = Path(name)
     if path.is_dir():
@@ -44,6 +47,7 @@ def check_model_source(name: str, flag: str = "--model") -> None:
             return check_model_source(base, f"{flag} {name}: base model")
         if not (path / "config.json").is_file():
             raise UserError(f"{flag} {name}: holds neither a model (config.json) nor an adapter (adapter_config.json)")
+        checkpoint_family(name, f"{flag} {name}")
         return
     if not is_hub_id(name):
         raise UserError(f"{flag} {name}: no such directory, and not a hub id like Qwen/Qwen2-VL-2B-Instruct")
@@ -53,6 +57,7 @@ def check_model_source(name: str, flag: str = "--model") -> None:
         if not isinstance(try_to_load_from_cache(name, "config.json"), str):
             raise UserError(f"{flag} {name}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
                             f"download it (huggingface-cli download {name}) or pass a local directory")
+        checkpoint_family(name, f"{flag} {name}")
 
 
 def check_installed(module: str, what: str, extra: str) -> None:

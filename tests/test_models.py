@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from src.models.inputs import ImageLoadError, build_prompt_batch, load_image, repeat_rows
 from src.models.loading import enable_gradient_checkpointing, freeze_vision, load_base
 from src.models.lora import LoRAConfig, inject_lora, lora_layers, mark_only_lora_as_trainable
-from src.models.tiny import SPECIAL_TOKENS, ensure_tiny
+from src.models.families import QWEN_SPECIAL_TOKENS as SPECIAL_TOKENS
+from src.models.tiny import ensure_tiny
 from tests.conftest import chat, random_image
 
 

@@ -21,7 +21,7 @@ from benchmarks import qwen2_vl_2b
 from benchmarks.qwen2_vl_2b import QWEN2_VL_2B_IDS, qwen_bpe_files, save_preprocessing
 from src.data.prompts import INFERENCE_PROMPTS, TRAINING_PROMPTS, build_messages
 from src.models.inputs import QWEN2_VL_CHAT_TEMPLATE, build_prompt_batch, load_image
-from src.models.tiny import SPECIAL_TOKENS
+from src.models.families import QWEN_SPECIAL_TOKENS as SPECIAL_TOKENS
 
 # transformers' tests/models/qwen2/test_tokenization_qwen2.py, test_tokenizer_integration (Qwen/Qwen-tokenizer,
 # the same BPE), with the padding of its batch removed; and Qwen2TokenizerFast's docstring for the first two.

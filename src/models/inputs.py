@@ -1,5 +1,7 @@
-"""Model inputs for Qwen2-VL built from the tokenizer and the image processor (no AutoProcessor, no torchvision).
+"""Model inputs built from the tokenizer and the image processor (no AutoProcessor, no torchvision).
 
+The same for every family (src/models/families.py): the family shows in what the checkpoint brings, its
+chat template, its added tokens and its image processor's patch size (14 or 16 px), not in this code.
 For each row: render the chat with the model's template (one `<|vision_start|><|image_pad|><|vision_end|>`
 per image), expand the single `<|image_pad|>` into as many copies as the image yields tokens
 (t * h * w / merge_size**2 from `image_grid_thw`), tokenize, then left-pad the batch.
@@ -8,8 +10,9 @@ filled with row i's own image: the vision tower splits the concatenation by `ima
 row. (Repeating or reordering pixel_values without the grid is how images end up paired with the
 wrong completions when batch > 1.)
 
-The module holds the three things a prompt is made of: the chat template, the image (opened, upright,
-RGB, with errors that name the file) and the batch the model takes.
+The module holds the three things a prompt is made of: the chat rendered with the model's template
+(the templates themselves are the families', src/models/families.py), the image (opened, upright, RGB,
+with errors that name the file) and the batch the model takes.
 """
 from __future__ import annotations
 
@@ -22,39 +25,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-
-# ----------------------------------------------------------------------------------------------------
-# Qwen2-VL-Instruct's chat template (from the model's chat_template.json), used verbatim by the tiny model.
-#
-# Rendered with `tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)`:
-#
-#     <|im_start|>system
-#     SYSTEM<|im_end|>
-#     <|im_start|>user
-#     <|vision_start|><|image_pad|><|vision_end|>QUESTION<|im_end|>
-#     <|im_start|>assistant
-#
-# Without a system message the template inserts "You are a helpful assistant.".
-# ----------------------------------------------------------------------------------------------------
-
-QWEN2_VL_CHAT_TEMPLATE = (
-    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
-    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
-    "{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "{% set image_count.value = image_count.value + 1 %}"
-    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
-    "<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'video' or 'video' in content %}"
-    "{% set video_count.value = video_count.value + 1 %}"
-    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
-    "<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
-    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+from src.models.families import IMAGE_PAD, QWEN2_VL_CHAT_TEMPLATE  # noqa: F401 - QWEN2_VL_CHAT_TEMPLATE: for callers
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -117,9 +88,6 @@ def load_image(source: str | Path | bytes, name: str | None = None) -> Image.Ima
 # ----------------------------------------------------------------------------------------------------
 # Prompt batches: the chat rendered, image tokens expanded, left-padded.
 # ----------------------------------------------------------------------------------------------------
-
-IMAGE_PAD = "<|image_pad|>"
-
 
 @dataclass
 class PromptBatch:

@@ -1,11 +1,15 @@
-"""Loading a Qwen2-VL policy: weights, tokenizer and image processor, from a hub id or a local directory.
+"""Loading a policy of a supported family: weights, tokenizer and image processor, from a hub id or a local directory.
 
 `load_policy` accepts
-- "tiny": the embedded test model (built once into the cache, see src/models/tiny.py);
-- a hub id such as "Qwen/Qwen2-VL-2B-Instruct" (the default) or a local copy of it;
+- "tiny", "tiny-qwen2-vl", "tiny-qwen2.5-vl", "tiny-qwen3-vl": the embedded test models (built once
+  into the cache, see src/models/tiny.py);
+- a hub id such as "Qwen/Qwen2-VL-2B-Instruct" (the default), "Qwen/Qwen2.5-VL-3B-Instruct" or
+  "Qwen/Qwen3-VL-2B-Instruct", or a local copy of one;
 - a directory saved by train.py: a PEFT-format adapter (adapter_config.json) whose base model is read
   from the adapter's config, or a full fine-tuned model (config.json).
 Weights load in the dtype asked for (`--dtype`: auto is bf16 on GPU, fp32 on CPU); flash_attention_2 when flash-attn is installed (and a GPU is there), else sdpa.
+The family (src/models/families.py) is read from config.json's model_type before any weights load, and
+picks the transformers class; any other model_type is refused with one line naming the supported ones.
 The image processor is loaded on its own: `AutoProcessor` would pull in the video processor, which
 needs torchvision.
 """
@@ -18,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from src.models.families import check_architecture, checkpoint_family
 
 DEFAULT_MODEL = "Qwen/Qwen2-VL-2B-Instruct"
 
@@ -64,12 +70,10 @@ def attention_implementation(device: torch.device) -> str:
 
 
 def resolve_model_path(name: str) -> str:
-    """'tiny' -> the cached tiny model directory; anything else is passed on unchanged."""
-    if name == "tiny":
-        from src.models.tiny import ensure_tiny
+    """A tiny model's name ('tiny', 'tiny-qwen3-vl', ...) -> its cached directory; anything else unchanged."""
+    from src.models.tiny import ensure_tiny, is_tiny
 
-        return str(ensure_tiny())
-    return name
+    return str(ensure_tiny(name=name)) if is_tiny(name) else name
 
 
 def _offline_hint(name: str, error: Exception) -> OSError:
@@ -82,22 +86,24 @@ def _offline_hint(name: str, error: Exception) -> OSError:
 
 
 def load_base(name: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Policy:
-    """Weights + tokenizer + image processor of a base (or full fine-tuned) Qwen2-VL model."""
-    from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration
+    """Weights + tokenizer + image processor of a base (or full fine-tuned) model of a supported family."""
+    from transformers import AutoTokenizer
 
     device = torch.device(device) if device is not None else default_device()  # evaluate.py passes "cpu"
     dtype = dtype or default_dtype(device)
     path = resolve_model_path(name)
     try:
-        model = Qwen2VLForConditionalGeneration.from_pretrained(
+        family = checkpoint_family(path)  # config.json alone: an unsupported model is refused before its weights
+        model = family.model_cls().from_pretrained(
             path, dtype=dtype, attn_implementation=attention_implementation(device)
         )
         tokenizer = AutoTokenizer.from_pretrained(path)
         image_processor = load_image_processor(path)
     except OSError as error:
         if Path(path).is_dir():
-            raise OSError(f"cannot load a Qwen2-VL model from {path}: {error}") from error
+            raise OSError(f"cannot load a model from {path}: {error}") from error
         raise _offline_hint(name, error) from error
+    check_architecture(model, family)
     model.to(device)
     tokenizer.padding_side = "left"  # decoder-only batches: pad on the left so generation continues the text
     return Policy(model=model, tokenizer=tokenizer, image_processor=image_processor, name=name)
@@ -121,11 +127,13 @@ def load_image_processor(path: str):
 def base_model_name(name: str) -> str:
     """The base model behind `name`, as a checkpoint records it: the base an adapter directory's config
     names; a local directory as an absolute path (so that an adapter trained on it loads from any
-    working directory); a hub id or "tiny" unchanged."""
+    working directory); a hub id or a tiny model's name unchanged."""
+    from src.models.tiny import is_tiny
+
     adapter_config = Path(name) / "adapter_config.json"
     if adapter_config.is_file():
         return json.loads(adapter_config.read_text())["base_model_name_or_path"]
-    if name != "tiny" and Path(name).is_dir():
+    if not is_tiny(name) and Path(name).is_dir():
         return str(Path(name).resolve())
     return name
 
@@ -143,7 +151,7 @@ def load_policy(name: str, device: torch.device | str | None = None, dtype: torc
     from src.models.lora import load_adapter
 
     base = base_model_name(name)
-    if not Path(base).is_dir() and not is_hub_id(base):  # "tiny" reads as a hub id
+    if not Path(base).is_dir() and not is_hub_id(base):  # a tiny model's name reads as a hub id
         raise FileNotFoundError(f"adapter {name}: its base model {base} (base_model_name_or_path in "
                                 f"adapter_config.json) is not a directory here (working directory {Path.cwd()}); "
                                 "put the base model there or edit that field")

@@ -1,7 +1,7 @@
 """Refusing, before any weights load, a sample whose prompt the model cannot take whole.
 
-A Qwen2-VL prompt is the chat template's text plus one image token per 2x2 group of 14-px patches of
-the resized image (`image_token_count`, src/models/inputs.py). Nothing here truncates a prompt: a cut
+A prompt is the chat template's text plus one image token per 2x2 group of the vision tower's patches
+(14 px for Qwen2-VL and Qwen2.5-VL, 16 px for Qwen3-VL) of the resized image (`image_token_count`, src/models/inputs.py). Nothing here truncates a prompt: a cut
 would drop image tokens and break the vision alignment ("Image features and image tokens do not
 match"), or silently lose the question. So a prompt and the completion tokens that may follow it must
 fit the model's positions, min(max_position_embeddings, the tokenizer's model_max_length).
@@ -26,6 +26,7 @@ from src.data.prompts import build_messages
 from src.data.rows import SHOWN_REASONS, DatasetError
 from src.data.sample import Sample
 from src.files import file_key
+from src.models.families import UnsupportedModel, checkpoint_family
 from src.models.inputs import render_prompt
 from src.models.loading import _offline_hint, base_model_name, resolve_model_path
 
@@ -43,15 +44,19 @@ class PromptLimit:
 
     @classmethod
     def from_model(cls, name: str) -> PromptLimit:
-        """Read the limit of `name` (hub id, local model, adapter directory or "tiny") without its weights."""
+        """Read the limit of `name` (hub id, local model, adapter directory or a tiny model) without its weights.
+        A model of an unsupported family is refused here, from its config.json alone."""
         from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
         has_adapter = (Path(name) / "adapter_config.json").is_file()
         path = resolve_model_path(base_model_name(name) if has_adapter else name)
         try:
+            checkpoint_family(path)
             config = AutoConfig.from_pretrained(path)
             tokenizer = AutoTokenizer.from_pretrained(path)
             image_processor = AutoImageProcessor.from_pretrained(path)
+        except UnsupportedModel:
+            raise
         except (OSError, ValueError, json.JSONDecodeError) as error:
             if Path(path).is_dir():
                 raise OSError(f"cannot read the config, tokenizer or image processor in {path}: {error}") from error
