@@ -20,7 +20,7 @@ from src.models.encoded_prompts import encode_prompts
 from src.models.generation import prompt_batch, sample_groups
 from benchmarks.bench_step import with_completions
 from src.models.inputs import repeat_rows
-from src.models.mrope import prompt_positions, rotary_cos_sin
+from src.models.mrope import prompt_positions, rotary_of
 from tests.conftest import random_image
 
 PROMPTS = ["explanation", "short", "open-ended"]
@@ -82,7 +82,7 @@ def test_rotary_cos_sin_equal_transformers(tiny_policy):
     rotary = model.model.language_model.rotary_emb
     x = torch.zeros(1, dtype=torch.float32)
     expected_cos, expected_sin = rotary(x, positions)
-    cos, sin = rotary_cos_sin(positions, rotary.inv_freq, rotary.mrope_section, torch.float32)
+    cos, sin = rotary_of(model).cos_sin(positions, torch.float32)
     assert torch.equal(cos, expected_cos) and torch.equal(sin, expected_sin)
 
 

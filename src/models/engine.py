@@ -38,7 +38,9 @@ import torch
 import torch.nn.functional as F
 
 from src.models.encoded_prompts import EncodedPrompts
-from src.models.mrope import rotary_cos_sin, rotate
+from src.models.families import END_TOKENS, VISION_TOKENS, add_deepstack, family_of, projections  # noqa: F401
+# (END_TOKENS, VISION_TOKENS: the tokens every sampler ends at and never emits; imported from here by callers)
+from src.models.mrope import rotary_of, rotate
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -52,8 +54,6 @@ from src.models.mrope import rotary_cos_sin, rotate
 #   (its log-prob is part of the policy's choice to stop) and zeroes everything after it.
 # ----------------------------------------------------------------------------------------------------
 
-VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
-END_TOKENS = ("<|im_end|>", "<|endoftext|>")
 
 
 @dataclass
@@ -175,23 +175,19 @@ class StaticKVCache:
 # The layers' own modules do the work (RMSNorms, the q/k/v/o projections, LoRA side paths included, the
 # MLPs); only attention is written here, because it reads and writes the static cache:
 #
-#     for each layer:  h = norm(x);  q, k, v = proj(h);  q, k = M-RoPE(q, k)
+#     for each layer:  h = norm(x);  q, k, v = proj(h);  [q, k = q_norm(q), k_norm(k)];  q, k = M-RoPE(q, k)
 #                      cache[layer][:, :, index] = k, v
 #                      x = x + o_proj(softmax(q K^T / sqrt(D) + mask) V);   x = x + mlp(norm(x))
+#                      [x[image positions] += DeepStack features of this layer]
+#
+# The bracketed parts are the family's (src/models/families.py): Qwen3-VL's q/k RMSNorm per head, and its
+# DeepStack, which only a prompt's prefill has (completion tokens are never image tokens). The rotary
+# layout (chunked or interleaved) is the family's too (src/models/mrope.py).
 #
 # Grouped-query attention (Qwen2-VL-2B: 12 query heads on 2 KV heads) never copies keys in decoding:
 # a one-token query's 6 heads per KV head are laid out as 6 query positions of that KV head, as
 # transformers does. Prefill repeats the keys per query head, as transformers does with a mask.
 # ----------------------------------------------------------------------------------------------------
-
-def rotary_settings(model) -> tuple[torch.Tensor, list[int], float]:
-    """(inv_freq [D/2], mrope_section, scaling) of the model's rotary embedding."""
-    rotary = model.model.language_model.rotary_emb
-    text = model.config.text_config
-    rope = getattr(text, "rope_parameters", None) or getattr(text, "rope_scaling", None) or {}
-    section = getattr(rotary, "mrope_section", None) or rope["mrope_section"]
-    return rotary.inv_freq, list(section), float(getattr(rotary, "attention_scaling", 1.0))
-
 
 def attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, visible: torch.Tensor,
               scale: float) -> torch.Tensor:
@@ -208,22 +204,20 @@ def attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, visible
 
 
 def decode_forward(model, embeds: torch.Tensor, positions: torch.Tensor, cache: StaticKVCache, index: torch.Tensor,
-            visible: torch.Tensor, kv_length: int | None = None) -> torch.Tensor:
+                   visible: torch.Tensor, kv_length: int | None = None, image_positions: torch.Tensor | None = None,
+                   deepstack: Sequence[torch.Tensor] = ()) -> torch.Tensor:
     """Final hidden states [n, S, H] of tokens `embeds` [n, S, H] at M-RoPE `positions` [3, n, S],
     written to the cache at token positions `index` [S]; attention sees the cache's first `kv_length`
-    positions (all by default: fixed shapes for CUDA graphs) where `visible` [n, 1, S, T] allows."""
-    lm = model.model.language_model
+    positions (all by default: fixed shapes for CUDA graphs) where `visible` [n, 1, S, T] allows.
+    DeepStack (Qwen3-VL's prefill): `deepstack[i]` [k, H] is added after layer i at the k `image_positions`
+    ([n, S] bool)."""
+    lm, family = model.model.language_model, family_of(model)
     n, length, _ = embeds.shape
-    inv_freq, section, scaling = rotary_settings(model)
-    cos, sin = rotary_cos_sin(positions, inv_freq, section, embeds.dtype, scaling)     # [n, S, D] each
+    cos, sin = rotary_of(model).cos_sin(positions, embeds.dtype)                       # [n, S, D] each
     x = embeds
     for layer_index, layer in enumerate(lm.layers):
         attn = layer.self_attn
-        h = layer.input_layernorm(x)                                                   # [n, S, H]
-        dim = attn.head_dim
-        q = attn.q_proj(h).view(n, length, -1, dim).transpose(1, 2)                    # [n, Hq, S, D]
-        k = attn.k_proj(h).view(n, length, -1, dim).transpose(1, 2)                    # [n, Hkv, S, D]
-        v = attn.v_proj(h).view(n, length, -1, dim).transpose(1, 2)                    # [n, Hkv, S, D]
+        q, k, v = (t.transpose(1, 2) for t in projections(attn, layer.input_layernorm(x), family))  # [n, H*, S, D]
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         cache.write(layer_index, k, v, index)
         keys = cache.keys[layer_index][:, :, :kv_length]                               # [n, Hkv, T, D]
@@ -231,6 +225,8 @@ def decode_forward(model, embeds: torch.Tensor, positions: torch.Tensor, cache: 
         out = attention(q, keys, values, visible[..., :keys.shape[2]], attn.scaling)   # [n, Hq, S, D]
         x = x + attn.o_proj(out.transpose(1, 2).reshape(n, length, -1))                # [n, S, H]
         x = x + layer.mlp(layer.post_attention_layernorm(x))
+        if layer_index < len(deepstack):
+            x = add_deepstack(x, image_positions, deepstack[layer_index])              # [n, S, H]
     return lm.norm(x)
 
 
@@ -354,7 +350,8 @@ def prefill(model, prompts: EncodedPrompts) -> tuple[StaticKVCache, torch.Tensor
     cache = StaticKVCache.for_model(model, batch, width)
     index = torch.arange(width, device=prompts.input_ids.device)
     hidden = decode_forward(model, inputs["inputs_embeds"], inputs["position_ids"], cache, index,
-                             prefill_visibility(prompts.attention_mask))           # [B, P, H]
+                            prefill_visibility(prompts.attention_mask), image_positions=inputs.get("visual_pos_masks"),
+                            deepstack=inputs.get("deepstack_visual_embeds", ()))   # [B, P, H]
     return cache, model.lm_head(hidden[:, -1])                                             # [B, V]
 
 
@@ -370,9 +367,10 @@ def generate(model, tokenizer, prompts: EncodedPrompts, *, group_size: int, max_
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     device = prompts.input_ids.device
     rows, width = len(prompts) * group_size, prompts.input_ids.shape[1]
-    end_list = token_ids(tokenizer, END_TOKENS)
+    family = family_of(model)
+    end_list = token_ids(tokenizer, family.end_tokens)
     end_ids = torch.tensor(end_list, device=device)
-    banned = torch.tensor(token_ids(tokenizer, VISION_TOKENS) + ([] if stop_at_end else end_list), device=device)
+    banned = torch.tensor(token_ids(tokenizer, family.vision_tokens) + ([] if stop_at_end else end_list), device=device)
     step = DecodeStep(model, rows, width, max_new_tokens, temperature, banned, end_ids, tokenizer.pad_token_id)
     capture = captures(device) if cuda_graph is None else cuda_graph
     # one token is the prefill's alone: no decode step to capture (its warm-up would write past `out`)

@@ -1,13 +1,39 @@
-"""Sampling completions from a Qwen2-VL policy, for GRPO rollouts (temperature 1) and evaluation (greedy).
+"""Sampling completions from a policy, for GRPO rollouts (temperature 1) and evaluation (greedy).
 
 Two samplers, one contract (src/models/engine.py: Completions):
 - "engine" (the default): src/models/engine.py, a static-cache decoder that prefills each prompt once
   and reuses the step's image features;
 - "hf": transformers' `model.generate` on B * G repeated rows, the reference the engine is tested against.
+
+A checkpoint's generation_config.json and what the samplers take from it
+------------------------------------------------------------------------
+The Instruct releases publish sampling settings there (src/models/families.py: sampling): Qwen2-VL and
+Qwen2.5-VL near-greedy ones (top_k 1, top_p 0.001, a temperature near 0; Qwen2.5-VL also
+repetition_penalty 1.05), Qwen3-VL chat sampling (temperature 0.7, top_k 20, top_p 0.8). Both samplers
+ignore all of them (do_sample, temperature, top_k, top_p, min_p, typical_p, repetition_penalty, n-gram
+bans, ...) in rollouts and in evaluation, and take only the token ids: the end of a completion is the
+family's end tokens (<|im_end|>, <|endoftext|>: what every release's eos_token_id lists), padding is
+the tokenizer's. The run's own flags decide how tokens are drawn: --temperature for rollouts (default
+1.0), greedy for evaluation (--temperature 0 there by default). Why:
+- GRPO samples from the policy pi_theta it optimises: the clipped ratio and the KL term of eq. 1-3 are
+  ratios of pi_theta's probabilities, and the trainer's log-probs (its forward pass at the rollout
+  temperature) must be the ones the tokens were drawn with (metrics.jsonl: rollout_logp_diff). A
+  top-k / top-p truncation or a repetition penalty draws from another distribution: off-policy samples
+  the loss would treat as on-policy. TRL's and verl's GRPO trainers likewise sample with their own
+  settings (top_p 1, no top-k, no repetition penalty by default), not the checkpoint's.
+- Evaluation compares models: the base model, its fine-tunes, other families. One decoding rule
+  (greedy unless --temperature says otherwise) for all of them keeps a difference in scores a
+  difference in the models, not in the settings each checkpoint happens to ship (Qwen3-VL's would make
+  every evaluation random).
+So the "hf" sampler runs generate with a generation config holding the checkpoint's token ids only
+(`checkpoint_sampling_ignored`): transformers otherwise fills every setting the call leaves unset from
+the checkpoint's file, a repetition_penalty of 1.05 included. The checkpoint's file itself is left as
+it is: a merged export (src/models/export.py) keeps it for serving.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 from tqdm import tqdm
@@ -15,8 +41,9 @@ from tqdm import tqdm
 from src.data.prompts import build_messages
 from src.data.sample import Sample
 from src.models import engine
-from src.models.engine import END_TOKENS, VISION_TOKENS, Completions, completion_mask, token_ids
+from src.models.engine import Completions, completion_mask, token_ids
 from src.models.encoded_prompts import EncodedPrompts, encode_prompts
+from src.models.families import family_of
 from src.models.inputs import PromptBatch, build_prompt_batch, load_image, repeat_rows
 
 ENGINES = ("engine", "hf")
@@ -55,20 +82,37 @@ class DrawnDistribution:
         return torch.stack(self.drawn + [last], 1)
 
 
+@contextlib.contextmanager
+def checkpoint_sampling_ignored(model) -> Iterator[None]:
+    """model.generation_config holds only the checkpoint's token ids (bos, eos, pad) for the duration: none
+    of its sampling settings reach generate (module docstring)."""
+    from transformers import GenerationConfig
+
+    published = model.generation_config
+    model.generation_config = GenerationConfig(**{key: getattr(published, key, None)
+                                                  for key in ("bos_token_id", "eos_token_id", "pad_token_id")})
+    try:
+        yield
+    finally:
+        model.generation_config = published
+
+
 @torch.no_grad()
 def hf_generate(model, tokenizer, prompts: PromptBatch, max_new_tokens: int, temperature: float) -> Completions:
     """One completion per prompt row with transformers' generate; temperature 0 means greedy decoding."""
     from transformers import LogitsProcessorList
 
-    end_ids = token_ids(tokenizer, END_TOKENS)
-    distribution = DrawnDistribution(token_ids(tokenizer, VISION_TOKENS), temperature)
+    family = family_of(model)
+    end_ids = token_ids(tokenizer, family.end_tokens)
+    distribution = DrawnDistribution(token_ids(tokenizer, family.vision_tokens), temperature)
     sampling = dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0) if temperature > 0 else \
         dict(do_sample=False)  # temperature 1 for generate: `distribution` applies the real one
-    out = model.generate(
-        **prompts.model_kwargs, max_new_tokens=max_new_tokens, eos_token_id=end_ids,
-        pad_token_id=tokenizer.pad_token_id, logits_processor=LogitsProcessorList([distribution]),
-        use_cache=True, **sampling,
-    )
+    with checkpoint_sampling_ignored(model):
+        out = model.generate(
+            **prompts.model_kwargs, max_new_tokens=max_new_tokens, eos_token_id=end_ids,
+            pad_token_id=tokenizer.pad_token_id, logits_processor=LogitsProcessorList([distribution]),
+            use_cache=True, **sampling,
+        )
     ids = out[:, prompts.input_ids.shape[1]:]                                    # [N, L]
     mask, truncated = completion_mask(ids, end_ids)
     ids = ids.masked_fill(~mask, tokenizer.pad_token_id)

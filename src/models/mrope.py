@@ -1,4 +1,4 @@
-"""M-RoPE, Qwen2-VL's multimodal rotary position embedding: the position ids and the rotation.
+"""M-RoPE, the multimodal rotary position embedding of every supported family: the position ids and the rotation.
 
 Every token carries three position ids (temporal, height, width):
 - text tokens: all three equal, counting up by one;
@@ -8,12 +8,21 @@ Every token carries three position ids (temporal, height, width):
 So after the image a row's positions run behind its token count by a constant; completion token j
 sits at `next_position + j`, where next_position = (largest prompt position) + 1, on all three axes.
 
-The rotation splits the D/2 rotary frequencies of a head into `mrope_section` chunks (Qwen2-VL-2B:
-[16, 24, 24] of 64); chunk i turns by position axis i % 3. Both halves of the head use the same angles
-(rotate_half convention). This matches transformers' `get_rope_index` and `Qwen2VLRotaryEmbedding`
-(tests/test_engine.py compares them) for prompts holding one image each, as ours do.
+The positions are the same in Qwen2-VL, Qwen2.5-VL and Qwen3-VL (for images; videos differ). What differs
+is which axis turns which of a head's D/2 rotary frequencies (`frequency_axes`), as the family says
+(src/models/families.py: rotary):
+- chunked (Qwen2-VL, Qwen2.5-VL): `mrope_section` consecutive blocks, the first turned by t, the next by h,
+  the last by w (Qwen2-VL-2B: [16, 24, 24] of 64);
+- interleaved (Qwen3-VL): t, h, w alternate frequency by frequency (t h w t h w ...) over the first
+  3 * section[1] frequencies, the remaining ones by t (Qwen3-VL-2B: [24, 20, 20] of 64 gives t h w x 20,
+  then 4 more t).
+Both halves of the head use the same angles (rotate_half convention). This matches transformers'
+`get_rope_index` and the families' rotary embeddings (tests/test_engine.py and tests/test_families.py
+compare them) for prompts holding one image each, as ours do.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -49,13 +58,48 @@ def prompt_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor, imag
     return positions.to(input_ids.device), next_position.to(input_ids.device)
 
 
-def rotary_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, mrope_section: list[int],
-                   dtype: torch.dtype, scaling: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of the rotation angles: positions [3, n, S] -> two [n, S, D] tensors in `dtype`."""
-    angles = positions[..., None].float() * inv_freq.float()                       # [3, n, S, D/2]
-    angles = torch.cat([chunk[i % 3] for i, chunk in enumerate(angles.split(mrope_section, dim=-1))], -1)
-    angles = torch.cat([angles, angles], dim=-1)                                   # [n, S, D]
-    return (angles.cos() * scaling).to(dtype), (angles.sin() * scaling).to(dtype)
+def frequency_axes(section: list[int], layout: str, device: torch.device | None = None) -> torch.Tensor:
+    """[D/2] long: the position axis (0 t, 1 h, 2 w) that turns each rotary frequency (module docstring)."""
+    if layout == "chunked":
+        return torch.cat([torch.full((size,), axis % 3, dtype=torch.long, device=device)
+                          for axis, size in enumerate(section)])
+    if layout == "interleaved":
+        index = torch.arange(sum(section), device=device)
+        axes = index % 3
+        axes[(axes == 1) & (index >= 3 * section[1])] = 0
+        axes[(axes == 2) & (index >= 3 * section[2])] = 0
+        return axes
+    raise ValueError(f"unknown M-RoPE layout {layout!r}")
+
+
+@dataclass(frozen=True)
+class Rotary:
+    """A model's M-RoPE: inverse frequencies [D/2], the sections, the attention scaling and the layout."""
+
+    inv_freq: torch.Tensor
+    section: list[int]
+    scaling: float
+    layout: str
+
+    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin of the rotation angles: positions [3, n, S] -> two [n, S, D] tensors in `dtype`."""
+        angles = positions[..., None].float() * self.inv_freq.float()                # [3, n, S, D/2]
+        axes = frequency_axes(self.section, self.layout, angles.device)              # [D/2]
+        angles = angles.gather(0, axes.expand(1, *angles.shape[1:])).squeeze(0)      # [n, S, D/2]
+        angles = torch.cat([angles, angles], dim=-1)                                 # [n, S, D]
+        return (angles.cos() * self.scaling).to(dtype), (angles.sin() * self.scaling).to(dtype)
+
+
+def rotary_of(model) -> Rotary:
+    """The M-RoPE of a loaded model: its language model's rotary embedding, laid out as its family says."""
+    from src.models.families import family_of
+
+    rotary = model.model.language_model.rotary_emb
+    text = model.config.text_config
+    rope = getattr(text, "rope_parameters", None) or getattr(text, "rope_scaling", None) or {}
+    section = getattr(rotary, "mrope_section", None) or rope["mrope_section"]
+    return Rotary(rotary.inv_freq, list(section), float(getattr(rotary, "attention_scaling", 1.0)),
+                  family_of(model).rotary)
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,9 @@ Here each distinct prompt of a mini-batch goes through the layers once, and its 
                never another completion (a block mask): keys [n, Hkv, P + L, D] are its prompt's keys
                followed by its own.
     positions  M-RoPE: the prompt's from encode_prompts; completion token j at the prompt's next_position + j.
+    family     what the model's family adds (src/models/families.py): Qwen3-VL's q/k norm inside the
+               projections, and its DeepStack features added to the prompts' image tokens after the first
+               layers, as the unshared forward adds them.
     output     the final hidden states that predict completion tokens 0 ... L-1: the prompt's last position,
                then the completion's positions 0 ... L-2 ([n, L, H], what the unshared forward slices).
 
@@ -43,9 +46,10 @@ from dataclasses import dataclass
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from src.models.engine import attention, prefill_visibility, rotary_settings
+from src.models.engine import attention, prefill_visibility
 from src.models.encoded_prompts import EncodedPrompts
-from src.models.mrope import rotary_cos_sin, rotate
+from src.models.families import Family, add_deepstack, family_of, projections
+from src.models.mrope import rotary_of, rotate
 
 
 @dataclass
@@ -61,6 +65,7 @@ class Layout:
     completion_rotary: tuple[torch.Tensor, torch.Tensor]  # cos, sin [n, L, D]
     prompt_visible: torch.Tensor      # [b, 1, P, P] bool
     completion_visible: torch.Tensor  # [n, 1, L, P + L] bool
+    family: Family                    # q/k norm or not (src/models/families.py)
 
     @property
     def prompt_tokens(self) -> int:
@@ -76,17 +81,17 @@ def completion_visibility(prompt_mask: torch.Tensor, length: int) -> torch.Tenso
     return torch.cat([prompt_part, causal.expand(n, 1, length, length)], dim=-1)              # [n, 1, L, P+L]
 
 
-def heads(x: torch.Tensor, rows: int, length: int, dim: int) -> torch.Tensor:
-    """[rows * length, heads * D] -> [rows, heads, length, D]."""
-    return x.view(rows, length, -1, dim).transpose(1, 2)
+def heads(x: torch.Tensor, rows: int, length: int) -> torch.Tensor:
+    """[rows * length, heads, D] -> [rows, heads, length, D]."""
+    return x.view(rows, length, *x.shape[1:]).transpose(1, 2)
 
 
 def shared_attention(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Layout) -> torch.Tensor:
-    """Projected q [T, Hq*D], k, v [T, Hkv*D] of the stream -> attention output [T, Hq*D]."""
-    dim, split = attn.head_dim, layout.prompt_tokens
+    """Projected q [T, Hq, D], k, v [T, Hkv, D] of the stream -> attention output [T, Hq*D]."""
+    split = layout.prompt_tokens
     b, P, n, L = layout.prompts, layout.prompt_length, layout.completions, layout.completion_length
-    q_p, k_p, v_p = (heads(t[:split], b, P, dim) for t in (q, k, v))              # [b, H*, P, D]
-    q_c, k_c, v_c = (heads(t[split:], n, L, dim) for t in (q, k, v))              # [n, H*, L, D]
+    q_p, k_p, v_p = (heads(t[:split], b, P) for t in (q, k, v))                   # [b, H*, P, D]
+    q_c, k_c, v_c = (heads(t[split:], n, L) for t in (q, k, v))                   # [n, H*, L, D]
     q_p, k_p = rotate(q_p, *layout.prompt_rotary), rotate(k_p, *layout.prompt_rotary)
     q_c, k_c = rotate(q_c, *layout.completion_rotary), rotate(k_c, *layout.completion_rotary)
     out_p = attention(q_p, k_p, v_p, layout.prompt_visible, attn.scaling)        # [b, Hq, P, D]
@@ -100,8 +105,8 @@ def shared_attention(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
 def decoder_layer(layer, x: torch.Tensor, layout: Layout) -> torch.Tensor:
     """One decoder layer on the stream x [T, H]: pre-norm attention and MLP, each with its residual."""
     attn = layer.self_attn
-    h = layer.input_layernorm(x)                                                   # [T, H]
-    out = shared_attention(attn, attn.q_proj(h), attn.k_proj(h), attn.v_proj(h), layout)  # [T, Hq*D]
+    q, k, v = projections(attn, layer.input_layernorm(x), layout.family)           # [T, H*, D]
+    out = shared_attention(attn, q, k, v, layout)                                  # [T, Hq*D]
     x = x + attn.o_proj(out)                                                       # [T, H]
     return x + layer.mlp(layer.post_attention_layernorm(x))                        # [T, H]
 
@@ -111,14 +116,14 @@ def layout_for(model, prompts: EncodedPrompts, distinct: list[int], prompt_index
     device = prompts.input_ids.device
     owner = torch.tensor([distinct.index(i) for i in prompt_index], dtype=torch.long, device=device)  # [n]
     prompt_mask = prompts.attention_mask[distinct]                                                     # [b, P]
-    inv_freq, section, scaling = rotary_settings(model)
-    prompt_rotary = rotary_cos_sin(prompts.positions[:, distinct], inv_freq, section, dtype, scaling)   # [b, P, D]
+    rotary = rotary_of(model)
+    prompt_rotary = rotary.cos_sin(prompts.positions[:, distinct], dtype)                               # [b, P, D]
     completion_positions = prompts.completion_positions(list(prompt_index), length)                    # [3, n, L]
-    completion_rotary = rotary_cos_sin(completion_positions, inv_freq, section, dtype, scaling)        # [n, L, D]
+    completion_rotary = rotary.cos_sin(completion_positions, dtype)                                     # [n, L, D]
     return Layout(prompts=len(distinct), prompt_length=prompt_mask.shape[1], completions=len(owner),
                   completion_length=length, owner=owner, prompt_rotary=prompt_rotary,
                   completion_rotary=completion_rotary, prompt_visible=prefill_visibility(prompt_mask),
-                  completion_visible=completion_visibility(prompt_mask[owner], length))
+                  completion_visible=completion_visibility(prompt_mask[owner], length), family=family_of(model))
 
 
 def forward(model, prompts: EncodedPrompts, prompt_index: Sequence[int], completion_ids: torch.Tensor) -> torch.Tensor:
@@ -131,16 +136,23 @@ def forward(model, prompts: EncodedPrompts, prompt_index: Sequence[int], complet
     """
     lm = model.model.language_model
     distinct = list(dict.fromkeys(prompt_index))                                  # b prompts, first-seen order
-    prompt_embeds = prompts.inputs(model, distinct)["inputs_embeds"]               # [b, P, H]
+    inputs = prompts.inputs(model, distinct)
+    prompt_embeds = inputs["inputs_embeds"]                                        # [b, P, H]
     completion_embeds = model.get_input_embeddings()(completion_ids)               # [n, L, H]
     (b, P, hidden), (n, L) = prompt_embeds.shape, completion_ids.shape
     layout = layout_for(model, prompts, distinct, prompt_index, L, prompt_embeds.dtype)
     x = torch.cat([prompt_embeds.reshape(b * P, hidden), completion_embeds.reshape(n * L, hidden)])  # [T, H]
-    for layer in lm.layers:
+    deepstack = inputs.get("deepstack_visual_embeds", ())                          # layers x [k, H] (Qwen3-VL)
+    if deepstack:  # the prompts' image tokens in the stream (completions hold none)
+        image_positions = torch.cat([inputs["visual_pos_masks"].reshape(-1),
+                                     torch.zeros(n * L, dtype=torch.bool, device=x.device)])  # [T]
+    for layer_index, layer in enumerate(lm.layers):
         if layer.gradient_checkpointing and layer.training and torch.is_grad_enabled():
             x = checkpoint(decoder_layer, layer, x, layout, use_reentrant=False)
         else:
             x = decoder_layer(layer, x, layout)
+        if layer_index < len(deepstack):  # DeepStack: the layer's vision features join at the image tokens
+            x = add_deepstack(x, image_positions, deepstack[layer_index])              # [T, H]
     last_prompt = x[:b * P].view(b, P, hidden)[layout.owner, P - 1:]              # [n, 1, H]: predicts token 0
     completions = x[b * P:].view(n, L, hidden)[:, :-1]                            # [n, L-1, H]: tokens 1 ... L-1
     return lm.norm(torch.cat([last_prompt, completions], dim=1))                  # [n, L, H]
