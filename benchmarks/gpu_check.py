@@ -29,6 +29,12 @@ command sequence for a machine without network. Phases, in order:
   evaluate     evaluate.py's generation (generate_completions: greedy, batch 8, 512 new tokens, LoRA attached
                as when evaluating a checkpoint) on 8 real-size images, in tokens per second (every row
                decodes 512 tokens: end tokens banned, and the tokens counted from what came back)
+  qwen2.5-vl, qwen3-vl
+               the other families at real size (benchmarks/qwen2_vl_2b.py: Qwen2.5-VL-3B's and Qwen3-VL-2B's
+               architectures at random weights, built on the device) in bf16: greedy decoding with the CUDA
+               graph against eager and against transformers' generate (first differing position), one GRPO
+               update sampled by the engine (rollout_logp_diff, rollout_kl), the shared-prefix log-probs
+               against the unshared forward's, and the engine's decode time per token
   torchrun     train.py under torchrun on the tiny model (one process per GPU, at most 2), and the trainer's
                collectives (src/grpo/distributed.py) in a one-process NCCL group: with one GPU, torchrun
                alone starts no process group (WORLD_SIZE 1), so that is where NCCL is exercised
@@ -379,6 +385,78 @@ def prefix_sharing(ctx: Context, figures: dict) -> None:
     figures["summary"] = result["line"]
 
 
+# The families besides Qwen2-VL: (real-size architecture at random weights, its tiny model for --tiny)
+FAMILY_CHECKS = {"qwen2.5-vl": ("qwen2.5-vl-3b-random", "tiny-qwen2.5-vl"),
+                 "qwen3-vl": ("qwen3-vl-2b-random", "tiny-qwen3-vl")}
+
+
+def family(ctx: Context, figures: dict, name: str) -> None:
+    """One family at real size (its tiny model with --tiny) in bf16: what the correctness phase checks on
+    Qwen2-VL, through the same engine, shared-prefix forward and update, plus the decode time per token."""
+    from benchmarks import bench_step
+    from benchmarks.qwen2_vl_2b import random_policy
+    from src.data.prompts import TRAINING_PROMPTS
+    from src.grpo import trainer
+    from src.grpo.step import grpo_update, rollout_logprobs, sample_rollout
+    from src.memory import synchronize
+    from src.models import engine
+    from src.models.encoded_prompts import encode_prompts
+    from src.models.generation import prompt_batch, sample_groups
+    from src.models.loading import load_policy
+
+    a = ctx.args
+    real, tiny = FAMILY_CHECKS[name]
+    start = time.perf_counter()
+    policy = load_policy(tiny, device=ctx.device, dtype=torch.bfloat16) if a.tiny else \
+        random_policy(real, ctx.device, torch.bfloat16)
+    synchronize(ctx.device)
+    figures.update(model=tiny if a.tiny else real, build_seconds=time.perf_counter() - start,
+                   parameters=sum(p.numel() for p in policy.model.parameters()))
+    samples = bench_step.bench_samples(a.check_prompts, a.image_size)
+    names = [list(TRAINING_PROMPTS)[i % len(TRAINING_PROMPTS)] for i in range(len(samples))]
+    settings = SimpleNamespace(model=figures["model"], device=str(ctx.device), dtype="bfloat16", gradient_checkpointing=True,
+                               group_size=2, length=a.check_tokens, prompts=len(samples), mini_batch_size=2 * len(samples))
+    cfg = bench_step.bench_config(settings)                  # grpo, LoRA r 8, lr 1e-5, beta 0.04
+    torch.manual_seed(cfg.run.seed)
+    run = trainer.prepare_run(policy, cfg, samples)
+
+    rollout = sample_rollout(policy, samples, names, group_size=2, max_completion_length=a.check_tokens, temperature=1.0)
+    mask = rollout.completion_mask
+    with torch.no_grad():
+        shared, unshared = (rollout_logprobs(policy.model, rollout, 1.0, settings.mini_batch_size, sharing)
+                            for sharing in (True, False))
+    advantages = torch.linspace(-1.0, 1.0, rollout.completion_ids.shape[0], device=ctx.device)
+    stats = grpo_update(run, rollout, advantages, run.reference.logprobs(rollout, 1.0, settings.mini_batch_size), None)
+    figures.update(rows=rollout.completion_ids.shape[0], completion_tokens=int(mask.sum()), sampler=rollout.decoding,
+                   rollout_logp_diff=stats["rollout_logp_diff"], rollout_kl=stats["rollout_kl"],
+                   shared_vs_unshared_max_abs_logp_diff=float((shared - unshared)[mask].abs().max()))
+
+    model, tokenizer = policy.model.eval(), policy.tokenizer
+    batch = prompt_batch(policy, samples, [TRAINING_PROMPTS[n] for n in names])
+    encoded = encode_prompts(model, batch)
+    greedy = dict(group_size=1, max_new_tokens=a.check_greedy_tokens, temperature=0.0)
+    eager = engine.generate(model, tokenizer, encoded, cuda_graph=False, **greedy)
+    if engine.captures(ctx.device):
+        graph = engine.generate(model, tokenizer, encoded, **greedy)
+        figures.update(graph_decoding=graph.decoding,
+                       graph_vs_eager=first_difference(graph.ids, eager.ids, tokenizer.pad_token_id))
+    hf = sample_groups(policy, batch, encoded, engine_name="hf", **greedy)
+    figures["engine_vs_hf"] = first_difference(eager.ids, hf.ids, tokenizer.pad_token_id)
+    synchronize(ctx.device)
+    start = time.perf_counter()
+    timed = engine.generate(model, tokenizer, encoded, stop_at_end=False, **greedy)  # every row decodes them all
+    synchronize(ctx.device)
+    figures.update(decoding=timed.decoding,
+                   decode_ms_per_token=(time.perf_counter() - start) / a.check_greedy_tokens * 1e3)
+    check = figures["engine_vs_hf"]
+    figures["summary"] = (f"{figures['model']} bf16: rollout_logp_diff {figures['rollout_logp_diff']:.2e}, shared vs "
+                          f"unshared |d logp| {figures['shared_vs_unshared_max_abs_logp_diff']:.2e}; greedy engine vs "
+                          f"HF: {'equal' if check['equal'] else 'differ'}; {figures['decode_ms_per_token']:.1f} ms/token "
+                          f"({figures['decoding']})")
+    del run, policy, model
+    free_memory()
+
+
 @contextlib.contextmanager
 def forced_and_counted(counted: list[int], decodings: list[str]):
     """The engine decodes every row to max_new_tokens (end tokens banned) for the duration, and the
@@ -566,6 +644,8 @@ PHASES = [
     Phase("step", 240, step),  # 6 steps of 512 decode steps (engine, HF generate, baseline; warm-up + timed) and the build
     Phase("prefix-sharing", 90, prefix_sharing),  # a 28-layer build, 2 x (update + reference) of 32 x 512 tokens
     Phase("evaluate", 90, evaluate),
+    # a 2B / 3B build each, one update of 8 x 32 tokens, 4 greedy decodings of 64
+    *(Phase(name, 90, functools.partial(family, name=name)) for name in FAMILY_CHECKS),
     Phase("torchrun", 90, torchrun),
     Phase("trl", 150, trl),
     Phase("step-hf-static", 240, functools.partial(step, extra=("--cache", "static"), label="step-hf-static")),

@@ -1,17 +1,21 @@
-"""The real job at real size on a CPU: train.py, --resume, evaluate.py and PEFT on Qwen2-VL-2B's architecture.
+"""The real job at real size on a CPU: train.py, --resume, evaluate.py and PEFT on a released architecture.
 
-    python -m benchmarks.real_size                      # Qwen2-VL-2B, random weights, fp32: 15 min, 14 GB peak
-    python -m benchmarks.real_size --scale tiny         # the same phases on the tiny model (~35 s; a test)
-    python -m benchmarks.real_size --phases checks,peft # again, from what an earlier run left in --work-dir
+    python -m benchmarks.real_size                               # Qwen2-VL-2B, random weights, fp32: 15 min, 14 GB peak
+    python -m benchmarks.real_size --model qwen3-vl-2b-random    # Qwen3-VL-2B's architecture: 8 min, 12.4 GB
+    python -m benchmarks.real_size --model qwen2.5-vl-3b-random --dtype bfloat16   # Qwen2.5-VL-3B's: 15 min, 10.3 GB
+    python -m benchmarks.real_size --model tiny-qwen3-vl         # the same phases on a tiny model (a test)
+    python -m benchmarks.real_size --phases checks,peft          # again, from what an earlier run left in --work-dir
 
-No real weights are needed: benchmarks/qwen2_vl_2b.py writes Qwen2-VL-2B-Instruct's architecture with
-random weights as an ordinary model directory (bf16, 4.4 GB, kept in --work-dir), with its tokenizer
-and the real image processor limits. The phases run the commands users
-run, each in its own process, so that its seconds and peak resident memory are its own:
+No real weights are needed: benchmarks/qwen2_vl_2b.py writes each family's released architecture with
+random weights as an ordinary model directory (bf16, kept in --work-dir: 4.4 GB for Qwen2-VL-2B, 4.3 GB
+for Qwen3-VL-2B, 7.6 GB for Qwen2.5-VL-3B), with the family's tokenizer and the released image
+processor limits. The phases run the commands users run, each in its own process, so that its seconds
+and peak resident memory are its own:
 
   build     the model directory (once; a later run reuses it)
   train     python train.py --method rarl: 2 steps of 1 prompt x G 2 x 16 completion tokens, on a 512 x 512
-            image (324 image tokens) and a 640 x 480 one (391), checkpoint-2
+            image and a 640 x 480 one (324 and 391 image tokens at 28 px per token; Qwen3-VL: 256 and 300
+            at 32 px), checkpoint-2
   resume    the same command with --resume --max-steps 3: one more step from checkpoint-2
   evaluate  python evaluate.py --judge none on 3 questions (512 x 512, 640 x 480, 480 x 640) in one batch
   checks    what breaks first at real size, asserted on checkpoint-3 loaded by our loader: each image's
@@ -21,8 +25,8 @@ run, each in its own process, so that its seconds and peak resident memory are i
             without gradient (its output never requires grad) and reaches every LoRA factor
   peft      peft.PeftModel.from_pretrained(base, checkpoint-3) gives our logits, and not the base model's
 
-The run uses the CPU default, fp32: on 2 cores one 2B step measured 160 s in fp32 and 228 s in bf16
-(bf16 matmuls are not faster on that CPU), at 14.6 GB and 5.7 GB peak (docs/BENCHMARKS.md). The
+The run uses the CPU default, fp32: on 2 cores one Qwen2-VL-2B step measured 160 s in fp32 and 228 s
+in bf16 (bf16 matmuls are not faster on that CPU), at 14.6 GB and 5.7 GB peak (docs/BENCHMARKS.md). The
 schedule is constant without warm-up, so that every step updates the adapter (at the default LoRA
 learning rate) and the PEFT comparison can tell the adapter from the base model. Writes
 WORK/real_size.json and ends with a table of seconds and peak resident memory per phase.
@@ -42,14 +46,20 @@ import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+# the --model names (benchmarks/qwen2_vl_2b.py: RANDOM_MODELS; src/models/tiny.py: TINY_MODELS), listed here
+# so that this parent process, which only starts and times the phases, does not import torch
+RANDOM_MODELS = ("qwen2-vl-2b-random", "qwen2.5-vl-3b-random", "qwen3-vl-2b-random")
+TINY_MODELS = ("tiny", "tiny-qwen2-vl", "tiny-qwen2.5-vl", "tiny-qwen3-vl")
 PHASES = ("build", "train", "resume", "evaluate", "checks", "peft")
 IN_PROCESS = ("checks", "peft")  # run by this module in a child process
 GIB = 2**30
 TRAIN_IMAGES = ((512, 512), (640, 480))               # (width, height)
 TEST_IMAGES = ((512, 512), (640, 480), (480, 640))
-# Qwen2-VL's processor: 512 x 512 -> 504 x 504 = 36 x 36 patches -> 324 tokens; 640 x 480 -> 644 x 476 =
-# 46 x 34 patches -> 391 tokens (sides rounded to multiples of 28, t*h*w / 2**2)
-REAL_IMAGE_TOKENS = {(512, 512): 324, (640, 480): 391, (480, 640): 391}
+# Qwen2-VL's and Qwen2.5-VL's processor: 512 x 512 -> 504 x 504 = 36 x 36 patches -> 324 tokens;
+# 640 x 480 -> 644 x 476 = 46 x 34 patches -> 391 tokens (sides rounded to multiples of 28, t*h*w / 2**2).
+# Qwen3-VL's (16 px patches, multiples of 32): 512 x 512 = 32 x 32 patches -> 256; 640 x 480 = 40 x 30 -> 300.
+REAL_IMAGE_TOKENS = {28: {(512, 512): 324, (640, 480): 391, (480, 640): 391},
+                     32: {(512, 512): 256, (640, 480): 300, (480, 640): 300}}
 COMPLETION_TOKENS = 16
 SLICE = 8  # completion positions whose full-vocabulary logits are compared
 
@@ -81,9 +91,10 @@ def write_dataset(root: Path) -> None:
 class Work:
     """Where each phase reads and writes, under --work-dir, and the dtype every phase runs in."""
 
-    def __init__(self, directory: Path, scale: str, dtype: str = "auto"):
-        self.dir, self.scale, self.dtype = directory, scale, dtype
-        self.model = str(directory / "model-qwen2-vl-2b-random") if scale == "2b" else "tiny"
+    def __init__(self, directory: Path, name: str, dtype: str = "auto"):
+        self.dir, self.name, self.dtype = directory, name, dtype
+        self.real_size = name in RANDOM_MODELS       # else a tiny model, which builds itself
+        self.model = str(directory / f"model-{name}") if self.real_size else name
         self.data, self.run, self.eval = directory / "data", directory / "run", directory / "eval"
         self.result = directory / "real_size.json"
         self.peft_input = directory / "peft_input.pt"
@@ -103,7 +114,7 @@ def train_command(work: Work, steps: int, resume: bool) -> list[str]:
 
 def phase_command(phase: str, work: Work) -> list[str]:
     if phase == "build":
-        return [sys.executable, "-m", "benchmarks.qwen2_vl_2b", "--save", work.model]
+        return [sys.executable, "-m", "benchmarks.qwen2_vl_2b", "--model", work.name, "--save", work.model]
     if phase == "train":
         return train_command(work, steps=2, resume=False)
     if phase == "resume":
@@ -113,7 +124,7 @@ def phase_command(phase: str, work: Work) -> list[str]:
                 "--data-root", f"silvar-med={work.data}", "--prompt", "reasoning", "--judge", "none",
                 "--max-new-tokens", str(COMPLETION_TOKENS), "--batch-size", str(len(TEST_IMAGES)), "--device", "cpu",
                 "--dtype", work.dtype, "--output-dir", str(work.eval)]
-    return [sys.executable, "-m", "benchmarks.real_size", "--scale", work.scale, "--work-dir", str(work.dir),
+    return [sys.executable, "-m", "benchmarks.real_size", "--model", work.name, "--work-dir", str(work.dir),
             "--dtype", work.dtype, "--in-process", phase]
 
 
@@ -203,8 +214,9 @@ def checks(work: Work) -> dict:
     counts = [int((row == pad).sum()) for row in batch.input_ids]
     grids = [int(grid.prod()) // merge**2 for grid in batch.image_grid_thw]
     assert counts == grids, f"image tokens {counts}, grids say {grids}"
-    if work.scale == "2b":
-        assert counts == [REAL_IMAGE_TOKENS[size] for size in TRAIN_IMAGES], counts
+    if work.real_size:
+        pixels_per_token = policy.image_processor.patch_size * merge
+        assert counts == [REAL_IMAGE_TOKENS[pixels_per_token][size] for size in TRAIN_IMAGES], counts
     result["image_tokens"] = counts
 
     # one row (the non-square image) with 16 completion tokens, forward with gradient, no dropout
@@ -248,16 +260,17 @@ def checks(work: Work) -> dict:
 
 
 def peft_parity(work: Work) -> dict:
-    """checkpoint-3 through peft.PeftModel.from_pretrained on the same base: our logits, not the base's."""
+    """checkpoint-3 through peft.PeftModel.from_pretrained on the same base, loaded by the family's
+    transformers class: our logits, not the base's."""
     import torch
     from peft import PeftModel
-    from transformers import Qwen2VLForConditionalGeneration
 
+    from src.models.families import checkpoint_family
     from src.models.loading import base_model_name, resolve_dtype, resolve_model_path
 
     saved = torch.load(work.peft_input, weights_only=False)
-    base = Qwen2VLForConditionalGeneration.from_pretrained(
-        resolve_model_path(base_model_name(str(work.checkpoint))), dtype=resolve_dtype(work.dtype, "cpu"))
+    base_path = resolve_model_path(base_model_name(str(work.checkpoint)))
+    base = checkpoint_family(base_path).model_cls().from_pretrained(base_path, dtype=resolve_dtype(work.dtype, "cpu"))
     model = PeftModel.from_pretrained(base, str(work.checkpoint)).eval()
     start, end = saved["positions"]
     with torch.no_grad():
@@ -303,9 +316,9 @@ def print_table(result: dict) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", choices=("2b", "tiny"), default="2b",
-                        help="2b: Qwen2-VL-2B-Instruct's architecture at random weights; tiny: the embedded test model")
-    parser.add_argument("--work-dir", type=Path, default=None, help="default: runs/real-size-SCALE")
+    parser.add_argument("--model", choices=[*RANDOM_MODELS, *TINY_MODELS], default=RANDOM_MODELS[0],
+                        help="a released architecture at random weights (benchmarks/qwen2_vl_2b.py), or a tiny model")
+    parser.add_argument("--work-dir", type=Path, default=None, help="default: runs/real-size-MODEL")
     parser.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto",
                         help="every phase's dtype (auto: float32 on this CPU run); LoRA factors are float32")
     parser.add_argument("--phases", default=",".join(PHASES),
@@ -313,7 +326,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "what the earlier ones left in --work-dir")
     parser.add_argument("--in-process", choices=IN_PROCESS, help=argparse.SUPPRESS)  # a phase's own process
     args = parser.parse_args(argv)
-    args.work_dir = args.work_dir or REPO / "runs" / f"real-size-{args.scale}"
+    args.work_dir = args.work_dir or REPO / "runs" / f"real-size-{args.model}"
     args.phases = [p.strip() for p in args.phases.split(",") if p.strip()]
     if unknown := set(args.phases) - set(PHASES):
         parser.error(f"unknown phases {sorted(unknown)}")
@@ -322,7 +335,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    work = Work(args.work_dir.resolve(), args.scale, args.dtype)
+    work = Work(args.work_dir.resolve(), args.model, args.dtype)
     if args.in_process:
         figures = checks(work) if args.in_process == "checks" else peft_parity(work)
         (work.dir / f"{args.in_process}.json").write_text(json.dumps(figures, indent=2) + "\n")
@@ -331,7 +344,7 @@ def main(argv=None) -> dict:
     work.dir.mkdir(parents=True, exist_ok=True)
     (work.dir / "logs").mkdir(exist_ok=True)
     result = json.loads(work.result.read_text()) if work.result.is_file() else {"phases": {}}
-    result["scale"], result["dtype"] = args.scale, args.dtype
+    result["model"], result["dtype"] = args.model, args.dtype
     if "train" in args.phases:  # a fresh run: nothing of an earlier one may be resumed or counted
         for path in (work.data, work.run, work.eval):
             shutil.rmtree(path, ignore_errors=True)
@@ -340,8 +353,8 @@ def main(argv=None) -> dict:
         write_dataset(work.data)
     failed = []
     for phase in (p for p in PHASES if p in args.phases):
-        if phase == "build" and args.scale == "tiny":
-            continue  # the tiny model builds itself (src/models/tiny.py)
+        if phase == "build" and not work.real_size:
+            continue  # a tiny model builds itself (src/models/tiny.py)
         if phase == "build" and (Path(work.model) / "config.json").is_file():
             result["phases"][phase] = {"status": "cached", "seconds": 0.0, "peak_rss_bytes": 0}
             continue

@@ -5,7 +5,8 @@ that a mistake shows: untied output embeddings with logits of a few units, every
 moved off 1 / 0, and the family's own features on (Qwen2.5-VL window attention beside a full-attention
 block; Qwen3-VL q/k norm, interleaved M-RoPE sections, DeepStack into two of three language layers).
 The batch is three prompts with images of three sizes (so three prompt lengths: left padding), G = 2,
-and a +4 logit on <|im_end|> so that rows end at different steps. Every check is fp32 on the CPU.
+and where decoding is compared, a rule on the logits (`end_sometimes`) that makes rows end at different
+steps. Every check is fp32 on the CPU.
 """
 from __future__ import annotations
 
@@ -22,23 +23,36 @@ from src.data.sample import Sample
 from src.grpo.step import completion_logprobs
 from src.models.encoded_prompts import encode_prompts
 from src.models.engine import token_ids
-from src.models.families import FAMILIES, QWEN3_VL, UnsupportedModel, family_of
+from src.models.families import QWEN3_VL, UnsupportedModel, family_of
 from src.models.generation import prompt_batch, sample_groups
 from src.models.inputs import repeat_rows
 from src.models.loading import load_base, load_policy
-from src.models.lora import LoRAConfig, inject_lora, load_adapter, lora_layers, mark_only_lora_as_trainable, save_adapter
+from src.models.lora import (
+    LoRAConfig, disabled_adapters, inject_lora, load_adapter, lora_layers, mark_only_lora_as_trainable, save_adapter,
+)
 from src.models.mrope import prompt_positions, rotary_of
 from src.models.tiny import TINY_MODELS, ensure_tiny
 from tests.conftest import random_image
 
-NAMES = [name for name in TINY_MODELS if name != "tiny"]   # tiny-qwen2-vl, tiny-qwen2.5-vl, tiny-qwen3-vl
+# tiny-qwen2-vl, tiny-qwen2.5-vl, tiny-qwen3-vl. Qwen2-VL's engine, shared-prefix forward, LoRA and PEFT
+# files have their own tests on `tiny` (tests/test_engine.py, test_shared_prefix.py, test_lora.py,
+# test_trainer.py), so make test runs these on the two other families and `make test-benchmarks` on all three.
+NAMES = [pytest.param(name, marks=pytest.mark.benchmark) if TINY_MODELS[name].family.model_type == "qwen2_vl" else name
+         for name in TINY_MODELS if name != "tiny"]
 PROMPTS = ("explanation", "short", "open-ended")
-SIZES = ((112, 112), (56, 168), (84, 112))                 # (height, width): 16, 12 and 12 image tokens at 28 px
+SIZES = ((112, 112), (56, 168), (84, 112))   # (height, width): 16, 12, 12 image tokens at 28 px; 16, 10, 12 at 32
+
+
+class TinyPaths:
+    """name -> the tiny model's directory, built on first use (once per session: ensure_tiny caches it)."""
+
+    def __getitem__(self, name: str):
+        return ensure_tiny(name=name)
 
 
 @pytest.fixture(scope="session")
 def family_paths(_isolated_cache):
-    return {name: ensure_tiny(name=name) for name in NAMES}
+    return TinyPaths()
 
 
 @pytest.fixture(params=NAMES)
@@ -151,6 +165,44 @@ def test_greedy_engine_completions_are_generates_token_for_token(policy):
     assert torch.equal(ours.mask, reference.mask) and ours.texts == reference.texts
 
 
+def test_the_cuda_graph_paths_state_handling_gives_the_eager_tokens(policy, monkeypatch):
+    """The captured decode step's path on the CPU (as tests/test_engine.py runs it for Qwen2-VL): a warm-up
+    step on unset state, then attention over the whole static cache, masked."""
+    from src.models import engine
+
+    class Replay:
+        def __init__(self, step):
+            step()
+            self.step = step
+
+        def __call__(self):
+            self.step()
+
+    end_sometimes(policy)
+    encoded = encode_prompts(policy.model, three_prompts(policy))
+    eager = engine.generate(policy.model, policy.tokenizer, encoded, group_size=2, max_new_tokens=12, temperature=0)
+    monkeypatch.setattr(engine, "captures", lambda device: True)
+    monkeypatch.setattr(engine, "CapturedStep", Replay)
+    captured = engine.generate(policy.model, policy.tokenizer, encoded, group_size=2, max_new_tokens=12,
+                               temperature=0)
+    assert captured.decoding == "cuda graph" and torch.equal(captured.ids, eager.ids)
+    torch.testing.assert_close(captured.logprobs, eager.logprobs, rtol=0, atol=1e-5)
+
+
+def test_prompt_lengths_are_counted_as_the_batch_holds_them(policy):
+    """Before any weights load, src/models/prompt_length.py counts a prompt's tokens with the family's
+    tokenizer and image processor (16 px patches for Qwen3-VL): the counts of the built batch."""
+    from src.models.prompt_length import PromptLimit
+
+    limit = PromptLimit.from_model(policy.name)
+    batch = three_prompts(policy)
+    texts = limit.prompt_tokens(["Is there a lesion" + " on the left side" * i + "?" for i in range(3)],
+                                TRAINING_PROMPTS["explanation"])
+    images = [limit.image_tokens(width, height) for height, width in SIZES]
+    assert images == (batch.input_ids == policy.model.config.image_token_id).sum(1).tolist()
+    assert texts[0] + images[0] == batch.attention_mask[0].sum()        # row 0 has the explanation prompt
+
+
 def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
     return ((ours - reference).abs().max() / reference.abs().max()).item()
 
@@ -210,7 +262,8 @@ def test_a_saved_adapter_loads_in_peft_and_merges_into_the_familys_class(policy,
     batch = three_prompts(policy)
     with torch.no_grad():
         ours = policy.model(**batch.model_kwargs).logits
-        base = load_base(path).model.eval()(**batch.model_kwargs).logits
+        with disabled_adapters(policy.model):
+            base = policy.model(**batch.model_kwargs).logits
     assert (ours - base).abs().max() > 1e-2                             # the adapter changes the logits
     save_adapter(policy.model, tmp_path / "adapter", config, base_model=path)
     peft_model = PeftModel.from_pretrained(family.model_cls().from_pretrained(path), tmp_path / "adapter").eval()
@@ -228,6 +281,7 @@ def test_an_unsupported_model_type_is_refused_before_any_weights_load(family_pat
     import train
     from transformers import PreTrainedModel
 
+    from benchmarks.real_size import write_dataset
     from src.cli.errors import run_main
     from src.models.prompt_length import PromptLimit
 
@@ -243,9 +297,11 @@ def test_an_unsupported_model_type_is_refused_before_any_weights_load(family_pat
         with pytest.raises(UnsupportedModel) as refused:
             attempt()
         assert str(refused.value) == f"{folder} (config.json): {refusal}"
+    write_dataset(tmp_path / "data")  # a small reasoning set: the model is checked after the dataset
     with pytest.raises(SystemExit) as stop:
-        run_main(lambda: train.main(["--method", "rarl", "--model", str(folder), "--dataset", "synthetic",
-                                     "--output-dir", str(tmp_path / "run"), "--device", "cpu"]))
+        run_main(lambda: train.main(["--method", "rarl", "--model", str(folder), "--dataset", "silvar-med",
+                                     "--data-root", str(tmp_path / "data"), "--output-dir", str(tmp_path / "run"),
+                                     "--device", "cpu"]))
     assert stop.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == f"error: --model {folder}: {refusal}"
 
@@ -286,20 +342,19 @@ def test_the_checkpoints_sampling_settings_reach_neither_sampler(family_paths, t
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_train_py_runs_resumes_and_samples_what_it_trains_on(name, family_paths, tmp_path):
-    """train.py --method rarl, fp32 on the CPU: 2 steps, then --resume for a third. Each step's sampler
-    log-probs are the update's forward (rollout_logp_diff, a token mean of |difference|) within 1e-4."""
+def test_a_train_py_run_samples_what_it_trains_on(name, tmp_path):
+    """train.py --method rarl for 2 steps, fp32 on the CPU: each step's sampler log-probs are the update's
+    forward (rollout_logp_diff, a token mean of |difference|) within 1e-4. (--resume and evaluate.py on
+    each family: `benchmarks.real_size --model tiny-qwen3-vl`, a benchmark test.)"""
     import train
     from src.grpo.run_log import read_metrics
 
     out = tmp_path / "run"
-    argv = ["--method", "rarl", "--model", name, "--dataset", "synthetic", "--samples", "8", "--prompts-per-step", "2",
-            "--group-size", "2", "--mini-batch-size", "2", "--max-completion-length", "12", "--save-steps", "2",
-            "--no-gradient-checkpointing", "--device", "cpu", "--dtype", "float32", "--output-dir", str(out)]
-    train.main(argv + ["--max-steps", "2"])
-    train.main(argv + ["--max-steps", "3", "--resume"])
+    train.main(["--method", "rarl", "--model", name, "--dataset", "synthetic", "--samples", "8",
+                "--prompts-per-step", "2", "--group-size", "2", "--mini-batch-size", "2", "--max-completion-length", "12",
+                "--max-steps", "2", "--save-steps", "2", "--no-gradient-checkpointing", "--device", "cpu",
+                "--dtype", "float32", "--output-dir", str(out)])
     metrics = read_metrics(out / "metrics.jsonl")
-    assert [m["step"] for m in metrics] == [1, 2, 3]
+    assert [m["step"] for m in metrics] == [1, 2]
     assert all(0 < m["rollout_logp_diff"] < 1e-4 for m in metrics), [m["rollout_logp_diff"] for m in metrics]
-    adapter = json.loads((out / "checkpoint-3" / "adapter_config.json").read_text())
-    assert adapter["base_model_name_or_path"] == name
+    assert json.loads((out / "checkpoint-2" / "adapter_config.json").read_text())["base_model_name_or_path"] == name

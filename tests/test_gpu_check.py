@@ -152,3 +152,17 @@ def test_gpu_check_runs_every_phase_at_toy_size_on_cpu(tmp_path):
     assert done.stdout.rstrip().splitlines()[-1].startswith("total")
     log = (out / "gpu_check.log").read_text()
     assert "=== correctness" in log and "--- " in log and "train.py" in log  # the children's output too
+
+
+@pytest.mark.benchmark
+@pytest.mark.parametrize("name", list(gpu_check.FAMILY_CHECKS))
+def test_the_family_phase_at_toy_size(tmp_path, name):
+    """The phase each other family gets on a GPU (its real-size architecture in bf16), on its tiny model
+    (a benchmark test, as the toy-size run of the whole check is)."""
+    figures: dict = {}
+    gpu_check.family(context(tmp_path), figures, name)
+    assert figures["model"] == gpu_check.FAMILY_CHECKS[name][1] and figures["rows"] == 4
+    assert 0 <= figures["rollout_logp_diff"] < 0.05              # bf16: a few roundings of a log-prob
+    assert figures["shared_vs_unshared_max_abs_logp_diff"] < 0.1
+    assert figures["engine_vs_hf"]["tokens"] > 0 and figures["decode_ms_per_token"] > 0
+    assert figures["summary"].startswith(f"{figures['model']} bf16:")

@@ -1,7 +1,7 @@
 """Real size without real weights: Qwen2-VL-2B's image processing, the loader's fallbacks, the real-size command.
 
 benchmarks/real_size.py at 2B takes ~15 minutes on 2 cores (docs/BENCHMARKS.md has its figures); the
-suite runs the same phases on the tiny model.
+benchmark tests run the same phases on tiny models of each family.
 """
 from __future__ import annotations
 
@@ -83,9 +83,10 @@ def test_image_processor_without_an_auto_class_falls_back_to_pil(tiny_path, monk
 
 
 @pytest.mark.benchmark
-def test_real_size_command_runs_every_phase_on_the_tiny_model(tmp_path):
+@pytest.mark.parametrize("model, layers", [("tiny", 2), ("tiny-qwen2.5-vl", 2), ("tiny-qwen3-vl", 3)])
+def test_real_size_command_runs_every_phase_on_a_tiny_model(tmp_path, model, layers):
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "benchmarks.real_size", "--scale", "tiny", "--work-dir", str(tmp_path)],
+    done = subprocess.run([sys.executable, "-m", "benchmarks.real_size", "--model", model, "--work-dir", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     wall = time.perf_counter() - start
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -98,11 +99,20 @@ def test_real_size_command_runs_every_phase_on_the_tiny_model(tmp_path):
     assert all(p["peak_rss_bytes"] > 2**27 for p in phases.values())
     assert [len(phases[name]["figures"]["steps"]) for name in ("train", "resume")] == [2, 1]
     checks = phases["checks"]["figures"]
-    assert checks["lora_modules"] == 2 * 4  # tiny: 2 layers x q, k, v, o
-    # the tiny processor (max 112 x 112 pixels) resizes 512 x 512 to 112 x 112 (8 x 8 patches) and
-    # 640 x 480 to 112 x 84 (8 x 6): 16 and 12 image tokens
+    assert checks["lora_modules"] == layers * 4  # layers x q, k, v, o
+    # the tiny processors (max 112 x 112 pixels at 14 px patches, 128 x 128 at 16 px) resize 512 x 512 to
+    # 8 x 8 patches and 640 x 480 to 8 x 6: 16 and 12 image tokens
     assert checks["image_tokens"] == [16, 12]
     assert checks["chunked_vs_plain_max_abs_diff"] <= 1e-4
     peft = phases["peft"]["figures"]
     assert peft["peft_vs_ours_max_abs_diff"] <= 1e-4 < peft["adapter_effect_max_abs"]
     assert "peak RSS GiB" in done.stdout
+
+
+def test_the_model_names_are_the_benchmarks_and_tiny_models():
+    """real_size lists the names without importing torch; they are the ones the builders know."""
+    from benchmarks import qwen2_vl_2b, real_size
+    from src.models import tiny
+
+    assert real_size.RANDOM_MODELS == tuple(qwen2_vl_2b.RANDOM_MODELS)
+    assert real_size.TINY_MODELS == tuple(tiny.TINY_MODELS)

@@ -19,8 +19,7 @@ the tokenizer's. The run's own flags decide how tokens are drawn: --temperature 
   ratios of pi_theta's probabilities, and the trainer's log-probs (its forward pass at the rollout
   temperature) must be the ones the tokens were drawn with (metrics.jsonl: rollout_logp_diff). A
   top-k / top-p truncation or a repetition penalty draws from another distribution: off-policy samples
-  the loss would treat as on-policy. TRL's and verl's GRPO trainers likewise sample with their own
-  settings (top_p 1, no top-k, no repetition penalty by default), not the checkpoint's.
+  the loss would treat as on-policy.
 - Evaluation compares models: the base model, its fine-tunes, other families. One decoding rule
   (greedy unless --temperature says otherwise) for all of them keeps a difference in scores a
   difference in the models, not in the settings each checkpoint happens to ship (Qwen3-VL's would make
@@ -54,8 +53,9 @@ class DrawnDistribution:
     log-probability of each token generate then draws.
 
     It bans the vision tokens (and whatever a min_new_tokens processor banned before it) and divides
-    by the temperature itself; generate runs with temperature 1, no top-k / top-p and no
-    suppress_tokens, so its other processors change nothing and their order does not matter. Each
+    by the temperature itself; generate runs with temperature 1, no top-k / top-p, no suppress_tokens
+    and none of the checkpoint's sampling settings (checkpoint_sampling_ignored), so its other
+    processors change nothing and their order does not matter. Each
     call sees the token drawn after the previous call (the last of input_ids): its log-probability
     is read from the previous call's distribution. `logprobs(sequences)` adds the last token's.
     Greedy (temperature 0) keeps the unscaled distribution's log-probabilities, as the engine does.

@@ -59,16 +59,16 @@ def prompt_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor, imag
 
 
 def frequency_axes(section: list[int], layout: str, device: torch.device | None = None) -> torch.Tensor:
-    """[D/2] long: the position axis (0 t, 1 h, 2 w) that turns each rotary frequency (module docstring)."""
+    """[D/2] long: the position axis (0 t, 1 h, 2 w) that turns each rotary frequency (module docstring).
+    Device operations only, no host synchronisation: the decode step that calls it is captured as a CUDA graph."""
     if layout == "chunked":
         return torch.cat([torch.full((size,), axis % 3, dtype=torch.long, device=device)
                           for axis, size in enumerate(section)])
     if layout == "interleaved":
         index = torch.arange(sum(section), device=device)
         axes = index % 3
-        axes[(axes == 1) & (index >= 3 * section[1])] = 0
-        axes[(axes == 2) & (index >= 3 * section[2])] = 0
-        return axes
+        beyond = ((axes == 1) & (index >= 3 * section[1])) | ((axes == 2) & (index >= 3 * section[2]))
+        return torch.where(beyond, 0, axes)
     raise ValueError(f"unknown M-RoPE layout {layout!r}")
 
 
