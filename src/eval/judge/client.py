@@ -66,6 +66,8 @@ from urllib.parse import quote, quote_plus, urlparse, urlsplit
 
 import httpx
 
+from src.eval.judge.prompt import VERDICT_SCHEMA
+
 log = logging.getLogger(__name__)
 
 
@@ -309,6 +311,13 @@ MAX_REPLY_BYTES = 2**20  # a verdict is a few hundred bytes; a reasoning judge's
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 GEMINI_BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
 JSON_MODE_INSTRUCTION = "Reply with the JSON object only."  # OpenAI's JSON mode requires the word JSON in the prompt
+# VERDICT_SCHEMA in Gemini's OpenAPI subset: upper-case types, no integer enums, the order given explicitly.
+GEMINI_VERDICT_SCHEMA = {
+    "type": "OBJECT",
+    "properties": {key: {"type": value["type"].upper()} for key, value in VERDICT_SCHEMA["properties"].items()},
+    "required": VERDICT_SCHEMA["required"],
+    "propertyOrdering": list(VERDICT_SCHEMA["properties"]),
+}
 KEY_NAMES = {"openai": ("OPENAI_API_KEY",), "gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY")}
 
 
@@ -354,8 +363,9 @@ class OpenAIChat:
 
     Temperature 0, except for OpenAI's reasoning models, which accept only their default and get
     none. A token limit goes in max_completion_tokens for OpenAI itself and for reasoning models,
-    and in max_tokens, which every compatible server reads, elsewhere. JSON mode sends
-    response_format {"type": "json_object"}.
+    and in max_tokens, which every compatible server reads, elsewhere. JSON mode asks for structured
+    output: response_format {"type": "json_schema"} with the verdict's schema, strict (vLLM and Ollama
+    read the same field).
     """
 
     model: str
@@ -375,7 +385,8 @@ class OpenAIChat:
             official = self.base_url.rstrip("/") == OPENAI_BASE_URL
             body["max_completion_tokens" if reasoning or official else "max_tokens"] = self.max_tokens
         if self.json_mode:
-            body["response_format"] = {"type": "json_object"}
+            body["response_format"] = {"type": "json_schema",
+                                       "json_schema": {"name": "verdict", "strict": True, "schema": VERDICT_SCHEMA}}
         return f"{self.base_url.rstrip('/')}/chat/completions", headers, body
 
     def reply(self, body: dict) -> JudgeReply:
@@ -401,7 +412,8 @@ class GeminiGenerate:
     """POST {base_url}/models/{model}:generateContent with the key in the x-goog-api-key header.
 
     generationConfig: temperature 0; maxOutputTokens for a token limit (thinking counts against it);
-    responseMimeType application/json in JSON mode.
+    in JSON mode, structured output: responseMimeType application/json and the verdict's schema as a
+    responseSchema (Gemini's OpenAPI subset, its fields in the schema's order).
     """
 
     model: str
@@ -417,7 +429,7 @@ class GeminiGenerate:
         if self.max_tokens is not None:
             config["maxOutputTokens"] = self.max_tokens
         if self.json_mode:
-            config["responseMimeType"] = "application/json"
+            config.update(responseMimeType="application/json", responseSchema=GEMINI_VERDICT_SCHEMA)
         body = {"contents": [{"role": "user", "parts": [{"text": prompt}]}], "generationConfig": config}
         return f"{self.base_url.rstrip('/')}/models/{self.model}:generateContent", headers, body
 
