@@ -386,6 +386,54 @@ def test_each_judge_request_has_one_deadline_and_a_reply_size_cap(tmp_path, monk
     assert not (tmp_path / "c.jsonl").exists()         # nothing cached: the cache stays bounded
 
 
+def test_a_gzip_bomb_is_stopped_while_it_inflates(tmp_path, monkeypatch):
+    """8 KB of gzip that inflate to 8 MiB: whoever inflates it (this client, or httpx on its behalf),
+    no decompressor produces more than the 1 MiB cap and one byte. A gzip reply within the cap is read,
+    and an encoding that was not asked for is refused by name."""
+    import zlib
+
+    from src.eval.judge.client import MAX_REPLY_BYTES
+
+    inflaters, real = [], zlib.decompressobj
+
+    class Counting:
+        """zlib.decompressobj, counting the bytes it hands out."""
+
+        def __init__(self, *args, **kwargs):
+            self.inner, self.produced = real(*args, **kwargs), 0
+            inflaters.append(self)
+
+        def decompress(self, data, max_length=0):
+            piece = self.inner.decompress(data, max_length)
+            self.produced += len(piece)
+            return piece
+
+        def flush(self, *args):
+            piece = self.inner.flush(*args)
+            self.produced += len(piece)
+            return piece
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    monkeypatch.setattr(zlib, "decompressobj", Counting)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    with JudgeServer(KEY) as server:
+        backend = make_backend("gpt-4o-mini", base_url=f"{server.url}/v1")
+        run = judge_records([record("[bomb] q"), record("[gzip] q"), record("[brotli] q")], backend,
+                            JudgeCache(tmp_path / "c.jsonl"), RetryPolicy(max_attempts=2, base_delay=0.01), 1, 1)
+        counts = _counts_by_question(server)
+    bomb, gzipped, brotli = run.verdicts
+    assert bomb.status == "failed" and bomb.error == (
+        "gpt-4o-mini: the reply (HTTP 200) is larger than 1024 KiB once decompressed (content-encoding gzip); "
+        "stopped reading it")
+    assert (gzipped.status, gzipped.prediction_score) == ("ok", 1)
+    assert brotli.status == "failed" and "content-encoding 'br', which was not asked for" in brotli.error
+    assert counts == {"[bomb] q": 1, "[gzip] q": 1, "[brotli] q": 1}   # not retried: the same reply would come
+    assert len(inflaters) == 2                                         # the bomb's and the gzip reply's
+    assert max(inflater.produced for inflater in inflaters) <= MAX_REPLY_BYTES + 1
+
+
 @pytest.mark.parametrize("url, allow, refused", [
     ("http://judge.example:8000/v1", False, "OPENAI_API_KEY would cross the network in clear to judge.example over "
                                             "plain http: use an https URL, or pass --judge-allow-plain-http"),

@@ -13,8 +13,10 @@ usage has no token counts (None), which makes the cost unknown.
 `ask` retries what is worth retrying (HTTP 408, 429, 5xx, timeouts, connection errors) with
 exponential backoff and jitter, honouring Retry-After and Gemini's RetryInfo.retryDelay. Each attempt
 has one deadline for all of it (connecting, sending, waiting and reading: a server that trickles a
-byte a second cannot hold a request open), and a reply is read to at most MAX_REPLY_BYTES, so the
-judge cache, which stores each reply, stays bounded. An answer every request would get raises
+byte a second cannot hold a request open), and a reply is read to at most MAX_REPLY_BYTES after
+decompression, counted while it inflates (`CappedInflater`: a 50 KB gzip body that expands to 50 MB
+stops at the cap, having produced no more than the cap and one byte), so the judge cache, which stores
+each reply, and the memory that reads it stay bounded. An answer every request would get raises
 JudgeFatalError; any other failure, or one still failing after the last attempt, JudgeRequestError.
 
 Model facts. The paper's judges (gpt-4o-mini, gemini-1.5-flash) stay accepted by name; when a
@@ -60,6 +62,7 @@ import random
 import re
 import time
 import unicodedata
+import zlib
 from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import quote, quote_plus, urlparse, urlsplit
@@ -513,7 +516,7 @@ async def ask(http: httpx.AsyncClient, backend: Backend, prompt: str, retry: Ret
         wait = retry.backoff(attempt)
         try:
             status, response_headers, text = await _post(http, url, headers, body, retry.timeout)
-        except ReplyTooLarge as exc:  # the same prompt would get the same reply: not retried
+        except UnreadableReply as exc:  # the same prompt would get the same reply: not retried
             raise JudgeRequestError(scrub(f"{backend.model}: {exc}", *secrets)) from None
         except asyncio.TimeoutError:
             problem = f"no complete reply within {retry.timeout:g} s (--judge-timeout)"
@@ -540,22 +543,71 @@ async def ask(http: httpx.AsyncClient, backend: Backend, prompt: str, retry: Ret
         f"{backend.model}: gave up after {retry.max_attempts} attempts; last error {problem}", *secrets))
 
 
-class ReplyTooLarge(Exception):
-    """A reply body beyond MAX_REPLY_BYTES."""
+class UnreadableReply(Exception):
+    """A reply body this client does not read: larger than MAX_REPLY_BYTES once decompressed, in a
+    content-encoding it did not ask for, or with a damaged gzip stream."""
+
+
+ACCEPT_ENCODING = "gzip"  # the one compression CappedInflater reads; sent, so that no other is chosen
+
+
+class CappedInflater:
+    """A reply body decoded chunk by chunk (Content-Encoding identity or gzip) to at most `cap` bytes.
+
+    zlib inflates each network chunk only as far as `max_length` allows and keeps the rest of its
+    input as `unconsumed_tail`; asking for the room left plus one byte at a time means that a body
+    which would expand past the cap (a gzip bomb: 50 KB that inflate to 50 MB) raises UnreadableReply
+    having produced at most cap + 1 bytes in all, however large one compressed chunk expands.
+    """
+
+    def __init__(self, encoding: str, cap: int, status: int):
+        self.encoding = encoding.strip().lower()
+        if self.encoding not in ("", "identity", "gzip", "x-gzip"):
+            raise UnreadableReply(f"the reply (HTTP {status}) is in content-encoding {encoding!r}, which was not "
+                                  f"asked for (Accept-Encoding: {ACCEPT_ENCODING}); not read")
+        self.inflate = None if self.encoding in ("", "identity") else zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self.cap, self.status, self.produced = cap, status, 0
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The decoded bytes of the next chunk of the body."""
+        if self.inflate is None:
+            return self._counted(chunk)
+        out = bytearray()
+        while chunk and not self.inflate.eof:   # after the gzip member ends, the rest is ignored
+            try:
+                piece = self.inflate.decompress(chunk, self.cap - self.produced + 1)
+            except zlib.error as exc:
+                raise UnreadableReply(f"the reply (HTTP {self.status}) is not a valid gzip stream ({exc}); "
+                                      "not read") from None
+            out += self._counted(piece)
+            chunk = self.inflate.unconsumed_tail
+        return bytes(out)
+
+    def flush(self) -> bytes:
+        return b"" if self.inflate is None else self._counted(self.inflate.flush())
+
+    def _counted(self, piece: bytes) -> bytes:
+        self.produced += len(piece)
+        if self.produced > self.cap:
+            once = "" if self.inflate is None else f" once decompressed (content-encoding {self.encoding})"
+            raise UnreadableReply(f"the reply (HTTP {self.status}) is larger than {self.cap // 1024} KiB{once}; "
+                                  "stopped reading it")
+        return piece
 
 
 async def _post(http: httpx.AsyncClient, url: str, headers: dict, body: dict,
                 timeout: float) -> tuple[int, httpx.Headers, str]:
     """(status, headers, body text) of one POST, all of it within `timeout` seconds (asyncio.TimeoutError
-    past that), the body read to at most MAX_REPLY_BYTES (ReplyTooLarge past that)."""
+    past that), the body decoded to at most MAX_REPLY_BYTES (UnreadableReply past that)."""
     async def exchange() -> tuple[int, httpx.Headers, str]:
-        async with http.stream("POST", url, headers=headers, json=body, timeout=timeout) as response:
+        async with http.stream("POST", url, headers={**headers, "Accept-Encoding": ACCEPT_ENCODING}, json=body,
+                               timeout=timeout) as response:
+            decoder = CappedInflater(response.headers.get("content-encoding", ""), MAX_REPLY_BYTES,
+                                     response.status_code)
             data = bytearray()
-            async for chunk in response.aiter_bytes():  # decoded: a compressed reply is capped as it unpacks
-                data += chunk
-                if len(data) > MAX_REPLY_BYTES:
-                    raise ReplyTooLarge(f"the reply (HTTP {response.status_code}) is larger than "
-                                        f"{MAX_REPLY_BYTES // 1024} KiB; stopped reading it")
+            async for chunk in response.aiter_raw():  # as received: httpx would inflate each chunk whole
+                data += decoder.feed(chunk)
+            data += decoder.flush()
             return response.status_code, response.headers, data.decode(response.encoding or "utf-8", errors="replace")
 
     return await asyncio.wait_for(exchange(), timeout)
