@@ -454,21 +454,30 @@ def test_a_key_goes_over_plain_http_only_to_this_machine_unless_allowed(monkeypa
             make_backend("llama3", base_url=url, allow_plain_http=allow)
     monkeypatch.delenv("OPENAI_API_KEY")
     make_backend("llama3", base_url="http://judge.example:8000/v1")  # no key, nothing to protect
-    with pytest.raises(ValueError, match="the password in the URL would cross the network in clear to judge.example"):
-        make_backend("llama3", base_url="http://me:pa55w0rd-s3cret@judge.example/v1")
 
 
-def test_credentials_in_a_judge_url_never_reach_a_log_line_or_an_error(tmp_path, monkeypatch, caplog):
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    caplog.set_level(logging.INFO)
-    with JudgeServer(KEY) as server:
-        url = server.url.replace("http://", "http://me:pa55w0rd-s3cret@") + "/v1"
-        backend = make_backend("llama3", base_url=url)
-        with pytest.raises(JudgeFatalError) as error:  # the server wants a Bearer key; Basic credentials get 401
-            judge_records([record("q")], backend, JudgeCache(tmp_path / "c.jsonl"), RetryPolicy(max_attempts=1), 1, 1)
-    assert "HTTP Request: POST http://***@127.0.0.1" in caplog.text   # httpx's INFO line, scrubbed
-    assert "pa55w0rd" not in caplog.text + str(error.value) + _all_text_under(tmp_path)
-    assert "s3cret" not in caplog.text + str(error.value)
+@pytest.mark.parametrize("model, url, names", [
+    ("llama3", "http://me:pa55w0rd-s3cret@127.0.0.1:8000/v1", "OPENAI_API_KEY"),
+    ("llama3", "https://me:pa55w0rd-s3cret@judge.example/v1", "OPENAI_API_KEY"),
+    ("llama3", "https://pa55w0rd-s3cret@judge.example/v1", "OPENAI_API_KEY"),
+    ("gemini-3-flash-preview", "https://me:pa55w0rd-s3cret@judge.example/v1beta", "GEMINI_API_KEY or GOOGLE_API_KEY"),
+])
+def test_a_judge_url_with_credentials_is_refused_before_any_request(monkeypatch, model, url, names):
+    """httpx would send them as Authorization: Basic base64(user:password), which a server may echo;
+    credentials come from the environment only."""
+    import argparse
+
+    for name in ("OPENAI_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    args = argparse.Namespace(judge=model, judge_base_url=[url], judge_json=False, judge_max_tokens=None,
+                              judge_allow_plain_http=False)
+    with pytest.raises(UserError) as error:      # evaluate.py: `error: ...`, exit status 2, before any model loads
+        pipeline.judge_backends(args)
+    host = url.split("@")[1]
+    assert str(error.value) == (f"--judge {model}: judge URL {url.split('//')[0]}//***@{host} holds credentials before "
+                                "its host; credentials come from the environment only (a URL is logged and saved): "
+                                f"remove them from the URL and put the server's key in {names}, which is sent in a "
+                                "header")
 
 
 def test_a_wrong_key_stops_the_run_without_retrying_or_leaking(tmp_path, monkeypatch, caplog):
@@ -496,11 +505,20 @@ SPECIAL_KEY = "sk-test/SECRET+123=xyzABCD"  # characters that URL-encoding chang
 
 
 def leaked(text: str, key: str) -> list[str]:
-    """Every form of `key` found in `text`: whole, stripped, URL-encoded, or 8+ consecutive characters."""
+    """Every form of `key` found in `text`: whole, stripped, URL-encoded, JSON-escaped, 8+ consecutive
+    characters, or 8+ consecutive base64 characters that encode only the key's bits, whatever came
+    before it in the encoded text ("user:" for a Basic header) and in either base64 alphabet."""
+    import base64
     from urllib.parse import quote, quote_plus
 
-    forms = {key, key.strip(), quote(key.strip(), safe=""), quote_plus(key.strip())}
-    fragments = {key.strip()[i:i + 8] for i in range(len(key.strip()) - 7)}
+    key = key.strip()
+    forms = {key, quote(key, safe=""), quote_plus(key), json.dumps(key)[1:-1].replace("/", "\\/")}
+    fragments = {key[i:i + 8] for i in range(len(key) - 7)}
+    for prefix in ("", "a", "user:"):
+        encoded = base64.b64encode((prefix + key).encode()).decode()
+        inner = encoded[(len(prefix) * 8 + 5) // 6:(len(prefix) + len(key)) * 8 // 6]   # characters of the key alone
+        for alphabet in (inner, inner.replace("+", "-").replace("/", "_")):
+            fragments |= {alphabet[i:i + 8] for i in range(len(alphabet) - 7)}
     return sorted(form for form in forms | fragments if form in text)
 
 
@@ -630,12 +648,13 @@ def test_sigterm_while_judging_sends_nothing_more_keeps_the_replies_and_a_rerun_
     assert len(server.bodies) == 4 and rerun.new_replies == 3 and all(v.status == "ok" for v in rerun.verdicts)
 
 
-def test_evaluate_exits_with_the_fatal_message_and_keeps_the_cache(tmp_path, monkeypatch):
-    import evaluate
-
-    write_atomic(tmp_path / "data" / "silvar-med" / "test.jsonl", "".join(
-        json.dumps({"id": f"r{i}", "image": "a.png", "question": f"Q{i}?", "answer": "yes"}) + "\n" for i in range(3)))
-    random_image(8, 8).save(tmp_path / "data" / "silvar-med" / "a.png")  # images are decoded before any generation
+def fake_evaluation(root: Path, monkeypatch, questions: list[str]) -> Path:
+    """A silvar-med test split of `questions` (reference "yes") under `root`, and evaluate.py's model,
+    BERTScore and prompt limit replaced by fakes that answer "yes"; returns `root`."""
+    write_atomic(root / "silvar-med" / "test.jsonl", "".join(
+        json.dumps({"id": f"r{i}", "image": "a.png", "question": q, "answer": "yes"}) + "\n"
+        for i, q in enumerate(questions)))
+    random_image(8, 8).save(root / "silvar-med" / "a.png")  # images are decoded before any generation
 
     class Scorer:
         model_name = "fake"
@@ -648,10 +667,17 @@ def test_evaluate_exits_with_the_fatal_message_and_keeps_the_cache(tmp_path, mon
     real_limit = pipeline.PromptLimit.from_model
     monkeypatch.setattr(pipeline.PromptLimit, "from_model", lambda name: real_limit("tiny"))  # prompts counted as tiny's
     monkeypatch.setattr(pipeline, "check_model_source", lambda name: None)  # "fake" is no model
+    return root
+
+
+def test_evaluate_exits_with_the_fatal_message_and_keeps_the_cache(tmp_path, monkeypatch):
+    import evaluate
+
+    root = fake_evaluation(tmp_path / "data", monkeypatch, [f"Q{i}?" for i in range(3)])
     monkeypatch.setenv("GEMINI_API_KEY", KEY)
     with JudgeServer(KEY) as server:
         server.failure, server.fail_after = "gone", 1
-        argv = ["--model", "fake", "--data-root", str(tmp_path / "data"), "--output-dir", str(tmp_path / "out"),
+        argv = ["--model", "fake", "--data-root", str(root), "--output-dir", str(tmp_path / "out"),
                 "--datasets", "silvar-med:test", "--prompt", "reasoning", "--judge", "gemini-1.5-flash",
                 "--judge-base-url", f"{server.url}/v1beta", "--judge-concurrency", "1", "--judge-json"]
         with pytest.raises(UserError) as exit_:  # one line, exit status 2 (run_main)
@@ -659,6 +685,44 @@ def test_evaluate_exits_with_the_fatal_message_and_keeps_the_cache(tmp_path, mon
         assert all(body["generationConfig"]["responseMimeType"] == "application/json" for _, _, body in server.bodies)
     assert "gemini-1.5-flash: no longer served by Google" in str(exit_.value)
     assert len(read_jsonl(tmp_path / "out" / "judge_cache" / "gemini-1.5-flash.jsonl")) == 1
+
+
+@pytest.mark.parametrize("model, env", [("gpt-4o-mini", "OPENAI_API_KEY"), ("gemini-1.5-flash", "GEMINI_API_KEY")])
+def test_no_form_of_the_key_reaches_a_file_log_line_output_or_error_of_an_evaluation(tmp_path, monkeypatch, caplog,
+                                                                                      capsys, model, env):
+    """A server that echoes the credential it received (whole as in its header, URL-encoded, JSON-escaped,
+    base64, base64 of "user:key", masked, in part) in a 503, in the reply text of a verdict that is cached
+    and written to the judgments, and in a 401 that ends the run: grep everything written, logged, printed
+    and raised for every form."""
+    import traceback
+
+    import evaluate
+
+    root = fake_evaluation(tmp_path / "data", monkeypatch, ["[quote-key] Q?", "[leak] Q?", "[down] Q?", "Q?"])
+    root401 = fake_evaluation(tmp_path / "data401", monkeypatch, ["[echo401] Q?"])
+    monkeypatch.setenv(env, SPECIAL_KEY)
+    caplog.set_level(logging.DEBUG)
+    out, version = tmp_path / "out", "v1beta" if model.startswith("gemini") else "v1"
+    with JudgeServer(SPECIAL_KEY) as server:
+        common = ["--model", "fake", "--datasets", "silvar-med:test", "--prompt", "reasoning", "--judge", model,
+                  "--judge-base-url", f"{server.url}/{version}", "--judge-max-attempts", "2",
+                  "--judge-retry-delay", "0.01"]
+        summary = evaluate.main([*common, "--data-root", str(root), "--output-dir", str(out)])
+        with pytest.raises(UserError) as fatal:
+            evaluate.main([*common, "--data-root", str(root401), "--output-dir", str(tmp_path / "out401")])
+    statuses = [v["status"] for v in read_jsonl(out / "judgments" / f"{model}.jsonl")]
+    assert statuses == ["ok", "failed", "failed", "ok"]                 # the reply quoting the key was read
+    cached = {entry["prompt"].split("Question: ")[1].split("\n")[0]: entry["reply"]
+              for entry in read_jsonl(out / "judge_cache" / f"{model}.jsonl")}
+    echoed = r"header (Bearer )?\*\*\*; url \*\*\* plus \*\*\*; json \*\*\*; base64 \*\*\*"   # each form scrubbed
+    assert re.search(f"By the way, you sent {echoed}", cached["[quote-key] Q?"])
+    assert re.search(f"bad credential: {echoed}", summary["judges"][model]["without_verdict"][0]["error"])
+    assert re.search(f"Incorrect API key provided: {echoed}", str(fatal.value))
+    printed = capsys.readouterr()
+    everything = (_all_text_under(tmp_path) + caplog.text + printed.out + printed.err + str(fatal.value)
+                  + "".join(traceback.format_exception(fatal.value)))
+    assert leaked(everything, SPECIAL_KEY) == []
+    assert SPECIAL_KEY[-4:] not in everything.replace("ABCD", "")   # (the test key's tail; no masked echo leaks)
 
 
 # ---------------------------------------------------------------- refusals, blocks, token limits, usage

@@ -25,17 +25,20 @@ Scores from another judge are not comparable with the paper's, and a provider's 
 disappear: a local open-weights judge with pinned weights is the only one whose scores stay
 reproducible (docs/EVALUATION.md).
 
-Keys travel only in headers (Gemini's `x-goog-api-key`, never the `?key=` query string). A key copied
-from a CRLF `.env` file ends in "\\r"; an HTTP library refuses such a header and echoes it in its
-exception. So the key is stripped and must then be printable ASCII without spaces (what an HTTP
-header carries), else the run stops naming the variable and the character's position, never the key.
-`scrub` removes the key from any text this project writes, logs or raises, in every form a server or
-library may echo it: whole, URL-encoded, masked the way providers print it ("sk-…****abcd") or in part
-(any 8 or more consecutive characters of it); and credentials written into a URL
-(http://user:password@host) from any text, whoever the secret belongs to. `LogScrubber` does the same
-to the log lines of httpx, which prints every request's URL at INFO. `check_transport` refuses to send
-a credential (a key, or a password in the URL) in clear: over plain http only to this machine (a
-local vLLM or Ollama), elsewhere only over https, unless the user says the network is trusted.
+Keys come from the environment only and travel only in headers (OpenAI's `Authorization: Bearer`,
+Gemini's `x-goog-api-key`, never the `?key=` query string); a judge URL that holds credentials
+(http://user:password@host) is refused (`check_url`). A key copied from a CRLF `.env` file ends in
+"\\r"; an HTTP library refuses such a header and echoes it in its exception. So the key is stripped
+and must then be printable ASCII without spaces (what an HTTP header carries), else the run stops
+naming the variable and the character's position, never the key. `scrub` removes the key from any
+text this project writes, logs or raises, the judge's reply text included, in every form a server or
+library may echo it: whole (a Bearer header's value), URL-encoded, JSON-escaped, in base64 (also
+inside a longer encoded text such as a Basic header's base64("user:key")), masked the way providers
+print it ("sk-…****abcd") or in part (any 8 or more consecutive characters of it or of its base64);
+and credentials written into a URL from any text, whoever the secret belongs to. `LogScrubber` does
+the same to the log lines of httpx, which prints every request's URL at INFO. `check_url` refuses to
+send the key in clear: over plain http only to this machine (a local vLLM or Ollama), elsewhere only
+over https, unless the user says the network is trusted.
 
 Provider error bodies, as the providers send them:
   OpenAI (and vLLM, Ollama): {"error": {"message", "type", "param", "code"}}, e.g. code
@@ -53,6 +56,7 @@ the run with the provider's words, the judge, and how to fix it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import ipaddress
 import json
@@ -63,7 +67,7 @@ import re
 import time
 import unicodedata
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 from urllib.parse import quote, quote_plus, urlparse, urlsplit
 
@@ -166,13 +170,41 @@ def read_key(names: tuple[str, ...]) -> tuple[str, str] | None:
 
 
 def scrub(text: str, *secrets: str | None) -> str:
-    """`text` with every form of each secret, and any credentials written in a URL, replaced by "***"."""
+    """`text` with every form of each secret (`secret_forms`), any run of FRAGMENT or more characters of
+    the secret or of its base64 forms, a provider's masked echo of a key, and any credentials written
+    in a URL, replaced by "***"."""
     text = URL_CREDENTIALS.sub("***@", text)
     for secret in filter(None, secrets):
-        for form in sorted({secret, quote(secret, safe=""), quote(secret), quote_plus(secret)}, key=len, reverse=True):
+        for form in sorted(secret_forms(secret), key=len, reverse=True):
             text = text.replace(form, "***")
-        text = _drop_fragments(text, secret)
+        for whole in (secret, *_base64_forms(secret)):
+            text = _drop_fragments(text, whole)
     return MASKED.sub("***", text) if any(secrets) else text
+
+
+def secret_forms(secret: str) -> set[str]:
+    """The forms a secret takes in the text a server or library may echo: whole (a `Bearer` header's
+    value, Gemini's x-goog-api-key); URL-encoded three ways; escaped in a JSON string (with "/" as
+    "\\/" too, as some encoders write it); and in base64, standard and URL-safe, at each of the three
+    alignments it can have inside a longer encoded text, as in a Basic Authorization header's
+    base64("user:secret")."""
+    escaped = json.dumps(secret)[1:-1]
+    return {secret, quote(secret, safe=""), quote(secret), quote_plus(secret), escaped, escaped.replace("/", "\\/"),
+            *_base64_forms(secret)}
+
+
+def _base64_forms(secret: str) -> set[str]:
+    """The base64 characters that encode only the secret's own bits, at each byte offset mod 3 the
+    secret can start at in an encoded text; forms shorter than FRAGMENT are left out (too common)."""
+    data, forms = secret.encode(), set()
+    for offset in range(3):
+        encoded = base64.b64encode(bytes(offset) + data).decode()
+        core = encoded[-(-8 * offset // 6):8 * (offset + len(data)) // 6]  # characters 6i..6i+6 within the secret
+        forms |= {core, core.translate(_URL_SAFE)}
+    return {form for form in forms if len(form) >= FRAGMENT}
+
+
+_URL_SAFE = str.maketrans("+/", "-_")
 
 
 class LogScrubber(logging.Filter):
@@ -191,35 +223,37 @@ LOG_SCRUBBER = LogScrubber()
 logging.getLogger("httpx").addFilter(LOG_SCRUBBER)  # its INFO line per request holds the URL; httpcore logs no URL
 
 
-def check_transport(base_url: str, key_name: str | None, allow_plain_http: bool) -> None:
-    """Refuse (ValueError) to send a credential over plain http to another machine, or to a URL that is
-    neither http nor https. Loopback (localhost, 127.0.0.0/8, ::1) is this machine: plain http is fine."""
+def check_url(base_url: str, key_names: tuple[str, ...], key_name: str | None, allow_plain_http: bool) -> None:
+    """Refuse (ValueError) a judge URL that is not http(s) with a host, one that holds credentials
+    (user:password@host: they come from the environment only), and one that would carry the key in
+    clear: plain http goes only to loopback (localhost, 127.0.0.0/8, ::1: this machine)."""
     parts = urlsplit(base_url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"judge URL {scrub(base_url)} is not an http(s) URL with a host")
-    if parts.scheme == "https" or is_loopback(parts.hostname) or allow_plain_http:
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"judge URL {scrub(base_url)} holds credentials before its host; credentials come from the "
+                         f"environment only (a URL is logged and saved): remove them from the URL and put the "
+                         f"server's key in {' or '.join(key_names)}, which is sent in a header")
+    if parts.scheme == "https" or is_loopback(parts.hostname) or allow_plain_http or key_name is None:
         return
-    sent = [name for name in (key_name, "the password in the URL" if parts.password else None) if name]
-    if sent:
-        raise ValueError(f"{' and '.join(sent)} would cross the network in clear to {parts.hostname} over plain http: "
-                         f"use an https URL, or pass {ALLOW_HTTP_FLAG} if the network between is trusted")
+    raise ValueError(f"{key_name} would cross the network in clear to {parts.hostname} over plain http: use an https "
+                     f"URL, or pass {ALLOW_HTTP_FLAG} if the network between is trusted")
 
 
 def _drop_fragments(text: str, secret: str) -> str:
     """Replace every maximal run of FRAGMENT or more characters that is also a run of `secret`."""
-    starts = {secret[i:i + FRAGMENT] for i in range(len(secret) - FRAGMENT + 1)}
-    out, i = [], 0
-    while i < len(text):
-        if text[i:i + FRAGMENT] in starts:
-            end = i + FRAGMENT
-            while end < len(text) and text[i:end + 1] in secret:
-                end += 1
-            out.append("***")
-            i = end
-        else:
-            out.append(text[i])
-            i += 1
-    return "".join(out)
+    pieces = {secret[i:i + FRAGMENT] for i in range(len(secret) - FRAGMENT + 1)}
+    if not pieces:
+        return text
+    pattern = re.compile("|".join(map(re.escape, sorted(pieces))))
+    out, done = [], 0
+    while (found := pattern.search(text, done)) is not None:
+        start, end = found.start(), found.end()
+        while end < len(text) and text[start:end + 1] in secret:
+            end += 1
+        out += [text[done:start], "***"]
+        done = end
+    return "".join(out) + text[done:]
 
 
 # ---- provider errors ------------------------------------------------------------------------
@@ -463,8 +497,8 @@ def make_backend(model: str, base_url: str | None = None, json_mode: bool = Fals
 
     Keys come from the environment: OPENAI_API_KEY; GEMINI_API_KEY, else GOOGLE_API_KEY; stripped and
     checked here (see API keys above). A key is required for the providers' own URLs and optional for a
-    `base_url` (a local server needs none); a key or a password in `base_url` is sent over plain
-    http only to this machine, unless `allow_plain_http` (`check_transport`). A model its
+    `base_url` (a local server needs none); a `base_url` may not hold credentials, and the key goes
+    over plain http only to this machine, unless `allow_plain_http` (`check_url`). A model its
     provider has retired is still accepted, with a warning: the provider's answer decides.
     """
     kind = provider(model)
@@ -474,8 +508,9 @@ def make_backend(model: str, base_url: str | None = None, json_mode: bool = Fals
         raise ValueError(f"judge {model!r} needs an API key in {' or '.join(names)}")
     key_name, secret = found if found else (None, None)
     if base_url is not None:
-        check_transport(base_url, key_name, allow_plain_http)
-    LOG_SCRUBBER.secrets.update(filter(None, (secret, urlsplit(base_url or "").password)))
+        check_url(base_url, names, key_name, allow_plain_http)
+    if secret:
+        LOG_SCRUBBER.secrets.add(secret)
     if retirement(model):
         log.warning("judge %s: %s; the run stops if the provider no longer serves it", model, retirement(model))
     backend = GeminiGenerate if kind == "gemini" else OpenAIChat
@@ -508,6 +543,7 @@ async def ask(http: httpx.AsyncClient, backend: Backend, prompt: str, retry: Ret
     `stop`, once set, ends the retries before the next attempt is sent (JudgeStopped).
     """
     url, headers, body = backend.request(prompt)
+    # make_backend refuses a URL password, but a Backend built by hand may carry one
     secrets = (backend.secret, urlsplit(url).password)
     problem = ""
     for attempt in range(retry.max_attempts):
@@ -614,11 +650,14 @@ async def _post(http: httpx.AsyncClient, url: str, headers: dict, body: dict,
 
 
 def _reply(backend: Backend, text: str, secrets: tuple[str | None, ...]) -> JudgeReply:
+    """The reply in a 200 response body, its text and stop reason scrubbed of the key (a server can
+    quote it, and both are cached and written to the judgments)."""
     try:
-        return backend.reply(json.loads(text))
+        reply = backend.reply(json.loads(text))
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
         message = f"{backend.model}: unexpected response shape ({type(exc).__name__}: {exc}): {text[:300]}"
-    raise JudgeRequestError(scrub(message, *secrets))
+        raise JudgeRequestError(scrub(message, *secrets)) from None
+    return replace(reply, text=scrub(reply.text, *secrets), stop_reason=scrub(reply.stop_reason, *secrets))
 
 
 def _retry_after(value: str | None, cap: float) -> float | None:
