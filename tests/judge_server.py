@@ -64,7 +64,7 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import quote, quote_plus
 
-FAILURES = ("badkey", "forbidden", "gone", "quota", "daily", "param", "location")
+FAILURES = ("badkey", "forbidden", "gone", "quota", "daily", "param", "schema", "location")
 
 
 class JudgeServer:
@@ -226,6 +226,9 @@ def openai_failure(kind: str, model: str) -> tuple[int, dict]:
                   "insufficient_quota", None, "insufficient_quota"),
         "param": (400, "Unsupported value: 'temperature' does not support 0 with this model. Only the default (1) "
                        "value is supported.", "invalid_request_error", "temperature", "unsupported_value"),
+        "schema": (400, "Invalid parameter: 'response_format' of type 'json_schema' is not supported with this model. "
+                        "Learn more about supported models at the Structured Outputs guide: "
+                        "https://platform.openai.com/docs/guides/structured-outputs", "invalid_request_error", None, None),
     }
     status, message, type_, param, code = errors[kind]
     return status, {"error": {"message": message, "type": type_, "param": param, "code": code}}

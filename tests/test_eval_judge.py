@@ -592,6 +592,9 @@ FATAL = [
      "gpt-4o-mini does not accept the request parameter 'temperature'"),
     ("gemini-1.5-flash", "param", 'HTTP 400: Invalid JSON payload received. Unknown name "thinkingConfig"',
      "gemini-1.5-flash does not accept the request parameter 'thinkingConfig'"),
+    ("gpt-4o-mini", "schema", "HTTP 400: Invalid parameter: 'response_format' of type 'json_schema' is not supported",
+     "gpt-4o-mini does not give structured output as --judge-json asks for it (response_format json_schema): run "
+     "without --judge-json"),
     ("gemini-1.5-flash", "location", "HTTP 400: User location is not supported", "will not serve this request"),
 ]
 

@@ -50,8 +50,9 @@ Provider error bodies, as the providers send them:
       {"retryDelay": "57s"}.
 A fatal answer is one every further request would get as well: a refused key (401, Gemini's 400
 API_KEY_INVALID), no permission (403), an unknown or retired model (404), a parameter the model does
-not accept (400), an exhausted quota or a location the API does not serve. One such answer stops
-the run with the provider's words, the judge, and how to fix it.
+not accept (400; OpenAI's "Invalid parameter: 'response_format' of type 'json_schema' is not
+supported with this model" for --judge-json among them), an exhausted quota or a location the API
+does not serve. One such answer stops the run with the provider's words, the judge, and how to fix it.
 """
 from __future__ import annotations
 
@@ -314,6 +315,9 @@ def fatal_advice(error: ProviderError, model: str, key_name: str | None, base_ur
                 "and billing for the key's project, or use a key that has access.")
     if status == 404:
         return model_gone_advice(model, base_url)
+    if status == 400 and ("response_format" in str(error.param or "") or "'response_format'" in error.message):
+        return (f"{model} does not give structured output as --judge-json asks for it (response_format json_schema): "
+                "run without --judge-json, or use a judge that supports structured output (docs/EVALUATION.md).")
     if status == 400 and (error.code in ("unsupported_parameter", "unsupported_value") or
                           GEMINI_UNKNOWN_FIELD.search(error.message)):
         name = error.param or "(unnamed)"
