@@ -89,10 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge-timeout", type=number(float, gt=0), default=60.0,
                    help="seconds per judge request, all of it: connecting, waiting and reading the reply")
     p.add_argument("--judge-parse-attempts", type=number(int, min=1), default=3,
-                   help="asks per prompt while the reply is unparseable")
+                   help="asks per prompt while the reply holds no verdict of the judge's own (each with new "
+                        "random ids); one still unparseable counts as not correct")
     p.add_argument("--judge-json", action="store_true",
-                   help="ask for JSON output (response_format json_object / responseMimeType application/json); "
-                        "off by default, as in the paper")
+                   help="ask for structured output, the verdict's JSON schema (response_format json_schema / "
+                        "responseSchema); off by default, as in the paper")
     p.add_argument("--judge-max-tokens", type=number(int, min=1),
                    help="cap on each judge reply, thinking included (default: the provider's own limit)")
     p.add_argument("--export-human-sheet", action="store_true", help="write OUTPUT/human_sheet.csv for clinicians")
