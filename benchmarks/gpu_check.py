@@ -94,8 +94,10 @@ class Skip(Exception):
     """A phase that cannot run here (a package is missing): recorded as skipped, with the reason."""
 
 
-class PhaseTimeout(Exception):
-    pass
+class PhaseTimeout(BaseException):
+    """A phase ran past its limit. Not an Exception, so that no `except Exception` on the way (the engine's
+    fallback from a failed CUDA graph capture to eager decoding, among others) can take it for a failure
+    of its own and carry on past the limit."""
 
 
 @dataclass

@@ -49,6 +49,26 @@ def test_a_failing_or_slow_phase_is_recorded_and_keeps_its_partial_figures(tmp_p
     assert late["status"] == "skipped" and "left" in late["reason"]  # under a minute of the budget left
 
 
+def test_the_time_limit_ends_a_phase_even_inside_a_graph_capture(tmp_path, monkeypatch):
+    """The engine decodes eagerly after any Exception from a CUDA graph capture: a phase's time limit that
+    struck during the capture must end the phase, not become one more capture failure."""
+    from src.models import engine
+
+    class SlowCapture:  # the capture's warm-up runs the step once: here it runs past the phase's limit
+        def __init__(self, step):
+            step()
+
+    monkeypatch.setattr(engine, "CapturedStep", SlowCapture)
+
+    def decodes(_ctx, figures):
+        figures["decoding"] = engine.capture_or_eager(lambda: time.sleep(30))[1]
+
+    start = time.monotonic()
+    entry = gpu_check.run_phase(context(tmp_path), gpu_check.Phase("capture", 1, decodes), time.monotonic() + 1000)
+    assert entry["status"] == "timeout" and entry["figures"] == {}
+    assert time.monotonic() - start < 5
+
+
 def test_every_phase_is_run_and_written_after_a_failure_and_figures_reach_disk_as_measured(tmp_path, monkeypatch):
     def fails(_ctx, _figures):
         raise RuntimeError("no GPU here")
