@@ -108,7 +108,7 @@ class PhaseTimeout(BaseException):
 @dataclass
 class Phase:
     name: str
-    seconds: int            # its own time limit
+    seconds: float          # its own time limit
     run: Callable           # run(ctx, figures): fills `figures` (kept even if it then fails)
 
 
