@@ -212,7 +212,8 @@ FIGURES = (("prepare_mib", "prepare (reference + masters)"), ("step_peak_mib", "
 
 def print_table(result: dict) -> None:
     settings, sides = result["settings"], result["sides"]
-    shape = "" if settings["model"] == "tiny" else f", {settings['layers']} layers, vision depth {settings['vision_depth']}"
+    shape = "" if settings["model"] == "tiny" else \
+        f", {settings['layers']} layers, vision depth {settings['vision_depth']}"
     print(f"\n-full step memory, CPU resident set above the process's before the model ({settings['model']}{shape}, "
           f"bf16, B {settings['prompts']} x G {settings['group_size']} x L {settings['length']}):")
     print(f"{'MiB':<32}{'copies':>10}{'ours':>10}{'ours/copies':>13}{'saved':>9}")

@@ -291,9 +291,10 @@ def bf16_reduction(ctx: Context, figures: dict) -> None:
     GPU), every completion forced to its length, then the log-probs of its tokens from the training forward
     (rollout_logprobs, the old-policy pass: the update's computation without its graph), and so
     rollout_logp_diff and rollout_kl as the trainer logs them. After a warm-up the settings alternate, twice
-    each, from the same seed; speed is the faster of each setting's two runs, and the spread of a setting's two runs is the
-    noise a difference in speed must exceed. The verdict: the setting with the smaller gap, unless it is the
-    slower one by more than that noise. The flag acts on CUDA matmuls only: on a CPU both runs compute the same.
+    each, from the same seed; speed is the faster of each setting's two runs, and the spread of a setting's
+    two runs is the noise a difference in speed must exceed. The verdict: the setting with the smaller gap,
+    unless it is the slower one by more than that noise. The flag acts on CUDA matmuls only: on a CPU both
+    runs compute the same.
     """
     from benchmarks import bench_step
     from src.data.prompts import TRAINING_PROMPTS
@@ -354,9 +355,10 @@ def bf16_reduction(ctx: Context, figures: dict) -> None:
                    allowed=settings[True], not_allowed=settings[False], generate_noise=noise,
                    verdict=f"{REDUCTION_FLAG} = {choice}" if ctx.device.type == "cuda" else
                    f"none: the flag acts on CUDA matmuls only, not on {ctx.device.type}")
-    figures["summary"] = (f"bf16 reduction allowed / not: rollout_logp_diff {settings[True]['rollout_logp_diff']:.2e} / "
-                          f"{settings[False]['rollout_logp_diff']:.2e}, generate {settings[True]['generate_seconds']:.2f} / "
-                          f"{settings[False]['generate_seconds']:.2f} s (noise {noise:.0%}): {figures['verdict']}")
+    on, off = settings[True], settings[False]
+    figures["summary"] = (f"bf16 reduction allowed / not: rollout_logp_diff {on['rollout_logp_diff']:.2e} / "
+                          f"{off['rollout_logp_diff']:.2e}, generate {on['generate_seconds']:.2f} / "
+                          f"{off['generate_seconds']:.2f} s (noise {noise:.0%}): {figures['verdict']}")
     del policy
     free_memory()
 

@@ -142,7 +142,7 @@ def test_full_memory_benchmark_runs_both_sides_on_the_tiny_model(tmp_path):
     for side in ("copies", "ours"):
         figures = result["sides"][side]
         assert figures["rows"] == 2 and figures["completion_tokens"] == 2 * 4  # every completion forced to L
-        assert figures["weights_mib"] <= figures["step_peak_mib"] and figures["after_step_mib"] <= figures["step_peak_mib"]
+        assert max(figures["weights_mib"], figures["after_step_mib"]) <= figures["step_peak_mib"]
     assert result["sides"]["ours"]["parameters"] == result["sides"]["copies"]["parameters"]
     # the full-size savings are parameter counts (test_random_2b_has_qwen2_vl_2b_parameter_count) times bytes
     assert result["full_size"]["reference_gib"] == 665_271_296 * 2 / 2**30

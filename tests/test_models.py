@@ -101,7 +101,7 @@ def test_flash_attention_only_where_flash_attn_can_run(tmp_path, monkeypatch):
     # installed, but built against another torch: its import fails, and a warning says so
     package = tmp_path / "flash_attn"
     package.mkdir()
-    (package / "__init__.py").write_text('raise ImportError("flash_attn_2_cuda.so: undefined symbol: _ZN3c104cuda9SetDevice")')
+    (package / "__init__.py").write_text('raise ImportError("flash_attn_2_cuda.so: undefined symbol: _ZN3c10")')
     monkeypatch.delitem(sys.modules, "flash_attn")
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.warns(UserWarning, match="flash-attn does not import .ImportError: flash_attn_2_cuda.so: undefined"):

@@ -345,7 +345,8 @@ def test_only_the_model_devices_generator_is_saved_so_a_resume_may_use_fewer_gpu
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": states[named(device)])
-    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append((named(device), state)))
+    monkeypatch.setattr(torch.cuda, "set_rng_state",
+                        lambda state, device="cuda": restored.append((named(device), state)))
     for name in ("get_rng_state_all", "set_rng_state_all"):
         monkeypatch.setattr(torch.cuda, name, lambda *args: pytest.fail(f"{name} used"))
     state = rng_state(torch.device("cuda", 1))
