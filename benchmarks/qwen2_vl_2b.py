@@ -163,7 +163,7 @@ def random_model(device: torch.device, dtype: torch.dtype, attn_implementation: 
 
 def random_qwen2_vl_2b(device: torch.device, dtype: torch.dtype) -> Policy:
     """The random 2B policy in memory on `device` (bf16 on GPU: a few seconds to build, nothing read from disk)."""
-    model = random_model(device, dtype, attention_implementation(device))
+    model = random_model(device, dtype, attention_implementation(device, dtype))
     return Policy(model=model, tokenizer=qwen_sized_tokenizer(), image_processor=image_processor(), name=NAME)
 
 

@@ -173,7 +173,7 @@ def _train(cfg: TrainConfig, out: Path, checkpoint: Path | None, completion_rows
     if checkpoint is not None:
         start_step, rng_states = load_checkpoint(checkpoint, run.policy, cfg.uses_lora, run.optimizer, run.scheduler)
         if rank() < len(rng_states):  # a rank the checkpoint did not know keeps its fresh seeded stream
-            set_rng_state(rng_states[rank()])
+            set_rng_state(rng_states[rank()], run.policy.device)
         if is_main():
             print(f"resumed from {checkpoint} at step {start_step}")
     if stop_signal() is not None:  # a signal while the model loaded: nothing new to save
@@ -212,7 +212,7 @@ def _train(cfg: TrainConfig, out: Path, checkpoint: Path | None, completion_rows
         progress.set_postfix({k: f"{record[k]:.3g}" for k in ("loss", "reward") if k in record})
         stopping = stop_signal()  # the same answer on every rank
         if (step + 1) % cfg.run.save_steps == 0 or step + 1 == run.total_steps or stopping is not None:
-            rng_states = gather_objects(rng_state())  # every rank's, so a resume on as many ranks is exact
+            rng_states = gather_objects(rng_state(run.policy.device))  # every rank's: a resume on as many is exact
             if is_main():
                 last = save_checkpoint(out, step + 1, run.policy, run.lora, base_model_name(cfg.model.model),
                                        run.optimizer, run.scheduler, rng_states)
