@@ -217,10 +217,10 @@ def test_unknown_dataset_split_and_missing_files_are_clear_errors(tmp_path):
         load_dataset("slake", None, "test")
 
 
-def test_parquet_without_pyarrow_names_the_extra(tmp_path, monkeypatch):
+def test_parquet_without_pyarrow_names_the_missing_dependency(tmp_path, monkeypatch):
     write_parquet(tmp_path / "test.parquet", [{"image": png_bytes(), "question": "q?", "answer": "yes"}])
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)  # makes `import pyarrow.parquet` fail
-    with pytest.raises(DatasetError, match=r"needs pyarrow: pip install 'rarl\[parquet\]'"):
+    with pytest.raises(DatasetError, match=r"needs pyarrow, a dependency of this project .*: pip install -e \."):
         load_dataset("path-vqa", tmp_path, "test")
 
 
