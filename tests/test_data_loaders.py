@@ -211,7 +211,7 @@ def test_unknown_dataset_split_and_missing_files_are_clear_errors(tmp_path):
         load_dataset("vqa-x", tmp_path, "test")
     with pytest.raises(DatasetError, match="cv-bench has no split 'train'; its splits: test"):
         load_dataset("cv-bench", tmp_path, "train")
-    with pytest.raises(DatasetError, match="file not found: .*validate.json"):
+    with pytest.raises(DatasetError, match="SLAKE val file not found; looked for: .*validate.json, .*validation.json"):
         load_dataset("slake", tmp_path, "val")
     with pytest.raises(DatasetError, match="give the folder"):
         load_dataset("slake", None, "test")
