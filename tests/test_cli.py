@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import re
 import signal
 import subprocess
@@ -254,13 +255,18 @@ def test_a_second_run_on_an_output_folder_is_refused_at_once_naming_the_holder(t
     assert not (out / ".lock").exists()               # a run removes its lock file when it ends
 
 
-def test_bare_train_command_names_the_missing_data_root_without_touching_the_hub(tmp_path):
-    """`python train.py` with no arguments: the data root is asked for before any model loads."""
+def test_bare_train_command_offline_names_the_dataset_to_fetch_without_touching_the_hub(tmp_path):
+    """`python train.py` with no arguments and HF_HUB_OFFLINE=1 (conftest) on an empty Hub cache: the
+    command that fetches the dataset is named before any model loads."""
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf-home")}
     result = subprocess.run([sys.executable, str(REPO / "train.py")], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=300)
+                            text=True, timeout=300, env=env)
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert errors == ["error: silvar-med: give the folder holding its files (see docs/DATA.md)"]
+    assert errors == [f"error: silvar-med: HF_HUB_OFFLINE is set and Hanhpt23/Silvar-Med is not in the Hugging Face "
+                      f"cache ({tmp_path / 'hf-home' / 'hub'}): fetch it once where there is network, into the same "
+                      'HF_HOME, with: hf download Hanhpt23/Silvar-Med --repo-type dataset --include "train/*"; or give '
+                      "its folder with --data-root"]
     assert "Traceback" not in result.stderr and "model Qwen" not in result.stderr
     assert not (tmp_path / "runs").exists()
 
@@ -298,9 +304,10 @@ def test_train_refuses_to_overwrite_a_run_or_resume_it_with_other_settings(tmp_p
 def test_evaluate_reads_every_dataset_and_checks_judge_keys_before_the_model(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "make_generate_fn", lambda args: pytest.fail("model loaded"))
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))   # empty, and HF_HUB_OFFLINE=1 (conftest)
     out = tmp_path / "out"
     base = ["--model", "tiny", "--output-dir", str(out), "--limit", "2"]
-    with pytest.raises(DatasetError, match="vqa-rad: give the folder"):
+    with pytest.raises(DatasetError, match="vqa-rad: HF_HUB_OFFLINE is set and flaviagiammarino/vqa-rad is not in"):
         evaluate.main(base + ["--datasets", "synthetic:test,vqa-rad:test"])
     with pytest.raises(UserError, match="--judge gpt-4o-mini: .*OPENAI_API_KEY"):
         evaluate.main(base + ["--datasets", "synthetic:test", "--judge", "gpt-4o-mini"])
