@@ -1,6 +1,6 @@
 """Datasets by name from the Hugging Face Hub (src/data/hub.py), through huggingface_hub's real
 snapshot_download against a Hub on 127.0.0.1 (tests/hub_server.py) that HF_ENDPOINT points at; every
-test has its own HF_HOME."""
+test has its own HF_HOME. Then train.py and evaluate.py with no --data-root and no --datasets."""
 from __future__ import annotations
 
 import json
@@ -217,3 +217,36 @@ def test_an_archive_unpacks_once_atomically_and_only_inside_its_folder(tmp_path)
     with pytest.raises(DatasetError, match="cannot unpack .*imgs.zip .* the cached archive is damaged"):
         hub_module.unpack("slake", archive, tmp_path / "bad" / "imgs")
     assert not (tmp_path / "bad" / "imgs").exists()
+
+
+def test_train_as_typed_fetches_its_dataset_records_the_commit_and_resumes_only_on_it(
+        server, hub_env, tiny_path, tmp_path, monkeypatch, capsys):
+    """`train.py --method rarl --samples 8 --model tiny --max-steps 1` with no --data-root trains a step on
+    Silvar-Med fetched from the Hub and records its commit in config.json; once main has moved on,
+    --resume refuses the new files before any model loads, naming the flag that resumes on the old one,
+    which does."""
+    import train
+    from src.cli.errors import run_main
+    from src.grpo import trainer
+
+    out = tmp_path / "train"
+    argv = ["--method", "rarl", "--samples", "8", "--model", "tiny", "--max-steps", "1", "--group-size", "2",
+            "--max-completion-length", "8", "--no-gradient-checkpointing", "--output-dir", str(out)]
+    train.main(argv)
+    silvar = server.repos["Hanhpt23/Silvar-Med"]
+    commit = silvar.refs["main"]
+    assert json.loads((out / "config.json").read_text())["data"]["data_revision"] == f"silvar-med={commit}"
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+
+    moved = silvar.commit({**silvar.commits[commit], "README.md": b"# Silvar-Med, edited\n"})
+    capsys.readouterr()
+    with monkeypatch.context() as patch, pytest.raises(SystemExit) as stop:
+        patch.setattr(trainer, "load_policy", lambda *a, **k: pytest.fail("model loaded"))
+        run_main(lambda: train.main(argv + ["--resume", "--max-steps", "2"]))
+    assert stop.value.code == 2
+    error = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert error == [f"error: --resume: {out / 'config.json'} trained on silvar-med from Hanhpt23/Silvar-Med at "
+                     f"commit {commit}; the Hub now gives commit {moved}: resume on the same files with "
+                     f"--data-revision silvar-med={commit}, or start a new run in another --output-dir"]
+    train.main(argv + ["--resume", "--max-steps", "2", "--data-revision", f"silvar-med={commit}"])
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
