@@ -111,10 +111,9 @@ def test_evaluate_config_file_with_lists_and_required_flags(tmp_path):
     args = evaluate.parse_args(["--config", str(recipe), "--data-root", "c"])
     assert (args.model, args.output_dir, args.limit, args.export_human_sheet) == ("tiny", Path("out"), 3, True)
     assert args.data_root == ["c"] and args.judge_base_url == ["http://x/v1"]   # a repeated flag replaces the list
-    recipe.write_text("datasets: synthetic:test\n")
-    with pytest.raises(SystemExit) as stop:       # --model and --output-dir are required, from either place
-        evaluate.parse_args(["--config", str(recipe)])
-    assert stop.value.code == 2
+    recipe.write_text("datasets: synthetic:test\n")   # --model and --output-dir have defaults
+    args = evaluate.parse_args(["--config", str(recipe)])
+    assert (args.model, args.output_dir) == ("Qwen/Qwen2-VL-2B-Instruct", Path("runs/eval-Qwen-Qwen2-VL-2B-Instruct"))
 
 
 @pytest.mark.parametrize("content, message", [

@@ -250,3 +250,43 @@ def test_train_as_typed_fetches_its_dataset_records_the_commit_and_resumes_only_
                      f"--data-revision silvar-med={commit}, or start a new run in another --output-dir"]
     train.main(argv + ["--resume", "--max-steps", "2", "--data-revision", f"silvar-med={commit}"])
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_evaluate_as_typed_fetches_the_paper_test_sets_and_records_each_commit(server, hub_env, tiny_path, tmp_path,
+                                                                                 capsys):
+    """`evaluate.py --model tiny --judge none --limit 4` with no --datasets evaluates the test sets it
+    fetches, VQA-Med 2019 left out with one line; run.json and summary.json record each one's commit,
+    and a rerun in the folder on files of another commit is refused."""
+    import evaluate
+    from src.errors import UserError
+
+    out = tmp_path / "eval"
+    argv = ["--model", "tiny", "--judge", "none", "--limit", "4", "--max-new-tokens", "8", "--output-dir", str(out)]
+    summary = evaluate.main(argv)
+    assert "vqa-med-2019:test skipped: it has no copy on the Hugging Face Hub" in capsys.readouterr().err
+    groups = {(g["dataset"], g["prompt"]): g["metrics"]["n"] for g in summary["groups"]}
+    assert groups == {(name, prompt): 4 for name in ("silvar-med", "vqa-rad", "slake", "path-vqa")
+                      for prompt in ("reasoning", "non-reasoning")}
+    repos = {"silvar-med": "Hanhpt23/Silvar-Med", "vqa-rad": "flaviagiammarino/vqa-rad", "slake": "BoKelvin/SLAKE",
+             "path-vqa": "flaviagiammarino/path-vqa"}
+    recorded = {name: {"repo": repo, "commit": server.repos[repo].refs["main"]} for name, repo in repos.items()}
+    assert json.loads((out / "run.json").read_text())["data"] == recorded == summary["data"]
+
+    slake = server.repos["BoKelvin/SLAKE"]
+    slake.commit({**slake.commits[slake.refs["main"]], "README.md": b"# SLAKE, edited\n"})
+    with pytest.raises(UserError, match=rf"holds predictions made with other settings \(data.slake.commit: "
+                                        rf"'{recorded['slake']['commit']}' -> '{slake.refs['main']}'\)"):
+        evaluate.main(argv + ["--datasets", "slake:test"])
+
+
+def test_evaluate_with_nothing_but_a_judge_names_the_base_model_and_an_output_folder(capsys):
+    import evaluate
+
+    args = evaluate.parse_args(["--judge", "none"])
+    assert (args.model, args.output_dir, args.datasets) == (
+        "Qwen/Qwen2-VL-2B-Instruct", Path("runs/eval-Qwen-Qwen2-VL-2B-Instruct"), None)
+    assert capsys.readouterr().err.splitlines() == [
+        "no --model: evaluating the base model Qwen/Qwen2-VL-2B-Instruct, where train.py starts (the paper's "
+        "zero-shot row)", "no --output-dir: writing to runs/eval-Qwen-Qwen2-VL-2B-Instruct"]
+    checkpoint = evaluate.parse_args(["--model", "runs/rarl/checkpoint-500"]).output_dir
+    assert checkpoint == Path("runs/eval-rarl-checkpoint-500")
