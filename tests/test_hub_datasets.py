@@ -62,7 +62,7 @@ def go_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
-def test_first_fetch_takes_the_split_files_then_the_cache_serves_them_offline(server, hub_env, monkeypatch):
+def test_first_fetch_takes_the_split_files_then_the_cache_serves_them_offline(server, hub_env, monkeypatch, capsys):
     """A fresh process with HF_ENDPOINT and HF_HOME set (as a user types them) fetches VQA-RAD's test
     split, only its parquet shard; SLAKE's JSON and imgs.zip, unpacked beside the snapshot. With the
     server gone, the same calls read the cache (HF_HUB_OFFLINE=1, or the network simply down)."""
@@ -88,6 +88,12 @@ def test_first_fetch_takes_the_split_files_then_the_cache_serves_them_offline(se
         samples = read_dataset(slake, "test")
     assert [s.question for s in samples] == [f"Q{i} test?" for i in range(4)]  # English rows only
     assert samples[0].image == str(images / "xmlab0" / "source.jpg")
+    from benchmarks.dataset_check import main as dataset_check
+
+    dataset_check(["slake", "--split", "test", "--workers", "1"])  # the check of a split before a GPU is rented
+    printed = capsys.readouterr().out
+    assert f"slake: BoKelvin/SLAKE at commit {slake.commit}" in printed
+    assert "not the official count: slake test from" in printed and "4 rows, the official release has 1061" in printed
 
     served = len(server.requests)
     server.stop()
