@@ -11,7 +11,8 @@ and the Hub's errors: 404 with X-Error-Code RepoNotFound, RevisionNotFound or En
 gated repository without a token (GatedRepo) or with a token it does not accept ("Invalid credentials
 in Authorization header", as the Hub says).
 
-Test switches: `gated[repo] = TOKEN` (only that bearer token reads it), `cut[path] = N` (the next N
+Test switches: `gated[repo] = TOKEN` (only that bearer token reads it), `forbidden` (repositories that
+answer 403, a gated one whose terms the account has not been granted), `cut[path] = N` (the next N
 full GETs of a file send its headers and half its bytes, then close the connection), `down_after_cut`
 (after a cut, the Range request that would resume it gets 500: the transfer fails), `stop()` (the port
 closes: the network is down). Every request is logged in `requests` as (method, path, Range header,
@@ -55,6 +56,7 @@ class HubServer:
     def __init__(self, repos: dict[str, Repo]):
         self.repos = repos
         self.gated: dict[str, str] = {}
+        self.forbidden: set[str] = set()
         self.cut: dict[str, int] = {}
         self.down_after_cut = False
         self.requests: list[tuple[str, str, str | None, bool]] = []
@@ -133,6 +135,9 @@ def _handler(hub: HubServer):
                                                         "authenticated to access it.")
                 if given != f"Bearer {hub.gated[repo_id]}":
                     return self.error(401, None, "Invalid credentials in Authorization header")
+            if repo_id in hub.forbidden:
+                return self.error(403, "GatedRepo", f"Access to dataset {repo_id} is restricted and you are not in "
+                                                    "the authorized list.")
             commit = repo.resolve(revision)
             if commit is None:
                 return self.error(404, "RevisionNotFound", f"Invalid rev id: {revision}")

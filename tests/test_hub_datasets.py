@@ -137,7 +137,7 @@ def test_a_pinned_revision_reads_that_commit_and_an_unknown_one_is_named(server,
         locate_dataset("vqa-rad", hub_env, "test", revision="v1.0")
 
 
-def test_404_and_401_say_what_to_do_and_the_token_never_shows(server, hub_env, tmp_path, monkeypatch, capsys):
+def test_404_401_and_403_say_what_to_do_and_the_token_never_shows(server, hub_env, tmp_path, monkeypatch, capsys):
     del server.repos["nyu-visionx/CV-Bench"]
     with pytest.raises(DatasetError, match=rf"cv-bench: no dataset repository nyu-visionx/CV-Bench on {server.url} "
                                            r"\(404\)"):
@@ -165,6 +165,10 @@ def test_404_and_401_say_what_to_do_and_the_token_never_shows(server, hub_env, t
     assert not any(TOKEN.encode() in path.read_bytes() for path in tmp_path.rglob("*") if path.is_file())
     monkeypatch.setenv("HF_TOKEN", "hf_TheRightOne")
     assert len(read_dataset(locate_dataset("silvar-med", None, "train"), "train")) == 8
+    server.forbidden.add("flaviagiammarino/vqa-rad")
+    with pytest.raises(DatasetError, match=r"refused access to flaviagiammarino/vqa-rad \(403\): the token given .* "
+                                           r"has no access to this gated dataset; ask for access on"):
+        locate_dataset("vqa-rad", None, "test")
 
 
 def test_a_transfer_cut_half_way_is_never_read_as_complete_and_the_rerun_finishes_it(server, hub_env, monkeypatch):
