@@ -135,6 +135,7 @@ def default_output_dir(model: str) -> Path:
 def main(argv: list[str] | None = None) -> dict:
     """Run the evaluation and return the summary it wrote."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # huggingface_hub's client: a line per file fetched
     args = parse_args(argv)
     check_writable(args.output_dir)
     with hold_folder(args.output_dir), stop_signals():
