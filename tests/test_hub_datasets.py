@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -36,9 +37,18 @@ def server():
 def hub_env(server, tmp_path, monkeypatch):
     """HF_ENDPOINT at the local Hub, a fresh HF_HOME, online. huggingface_hub read its constants at import
     (conftest set HF_HUB_OFFLINE=1 first): its offline switch is turned off here, and the one request it
-    makes to its import-time endpoint (the agent-harness registry behind its User-Agent) is not made."""
+    makes to its import-time endpoint (the agent-harness registry behind its User-Agent) is not made.
+    Any name other than 127.0.0.1 looked up during the test fails it: no traffic goes anywhere else."""
     from huggingface_hub import constants
     from huggingface_hub.utils import _detect_agent
+
+    elsewhere, lookup = [], socket.getaddrinfo
+
+    def local_only(host, *args, **kwargs):
+        if host not in ("127.0.0.1", b"127.0.0.1"):
+            elsewhere.append(host)
+            raise OSError(f"the tests reach 127.0.0.1 only, not {host}")
+        return lookup(host, *args, **kwargs)
 
     home = tmp_path / "hf-home"
     monkeypatch.setenv("HF_ENDPOINT", server.url)
@@ -49,7 +59,9 @@ def hub_env(server, tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
     monkeypatch.setattr(_detect_agent, "_fetch_registry", lambda: None)
-    return home
+    monkeypatch.setattr(socket, "getaddrinfo", local_only)
+    yield home
+    assert elsewhere == []
 
 
 def snapshot_files(home: Path, repo: str) -> set[str]:
