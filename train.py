@@ -10,10 +10,10 @@ config.json is one; command-line flags override the file). The resolved config i
 to OUTPUT/config.json, metrics go to OUTPUT/metrics.jsonl (one line per step; --report-to tensorboard
 adds OUTPUT/tensorboard/), checkpoints to OUTPUT/checkpoint-STEP/. `--resume` continues from the
 latest checkpoint. A dataset without --data-root is fetched from the Hugging Face Hub into HF_HOME
-(docs/DATA.md; --data-revision pins its commit, which config.json records). Everything cheap (data files
-and rows, output folder, resume settings, the model's whereabouts) is checked before any weights load. One run at a time holds --output-dir; SIGINT or
-SIGTERM finishes the current step, saves a checkpoint of it and exits (143 for SIGTERM, 130 for
-Ctrl-C): add --resume to go on.
+(docs/DATA.md; --data-revision pins its commit, which config.json records). Everything cheap (data
+files and rows, output folder, resume settings, the model's whereabouts) is checked before any weights
+load. One run at a time holds --output-dir; SIGINT or SIGTERM finishes the current step, saves a
+checkpoint of it and exits (143 for SIGTERM, 130 for Ctrl-C): add --resume to go on.
 
 On several GPUs, launch the same command with `torchrun --nproc_per_node N train.py ...`: data-parallel
 over the step's prompts, see docs/DISTRIBUTED.md.

@@ -146,7 +146,8 @@ def _handler(hub: HubServer):
                 return self.json({"id": repo_id, "sha": commit, "private": False,
                                   "siblings": [{"rfilename": name} for name in sorted(tree)]})
             if kind == "tree":
-                folders = sorted({"/".join(name.split("/")[:i]) for name in tree for i in range(1, name.count("/") + 1)})
+                folders = sorted({"/".join(name.split("/")[:i]) for name in tree
+                                  for i in range(1, name.count("/") + 1)})
                 return self.json([{"type": "directory", "oid": hashlib.sha1(f.encode()).hexdigest(), "size": 0,
                                    "path": f} for f in folders] +
                                  [{"type": "file", "oid": hashlib.sha1(data).hexdigest(), "size": len(data),

@@ -194,7 +194,8 @@ def test_a_transfer_cut_half_way_is_never_read_as_complete_and_the_rerun_finishe
     shard = "data/test-00000-of-00001-0000000000000007.parquet"
     server.cut[shard], server.down_after_cut = 1, True
     with pytest.raises(DatasetError, match=r"path-vqa: fetching flaviagiammarino/path-vqa from .* stopped part-way "
-                                           r"\(the Hub answered 500\); nothing incomplete was kept, .* run the same command again"):
+                                           r"\(the Hub answered 500\); nothing incomplete was kept, .* run the "
+                                           r"same command again"):
         locate_dataset("path-vqa", None, "test")
     storage = hub_env / "hub" / "datasets--flaviagiammarino--path-vqa"
     assert snapshot_files(hub_env, "flaviagiammarino/path-vqa") == set()
