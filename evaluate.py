@@ -1,12 +1,18 @@
 """Evaluate a checkpoint as the paper does: predictions, judge-free metrics, LLM judges, report.
 
+    python evaluate.py --judge gpt-4o-mini       # the base model on the paper's test sets, fetched from the Hub
     python evaluate.py --model runs/rarl/checkpoint-500 --data-root data \\
         --datasets silvar-med:test,vqa-rad:test,slake:test,vqa-med-2019:test,path-vqa:test \\
         --prompt both --judge gpt-4o-mini,gemini-1.5-flash --output-dir runs/eval-rarl
     python evaluate.py --config recipes/table6/evaluate.yaml --model runs/rarl/checkpoint-500 --output-dir runs/eval-rarl
 
-Everything lands under --output-dir (docs/EVALUATION.md describes each file):
-    run.json                               the model and generation settings the predictions belong to
+Without --model it evaluates Qwen/Qwen2-VL-2B-Instruct, the base model train.py starts from (the paper's
+zero-shot row); without --datasets the five test sets of the paper's Tables 3 and 6, each fetched from
+the Hugging Face Hub unless --data-root gives its folder (VQA-Med 2019, which is not on the Hub, is left
+out without one); without --output-dir it writes to runs/eval-MODEL. Everything lands under
+--output-dir (docs/EVALUATION.md describes each file):
+    run.json                               the model, generation settings and dataset commits the
+                                           predictions belong to
     predictions/DATASET-SPLIT-PROMPT.jsonl one record per question, appended per batch (resumable)
     judge_cache/JUDGE.jsonl                every judge reply, appended as it arrives (never paid twice)
     judgments/JUDGE.jsonl                  per record: status, scores, the judge's justification
@@ -26,6 +32,8 @@ configure_cpu_threads()  # before torch loads its OpenMP runtime: see docs/CPU.m
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
+import re  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from src.checks import check_writable  # noqa: E402
@@ -33,26 +41,29 @@ from src.cli.checks import number  # noqa: E402
 from src.cli.config_file import add_config_option, parse_args as parse_with_config  # noqa: E402
 from src.cli.errors import run_main  # noqa: E402
 from src.cli.help import HelpFormatter  # noqa: E402
+from src.data.hub import REVISION_HELP  # noqa: E402
 from src.data.prompts import INFERENCE_PROMPTS, TRAINING_PROMPTS  # noqa: E402
-from src.eval.pipeline import run_evaluation  # noqa: E402
+from src.eval.pipeline import PAPER_TEST_SETS, run_evaluation  # noqa: E402
 from src.models.generation import ENGINES  # noqa: E402
-from src.models.loading import DTYPES  # noqa: E402
+from src.models.loading import DEFAULT_MODEL, DTYPES  # noqa: E402
 from src.rewards.open_answers import METHODS as OPEN_ANSWER_SCORES  # noqa: E402
 from src.run_guard import hold_folder, stop_signals  # noqa: E402
-
-PAPER_DATASETS = "silvar-med:test,vqa-rad:test,slake:test,vqa-med-2019:test,path-vqa:test"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_config_option(p)
-    p.add_argument("--model", required=True,
-                   help="hub id or local base model, a PEFT adapter directory from train.py, or a full model")
-    p.add_argument("--output-dir", type=Path, required=True, help="where predictions, judgments and reports go")
-    p.add_argument("--datasets", default=PAPER_DATASETS,
-                   help="comma-separated NAME:SPLIT (default: the five test sets of Tables 3 and 6)")
+    p.add_argument("--model", help="hub id or local base model, a PEFT adapter directory from train.py, or a full "
+                                   f"model (default: {DEFAULT_MODEL}, the base model train.py starts from)")
+    p.add_argument("--output-dir", type=Path, help="where predictions, judgments and reports go (default: "
+                                                   "runs/eval-MODEL, named after --model)")
+    p.add_argument("--datasets", help=f"comma-separated NAME:SPLIT (default: the five test sets of Tables 3 and 6, "
+                                      f"{PAPER_TEST_SETS}, vqa-med-2019 left out when it has no --data-root)")
     p.add_argument("--data-root", action="append", default=[],
-                   help="NAME=PATH for one dataset (repeatable), or PATH: a folder with one subfolder per dataset name")
+                   help="NAME=PATH for one dataset (repeatable), or PATH: a folder with one subfolder per dataset "
+                        "name; a dataset without one is fetched from the Hugging Face Hub into HF_HOME")
+    p.add_argument("--data-revision", action="append", default=[], help=REVISION_HELP + "; repeatable, and "
+                   "run.json records the commit each dataset came from")
     p.add_argument("--prompt", choices=["both", *INFERENCE_PROMPTS, *TRAINING_PROMPTS], default="both",
                    help="system prompt: the paper's inference prompts of sec. 3.3 (reasoning, non-reasoning, or "
                         "both), or a training prompt of App. A (as the paper's Table 2 evaluates CV-Bench)")
@@ -89,10 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge-timeout", type=number(float, gt=0), default=60.0,
                    help="seconds per judge request, all of it: connecting, waiting and reading the reply")
     p.add_argument("--judge-parse-attempts", type=number(int, min=1), default=3,
-                   help="asks per prompt while the reply is unparseable")
+                   help="asks per prompt while the reply holds no verdict of the judge's own (each with new "
+                        "random ids); one still unparseable counts as not correct")
     p.add_argument("--judge-json", action="store_true",
-                   help="ask for JSON output (response_format json_object / responseMimeType application/json); "
-                        "off by default, as in the paper")
+                   help="ask for structured output, the verdict's JSON schema (response_format json_schema / "
+                        "responseSchema); off by default, as in the paper")
     p.add_argument("--judge-max-tokens", type=number(int, min=1),
                    help="cap on each judge reply, thinking included (default: the provider's own limit)")
     p.add_argument("--export-human-sheet", action="store_true", help="write OUTPUT/human_sheet.csv for clinicians")
@@ -101,12 +113,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return parse_with_config(build_parser(), argv)
+    """The flags, with --model and --output-dir filled in when not given (each says so in one line)."""
+    args = parse_with_config(build_parser(), argv)
+    if args.model is None:
+        args.model = DEFAULT_MODEL
+        print(f"no --model: evaluating the base model {DEFAULT_MODEL}, where train.py starts (the paper's zero-shot "
+              "row)", file=sys.stderr)
+    if args.output_dir is None:
+        args.output_dir = default_output_dir(args.model)
+        print(f"no --output-dir: writing to {args.output_dir}", file=sys.stderr)
+    return args
+
+
+def default_output_dir(model: str) -> Path:
+    """runs/eval-MODEL: the model's last two path parts (Qwen/Qwen2-VL-2B-Instruct -> Qwen-Qwen2-VL-2B-Instruct,
+    runs/rarl/checkpoint-500 -> rarl-checkpoint-500), in characters safe in a folder name."""
+    name = "-".join(part for part in Path(model).parts[-2:] if part not in ("/", "..", "."))
+    return Path("runs") / f"eval-{re.sub(r'[^A-Za-z0-9._-]+', '_', name) or 'model'}"
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Run the evaluation and return the summary it wrote."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # huggingface_hub's client: a line per file fetched
     args = parse_args(argv)
     check_writable(args.output_dir)
     with hold_folder(args.output_dir), stop_signals():

@@ -15,8 +15,9 @@ Every recipe the selected tables run is read and checked (as its stage will read
 and the command line's changes) before the first stage starts; an error names the recipe file.
 
 --tiny runs the same recipes on `--model tiny --dataset synthetic` on the CPU, a few steps each, every
-dataset replaced by the synthetic test set: it tests the pipeline end to end, not the method. Data
-folders are read where the recipes say (data/...; docs/RECIPES.md); --judge and --judge-base-url
+dataset replaced by the synthetic test set: it tests the pipeline end to end, not the method. The
+datasets published on the Hugging Face Hub are fetched from it, the others read from the folders the
+recipes name (data/vqa-med-2019, data/cv-bench-train; docs/RECIPES.md); --judge and --judge-base-url
 replace the recipes' judges (the paper's GPT-4o mini and Gemini 1.5 Flash are retired).
 """
 from __future__ import annotations

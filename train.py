@@ -1,5 +1,6 @@
 """Train a Qwen2-VL policy with SFT, GRPO, RARL or full-fine-tuning GRPO.
 
+    python train.py --method rarl --samples 716      # Silvar-Med, fetched from the Hugging Face Hub
     python train.py --method rarl --samples 716 --data-root data/silvar-med
     python train.py --config recipes/table6/rarl.yaml --output-dir runs/rarl
     python train.py --method rarl --model tiny --dataset synthetic --max-steps 4 --save-steps 2 --output-dir OUT
@@ -8,10 +9,11 @@ Every flag is listed below and may also be set in a YAML or TOML file given with
 config.json is one; command-line flags override the file). The resolved config is printed and saved
 to OUTPUT/config.json, metrics go to OUTPUT/metrics.jsonl (one line per step; --report-to tensorboard
 adds OUTPUT/tensorboard/), checkpoints to OUTPUT/checkpoint-STEP/. `--resume` continues from the
-latest checkpoint. Everything cheap (data files and rows, output folder, resume settings, the model's
-whereabouts) is checked before any weights load. One run at a time holds --output-dir; SIGINT or
-SIGTERM finishes the current step, saves a checkpoint of it and exits (143 for SIGTERM, 130 for
-Ctrl-C): add --resume to go on.
+latest checkpoint. A dataset without --data-root is fetched from the Hugging Face Hub into HF_HOME
+(docs/DATA.md; --data-revision pins its commit, which config.json records). Everything cheap (data
+files and rows, output folder, resume settings, the model's whereabouts) is checked before any weights
+load. One run at a time holds --output-dir; SIGINT or SIGTERM finishes the current step, saves a
+checkpoint of it and exits (143 for SIGTERM, 130 for Ctrl-C): add --resume to go on.
 
 On several GPUs, launch the same command with `torchrun --nproc_per_node N train.py ...`: data-parallel
 over the step's prompts, see docs/DISTRIBUTED.md.

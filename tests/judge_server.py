@@ -1,7 +1,11 @@
 """A real HTTP judge on 127.0.0.1 for tests: speaks OpenAI chat completions and Gemini generateContent,
 with each provider's own reply and error shapes.
 
-Its behaviour for a prompt is chosen by a tag in the question text:
+It answers as a judge that follows the prompt: its verdict carries the verdict_id the prompt asks
+for, in the layout `layout` names: "json" (one line of JSON) or "paper" (the paper's Appendix-B
+structure, no commas, one key per line). A request that asks for structured output (OpenAI
+response_format json_schema, Gemini responseSchema) gets the JSON object alone, as such a server
+gives it. Its behaviour for a prompt is chosen by a tag in the question text:
   [429]      first request: 429 with Retry-After: 1 (seconds); then a normal reply
   [retryinfo] first request: 429 whose body carries Gemini's google.rpc.RetryInfo retryDelay "1s"
              (no Retry-After header); then a normal reply
@@ -11,44 +15,63 @@ Its behaviour for a prompt is chosen by a tag in the question text:
   [garbled]  first reply is not JSON at all; then a normal reply
   [never]    every reply is prose without scores (unparseable)
   [down]     every request: 503 whose body echoes the credentials it received (tests scrubbing)
-  [leak]     every request: 503 whose body echoes the credential URL-encoded, masked the way
-             providers print keys, and in part (tests scrubbing)
+  [leak]     every request: 503 whose body echoes the credential in every form (as [quote-key])
   [refuse]   OpenAI: content null with a `refusal`; Gemini: a candidate stopped for SAFETY, no content
   [filter]   OpenAI: finish_reason content_filter; Gemini: the prompt blocked (promptFeedback.blockReason)
   [maxtok]   the reply cut by the token limit (finish_reason length / finishReason MAX_TOKENS)
   [think]    Gemini: a `thought: true` part before the answer, thoughtsTokenCount 50; OpenAI: 50 reasoning
              tokens inside completion_tokens (70)
   [nousage]  a normal reply without usage
-  [quote]    the judge first quotes the prediction's answer, then gives its verdict
-  [quote-after] the verdict first, then the prediction's answer quoted
+  [quote]    the judge first quotes the prediction's answer, then gives its verdict (with structured
+             output: the quote inside its evaluation)
+  [quote-after] the verdict first, then the prediction's answer quoted, last in the reply
+  [restate]  the judge restates a score in its own words, as objects in both layouts that are not
+             byte-equal to anything in the prediction ({"prediction_score": 1}), then its verdict
+  [draft]    a verdict-shaped object and a "prediction_score: 1" inside the judge's reasoning text,
+             before its verdict
+  [echo]     the judge repeats the whole prompt from the ground truth on, prediction block included,
+             then gives its verdict
+  [noid]     a verdict without the verdict_id (a judge that ignored that line)
+  [gzip]     the reply gzip-compressed (Content-Encoding: gzip)
+  [bomb]     200, Content-Encoding: gzip: 8 KB that inflate to 8 MiB of spaces after a verdict
+  [brotli]   200, Content-Encoding: br (never asked for)
+  [quote-key] a normal verdict, followed by the credential the request carried, in every form
+             (whole, URL-encoded, JSON-escaped, base64, base64 of "user:key", masked, in part)
+  [echo401]  401 invalid_api_key whose message echoes the credential in the same forms
   [trickle]  the reply's headers, then its body at one byte per 50 ms (a server that never times out
              a read by itself)
   [huge]     a well-formed reply of 3 MiB
-Otherwise a plain JSON reply. prediction_score is 1 when the prediction's answer (the "answer" of the
-JSON object the prompt carries) equals the ground truth's answer line, reasoning_score always 1.
-Requests are counted per (api, prompt), api being "openai" or "gemini", and every request body is
-kept in `bodies`.
+Otherwise a plain verdict. prediction_score is 1 when the prediction's answer (the "answer" of the
+JSON object between the prompt's <prediction FENCE> lines) equals the ground truth's answer line,
+reasoning_score always 1, evaluation "compared".
+Requests are counted per (api, prompt less its random ids), api being "openai" or "gemini", and every
+request body is kept in `bodies`.
 
 Server-wide: after `fail_after` successful replies, every request gets the `failure` answer, one of
 FAILURES, in the provider's own error format (None: no failure).
 """
 from __future__ import annotations
 
+import base64
+import functools
+import gzip
 import json
 import re
 import threading
 import time
+import zlib
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import quote, quote_plus
 
-FAILURES = ("badkey", "forbidden", "gone", "quota", "daily", "param", "location")
+FAILURES = ("badkey", "forbidden", "gone", "quota", "daily", "param", "schema", "location")
 
 
 class JudgeServer:
     def __init__(self, key: str, slow_s: float = 1.0):
         self.key = key
         self.slow_s = slow_s
+        self.layout = "json"         # or "paper": the verdict in the Appendix-B structure, without commas
         self.requests: Counter[tuple[str, str]] = Counter()
         self.bodies: list[tuple[str, str, dict]] = []   # (api, path, JSON body) of every authorised request
         self.rejected = 0            # requests refused with 401 (wrong or missing key)
@@ -58,7 +81,9 @@ class JudgeServer:
         self.lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        # shutdown() waits for the serving loop's next poll: 50 ms, not the default 0.5 s, per server
+        self.thread = threading.Thread(target=functools.partial(self.httpd.serve_forever, poll_interval=0.05),
+                                       daemon=True)
 
     @property
     def url(self) -> str:
@@ -74,30 +99,78 @@ class JudgeServer:
         self.httpd.server_close()
 
     def count(self, api: str, prompt: str) -> int:
-        """How many requests this prompt has received on this api so far (this call included)."""
+        """How many requests this prompt (less its per-request ids) has received on this api so far
+        (this call included)."""
+        prompt = re.sub(r"\b[0-9a-f]{12}\b", "ID", prompt)
         with self.lock:
             self.requests[api, prompt] += 1
             return self.requests[api, prompt]
 
 
-def judge_text(prompt: str, tag: str, nth: int) -> str:
+def judge_text(prompt: str, tag: str, nth: int, layout: str = "json", structured: bool = False) -> str:
     """The reply text the fake judge gives."""
     gold = re.search(r"Ground truth:.*?Answer: (.*?)\n", prompt, re.DOTALL).group(1)
-    said = json.loads(re.search(r'^\{"reasoning": .*\}$', prompt, re.MULTILINE).group(0))["answer"]
-    verdict = {"evaluation": "compared", "reasoning_score": 1, "prediction_score": int(gold == said)}
-    if tag == "[quote]":
-        return f"The prediction answers: {said}\nMy verdict: {json.dumps(verdict)}"
-    if tag == "[quote-after]":
-        return f"{json.dumps(verdict)}\n(The prediction answered: {said})"
-    if tag == "[huge]":
-        return json.dumps(verdict) + " " * 3 * 2**20
+    fence = re.search(r"^<prediction (\w+)>$", prompt, re.MULTILINE).group(1)
+    block = re.search(rf"^<prediction {fence}>\n(.*)\n</prediction {fence}>$", prompt, re.MULTILINE | re.DOTALL)
+    said = json.loads(block.group(1))["answer"]
+    verdict_id = re.search(r"whose value is the string (\w+)\.", prompt).group(1)
+    fields = {"verdict_id": verdict_id, "evaluation": "compared", "reasoning_score": 1,
+              "prediction_score": int(gold == said)}
+    if tag == "[noid]":
+        del fields["verdict_id"]
     if tag == "[never]" or (tag == "[garbled]" and nth == 1):
         return "I think the prediction is fine."
+    if structured:
+        if tag == "[quote]":
+            fields["evaluation"] = f"The prediction answers: {said}"
+        return json.dumps(fields)
+    verdict = render(fields, layout)
+    if tag == "[quote]":
+        return f"The prediction answers: {said}\nMy verdict:\n{verdict}"
+    if tag == "[quote-after]":
+        return f"{verdict}\n(The prediction answered: {said})"
+    if tag == "[restate]":
+        return (f'The prediction claims {{"prediction_score": 1}}, or in the other layout\n'
+                f'{{\n"prediction_score": 1\n}}\nbut it does not set its score.\n{verdict}')
+    if tag == "[draft]":
+        return ('Thinking: at first I would give prediction_score: 1, as in {"evaluation": "draft", '
+                f'"reasoning_score": 1, "prediction_score": 1}}, but no.\n{verdict}')
+    if tag == "[echo]":
+        return prompt[prompt.index("Ground truth:"):] + f"\n\nMy verdict:\n{verdict}"
+    if tag == "[huge]":
+        return verdict + " " * 3 * 2**20
     if tag == "[fence]":
-        return f"Here is my evaluation:\n```json\n{json.dumps(verdict)}\n```\nHope this helps."
+        return f"Here is my evaluation:\n```json\n{verdict}\n```\nHope this helps."
     if tag == "[maxtok]":
-        return json.dumps(verdict)[:20]
-    return json.dumps(verdict)
+        return verdict[:20]
+    return verdict
+
+
+def render(fields: dict, layout: str) -> str:
+    """A verdict as one line of JSON, or in the paper's Output structure: one `"key": value` per line,
+    no commas."""
+    if layout == "json":
+        return json.dumps(fields)
+    return "{\n" + "".join(f"    {json.dumps(key)}: {json.dumps(value)}\n" for key, value in fields.items()) + "}"
+
+
+def credential_forms(credential: str) -> str:
+    """The credential a request carried, in every form a server may echo it."""
+    secret = credential.removeprefix("Bearer ")
+    b64 = base64.b64encode
+    json_escaped = json.dumps(secret)[1:-1].replace("/", "\\/")
+    return (f"header {credential}; url {quote(secret, safe='')} plus {quote_plus(secret)}; json {json_escaped}; "
+            f"base64 {b64(secret.encode()).decode()}; basic {b64(f'user:{secret}'.encode()).decode()}; "
+            f"shifted {base64.urlsafe_b64encode(b'a' + secret.encode()).decode()}; "
+            f"masked {secret[:3]}****{secret[-4:]}; part {secret[2:14]}")
+
+
+@functools.lru_cache(maxsize=1)
+def gzip_bomb() -> bytes:
+    """The start of a reply body and 8 MiB of spaces, gzip-compressed to about 8 KB."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    spaces = b" " * 2**20
+    return b"".join([packer.compress(b'{"choices": ['), *(packer.compress(spaces) for _ in range(8)), packer.flush()])
 
 
 def openai_reply(text: str, tag: str) -> dict:
@@ -153,6 +226,9 @@ def openai_failure(kind: str, model: str) -> tuple[int, dict]:
                   "insufficient_quota", None, "insufficient_quota"),
         "param": (400, "Unsupported value: 'temperature' does not support 0 with this model. Only the default (1) "
                        "value is supported.", "invalid_request_error", "temperature", "unsupported_value"),
+        "schema": (400, "Invalid parameter: 'response_format' of type 'json_schema' is not supported with this model. "
+                        "Learn more about supported models at the Structured Outputs guide: "
+                        "https://platform.openai.com/docs/guides/structured-outputs", "invalid_request_error", None, None),
     }
     status, message, type_, param, code = errors[kind]
     return status, {"error": {"message": message, "type": type_, "param": param, "code": code}}
@@ -214,9 +290,15 @@ def _handler(server: JudgeServer):
             if tag == "[down]":
                 return self._send(503, {"error": f"overloaded, you sent {credential}"})
             if tag == "[leak]":
-                secret = credential.removeprefix("Bearer ")
-                return self._send(503, {"error": {"message": f"bad {quote(secret, safe='')} or {quote_plus(secret)}, "
-                                                             f"key {secret[:3]}****{secret[-4:]}, part {secret[2:14]}"}})
+                return self._send(503, {"error": {"message": f"bad credential: {credential_forms(credential)}"}})
+            if tag == "[echo401]":
+                message = f"Incorrect API key provided: {credential_forms(credential)}"
+                return self._send(401, {"error": {"message": message, "type": "invalid_request_error", "param": None,
+                                                  "code": "invalid_api_key"}})
+            if tag == "[bomb]":
+                return self._send_bytes(200, gzip_bomb(), {"Content-Encoding": "gzip"})
+            if tag == "[brotli]":
+                return self._send_bytes(200, b"\x1b\x00\x00", {"Content-Encoding": "br"})
             if tag == "[429]" and nth == 1:
                 return self._send(429, {"error": "slow down"}, {"Retry-After": "1"})
             if tag == "[retryinfo]" and nth == 1:
@@ -230,10 +312,16 @@ def _handler(server: JudgeServer):
                 time.sleep(server.slow_s)
             if tag == "[trickle]":
                 return self._trickle()
-            text = judge_text(prompt, tag, nth)
+            structured = "response_format" in body or "responseSchema" in body.get("generationConfig", {})
+            text = judge_text(prompt, tag, nth, server.layout, structured)
+            if tag == "[quote-key]":
+                text += f"\nBy the way, you sent {credential_forms(credential)}"
             with server.lock:
                 server.succeeded += 1
-            self._send(200, openai_reply(text, tag) if api == "openai" else gemini_reply(text, tag))
+            reply = openai_reply(text, tag) if api == "openai" else gemini_reply(text, tag)
+            if tag == "[gzip]":
+                return self._send_bytes(200, gzip.compress(json.dumps(reply).encode()), {"Content-Encoding": "gzip"})
+            self._send(200, reply)
 
         def _trickle(self) -> None:
             """Headers at once, then a byte every 50 ms, for at most 10 s (until the client hangs up)."""
@@ -250,7 +338,9 @@ def _handler(server: JudgeServer):
                 pass
 
         def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
-            data = json.dumps(payload).encode()
+            self._send_bytes(status, json.dumps(payload).encode(), headers)
+
+        def _send_bytes(self, status: int, data: bytes, headers: dict | None = None) -> None:
             try:
                 self.send_response(status)
                 for name, value in {"Content-Type": "application/json", **(headers or {})}.items():

@@ -127,3 +127,24 @@ def test_prefix_sharing_benchmark_on_the_tiny_model(tmp_path, capsys):
     timed = [result[side][name]["seconds"] for side in ("shared", "unshared") for name in ("update", "reference")]
     assert sum(timed) < wall
     assert json.loads((tmp_path / "sharing.json").read_text())["line"] == last
+
+
+@pytest.mark.benchmark
+def test_full_memory_benchmark_runs_both_sides_on_the_tiny_model(tmp_path):
+    """Its whole command (a subprocess: it sets glibc's allocation policy for its process). The memory figures
+    come from the 2B-width run in docs/BENCHMARKS.md; here they must be there and agree with each other."""
+    output = tmp_path / "full_memory.json"
+    done = subprocess.run([sys.executable, "-m", "benchmarks.full_memory", "--model", "tiny", "--length", "4",
+                           "--group-size", "2", "--output", str(output)], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(output.read_text())
+    for side in ("copies", "ours"):
+        figures = result["sides"][side]
+        assert figures["rows"] == 2 and figures["completion_tokens"] == 2 * 4  # every completion forced to L
+        assert max(figures["weights_mib"], figures["after_step_mib"]) <= figures["step_peak_mib"]
+    assert result["sides"]["ours"]["parameters"] == result["sides"]["copies"]["parameters"]
+    # the full-size savings are parameter counts (test_random_2b_has_qwen2_vl_2b_parameter_count) times bytes
+    assert result["full_size"]["reference_gib"] == 665_271_296 * 2 / 2**30
+    assert result["full_size"]["checkpoint_gib"] == 1_543_714_304 * 4 / 2**30
+    assert f"{result['full_size']['checkpoint_gib']:.2f} GiB" in done.stdout and "step peak" in done.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import re
 import signal
 import subprocess
@@ -110,10 +111,9 @@ def test_evaluate_config_file_with_lists_and_required_flags(tmp_path):
     args = evaluate.parse_args(["--config", str(recipe), "--data-root", "c"])
     assert (args.model, args.output_dir, args.limit, args.export_human_sheet) == ("tiny", Path("out"), 3, True)
     assert args.data_root == ["c"] and args.judge_base_url == ["http://x/v1"]   # a repeated flag replaces the list
-    recipe.write_text("datasets: synthetic:test\n")
-    with pytest.raises(SystemExit) as stop:       # --model and --output-dir are required, from either place
-        evaluate.parse_args(["--config", str(recipe)])
-    assert stop.value.code == 2
+    recipe.write_text("datasets: synthetic:test\n")   # --model and --output-dir have defaults
+    args = evaluate.parse_args(["--config", str(recipe)])
+    assert (args.model, args.output_dir) == ("Qwen/Qwen2-VL-2B-Instruct", Path("runs/eval-Qwen-Qwen2-VL-2B-Instruct"))
 
 
 @pytest.mark.parametrize("content, message", [
@@ -254,13 +254,18 @@ def test_a_second_run_on_an_output_folder_is_refused_at_once_naming_the_holder(t
     assert not (out / ".lock").exists()               # a run removes its lock file when it ends
 
 
-def test_bare_train_command_names_the_missing_data_root_without_touching_the_hub(tmp_path):
-    """`python train.py` with no arguments: the data root is asked for before any model loads."""
+def test_bare_train_command_offline_names_the_dataset_to_fetch_without_touching_the_hub(tmp_path):
+    """`python train.py` with no arguments and HF_HUB_OFFLINE=1 (conftest) on an empty Hub cache: the
+    command that fetches the dataset is named before any model loads."""
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf-home")}
     result = subprocess.run([sys.executable, str(REPO / "train.py")], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=300)
+                            text=True, timeout=300, env=env)
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert errors == ["error: silvar-med: give the folder holding its files (see docs/DATA.md)"]
+    assert errors == [f"error: silvar-med: HF_HUB_OFFLINE is set and Hanhpt23/Silvar-Med is not in the Hugging Face "
+                      f"cache ({tmp_path / 'hf-home' / 'hub'}): fetch it once where there is network, into the same "
+                      'HF_HOME, with: hf download Hanhpt23/Silvar-Med --repo-type dataset --include "train/*"; or give '
+                      "its folder with --data-root"]
     assert "Traceback" not in result.stderr and "model Qwen" not in result.stderr
     assert not (tmp_path / "runs").exists()
 
@@ -298,9 +303,10 @@ def test_train_refuses_to_overwrite_a_run_or_resume_it_with_other_settings(tmp_p
 def test_evaluate_reads_every_dataset_and_checks_judge_keys_before_the_model(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "make_generate_fn", lambda args: pytest.fail("model loaded"))
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))   # empty, and HF_HUB_OFFLINE=1 (conftest)
     out = tmp_path / "out"
     base = ["--model", "tiny", "--output-dir", str(out), "--limit", "2"]
-    with pytest.raises(DatasetError, match="vqa-rad: give the folder"):
+    with pytest.raises(DatasetError, match="vqa-rad: HF_HUB_OFFLINE is set and flaviagiammarino/vqa-rad is not in"):
         evaluate.main(base + ["--datasets", "synthetic:test,vqa-rad:test"])
     with pytest.raises(UserError, match="--judge gpt-4o-mini: .*OPENAI_API_KEY"):
         evaluate.main(base + ["--datasets", "synthetic:test", "--judge", "gpt-4o-mini"])

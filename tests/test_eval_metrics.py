@@ -213,16 +213,17 @@ def test_summary_and_report_in_the_paper_layout():
     summary = build_summary(run, groups, metrics, [judge_run], sheet)
 
     judged = summary["groups"][1]["judges"]["gpt-4o-mini"]
-    # vqa-rad: one ok verdict (score 1); the failed and unparseable ones are counted, not scored 0
-    assert judged == {"final": 1.0, "reasoning": None, "judged": 1, "judged_reasoning": 0,
+    # vqa-rad: one ok verdict (score 1); the unparseable one counts as not correct, the failed one (no
+    # reply: a re-run asks again) is left out: 1 of 2
+    assert judged == {"final": 0.5, "reasoning": None, "scored": 2, "scored_reasoning": 0, "judged": 1,
                       "unparseable": 1, "refused": 0, "truncated": 0, "failed": 1, "verdict_in_prediction": 0}
     assert summary["judges"]["gpt-4o-mini"]["cost_usd"] == pytest.approx(0.15)   # 1M prompt tokens at $0.15/M
-    assert [p["id"] for p in summary["judges"]["gpt-4o-mini"]["not_scored"]] == ["s3", "s4"]
+    assert [p["id"] for p in summary["judges"]["gpt-4o-mini"]["without_verdict"]] == ["s3", "s4"]
     report = render_report(summary)
     assert "| Dataset | gpt-4o-mini Reasoning (%) | gpt-4o-mini Final (%) | Human Evaluation Reasoning (%) | " \
            "Human Evaluation Final (%) |" in report
     assert "| **Reasoning prompting in inference** |" in report
     assert "| Ours (reasoning set) | 100.00% | 50.00% | 100.00% | 0.00% |" in report
-    assert "| VQA-RAD | — | 100.00% | — | — |" in report
+    assert "| VQA-RAD | — | 50.00% | — | — |" in report
     assert "- failed: vqa-rad reasoning id s3: HTTP 503" in report
     assert "Generation: greedy, at most 8 new tokens. BERTScore model: `fake`." in report

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,41 @@ def test_tiny_generates_and_round_trips_through_save_pretrained(tiny_policy, tmp
 def test_cpu_loads_fp32_with_sdpa(tiny_policy):
     assert tiny_policy.model.dtype == torch.float32
     assert tiny_policy.model.config._attn_implementation == "sdpa"
+
+
+def test_flash_attention_only_where_flash_attn_can_run(tmp_path, monkeypatch):
+    """A working flash-attn (a stand-in module) is taken for bf16 / fp16 on an Ampere-or-later GPU; fp32
+    (whose q/k/v its kernels refuse), an older GPU, a CPU and a build that does not import get sdpa."""
+    import sys
+    import types
+
+    from src.models.loading import attention_implementation
+
+    gpu, capability = torch.device("cuda", 1), {"cuda:1": (9, 0)}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: capability[str(device)])
+    flash_attn = types.ModuleType("flash_attn")
+    flash_attn.flash_attn_func = flash_attn.flash_attn_varlen_func = lambda *args, **kwargs: None
+    monkeypatch.setitem(sys.modules, "flash_attn", flash_attn)
+    assert attention_implementation(gpu, torch.bfloat16) == "flash_attention_2"
+    assert attention_implementation(gpu, torch.float16) == "flash_attention_2"
+    assert attention_implementation(gpu, torch.float32) == "sdpa"
+    assert attention_implementation(torch.device("cpu"), torch.bfloat16) == "sdpa"
+    capability["cuda:1"] = (7, 5)  # Turing: flash-attn 2 has no kernels for it
+    assert attention_implementation(gpu, torch.bfloat16) == "sdpa"
+    capability["cuda:1"] = (8, 0)
+
+    # installed, but built against another torch: its import fails, and a warning says so
+    package = tmp_path / "flash_attn"
+    package.mkdir()
+    (package / "__init__.py").write_text('raise ImportError("flash_attn_2_cuda.so: undefined symbol: _ZN3c10")')
+    monkeypatch.delitem(sys.modules, "flash_attn")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.warns(UserWarning, match="flash-attn does not import .ImportError: flash_attn_2_cuda.so: undefined"):
+        assert attention_implementation(gpu, torch.bfloat16) == "sdpa"
+    monkeypatch.setitem(sys.modules, "flash_attn", None)  # not installed: sdpa, and nothing to warn about
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert attention_implementation(gpu, torch.bfloat16) == "sdpa"
 
 
 def test_unknown_hub_id_offline_says_how_to_use_a_local_copy():

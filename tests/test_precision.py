@@ -177,6 +177,8 @@ def test_master_weights_survive_a_checkpoint_round_trip():
         resumed.grad = grad.to(BF16)
         first.step()
     state = first.state_dict()
+    # the masters themselves, as torch's state_dict holds m and v: no second copy of them while saving
+    assert [m.data_ptr() for m in state["master_weights"]] == [m.data_ptr() for m in first.param_groups[0]["params"]]
     resumed = nn.Parameter(resumed.detach().clone())  # what a checkpoint's bf16 weights give back
     second = MasterWeightAdamW([resumed], lr=1e-6)  # masters start as the bf16 weights ...
     second.load_state_dict(state)                   # ... and the saved fp32 masters replace them

@@ -51,6 +51,24 @@ def test_counted_prompt_tokens_equal_the_built_batch(limit, tiny_policy, tmp_pat
     assert counted == batch.input_ids.shape[1]
 
 
+def test_the_limit_reads_where_auto_image_processor_needs_torchvision(limit, monkeypatch):
+    """transformers 5.17 without torchvision has only a placeholder AutoImageProcessor that raises ImportError:
+    the limit loads the PIL image processor then, as load_policy does, and counts the same image tokens."""
+    import transformers
+
+    class Placeholder:
+        @classmethod
+        def from_pretrained(cls, *args, **kwargs):
+            raise ImportError("AutoImageProcessor requires the Torchvision library")
+
+    monkeypatch.setattr(transformers, "AutoImageProcessor", Placeholder)
+    without = PromptLimit.from_model("tiny")
+    assert type(without.image_processor).__name__ == "Qwen2VLImageProcessorPil"
+    sizes = [(16, 16), (300, 100), (1000, 1000), (30, 500)]
+    assert [without.image_tokens(*size) for size in sizes] == [limit.image_tokens(*size) for size in sizes]
+    assert without.max_positions == limit.max_positions == 4096
+
+
 def test_a_6000_word_question_is_refused_naming_its_sample(limit, tmp_path):
     short, long = sample(tmp_path, "Is there a lesion?", id="ok"), sample(tmp_path, LONG_QUESTION, name="b.png", id="q7")
     with pytest.raises(DatasetError) as error:

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from benchmarks import qwen2_vl_2b
-from benchmarks.qwen2_vl_2b import QWEN2_VL_2B_IDS, RANDOM_MODELS, qwen_bpe_files, qwen_tokenizer, save_preprocessing
+from benchmarks.qwen2_vl_2b import QWEN2_VL_2B_IDS, qwen_bpe_files, qwen_tokenizer, save_preprocessing
 from src.data.prompts import INFERENCE_PROMPTS, TRAINING_PROMPTS, build_messages
 from src.models.families import FAMILIES
 from src.models.inputs import QWEN2_VL_CHAT_TEMPLATE, build_prompt_batch, load_image

@@ -321,30 +321,41 @@ def test_loading_a_damaged_or_planted_checkpoint_names_the_file(finished_run, tm
 def test_rng_states_survive_a_weights_only_round_trip(tmp_path):
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
     np.random.standard_normal()  # leaves numpy's second gaussian cached: part of the state
-    torch.save(rng_state(), tmp_path / "rng.pt")
+    torch.save(rng_state(torch.device("cpu")), tmp_path / "rng.pt")
 
     def draws():
         return random.random(), random.gauss(0, 1), np.random.standard_normal(3).tolist(), torch.rand(3).tolist()
 
     expected = draws()
     draws()
-    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True), torch.device("cpu"))
     assert draws() == expected
 
 
-def test_only_the_current_gpu_generator_is_saved_so_a_resume_may_use_fewer_gpus(monkeypatch):
-    """rng_state() of a rank holds its own device's CUDA state, not every visible device's (which a
-    resume on fewer GPUs could not restore)."""
+def test_only_the_model_devices_generator_is_saved_so_a_resume_may_use_fewer_gpus(monkeypatch):
+    """rng_state(device) holds the generator of the device the model samples on (cuda:1 under --device
+    cuda:1 without torchrun, while the current device stays cuda:0), not every visible device's (which
+    a resume on fewer GPUs could not restore); set_rng_state gives it back to that device."""
+    states = {"cuda:0": torch.zeros(16, dtype=torch.uint8), "cuda:1": torch.arange(16, dtype=torch.uint8)}
     restored = []
+
+    def named(device) -> str:  # torch.cuda's default, "cuda", is the current device: cuda:0 here
+        device = torch.device(device)
+        return f"cuda:{0 if device.index is None else device.index}"
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": torch.arange(16, dtype=torch.uint8))
-    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append(state))
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": states[named(device)])
+    monkeypatch.setattr(torch.cuda, "set_rng_state",
+                        lambda state, device="cuda": restored.append((named(device), state)))
     for name in ("get_rng_state_all", "set_rng_state_all"):
         monkeypatch.setattr(torch.cuda, name, lambda *args: pytest.fail(f"{name} used"))
-    state = rng_state()
-    assert torch.equal(state["cuda"], torch.arange(16, dtype=torch.uint8))
-    set_rng_state(state)
-    assert len(restored) == 1 and torch.equal(restored[0], state["cuda"])
+    state = rng_state(torch.device("cuda", 1))
+    assert torch.equal(state["cuda"], states["cuda:1"])
+    set_rng_state(state, torch.device("cuda", 1))
+    assert len(restored) == 1 and restored[0][0] == "cuda:1" and torch.equal(restored[0][1], states["cuda:1"])
+    assert "cuda" not in rng_state(torch.device("cpu"))  # a CPU run has no CUDA generator to keep
+    set_rng_state(state, torch.device("cpu"))           # nor to restore
+    assert len(restored) == 1
 
 
 # ---- a full disk ------------------------------------------------------------------------------------------

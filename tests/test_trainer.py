@@ -274,6 +274,11 @@ def test_grpo_full_trains_the_language_model_against_a_frozen_copy(tmp_path):
     run = trainer.setup(tiny_config(tmp_path, run=dict(method="grpo-full"), optim=dict(learning_rate=1e-3)))
     assert not list(lora_layers(run.policy.model))
     assert run.reference.kind == "frozen copy" and run.reference.model is not run.policy.model
+    # no copy of the vision tower, which the reference never runs (it reads the rollout's image features)
+    assert isinstance(run.reference.model.model.visual, step.NoVisionTower)
+    visual = {id(p) for p in run.policy.model.model.visual.parameters()}
+    assert sum(p.numel() for p in run.reference.model.parameters()) == sum(
+        p.numel() for p in run.policy.model.parameters() if id(p) not in visual)
     visual_before = {k: v.clone() for k, v in run.policy.model.model.visual.state_dict().items()}
     reference_before = {k: v.clone() for k, v in run.reference.model.state_dict().items()}
     metrics, _ = step.grpo_step(run, run.samples[:2], ["explanation"] * 2)

@@ -61,18 +61,19 @@ def load_vqa_rad(root: Path, split: str, bad: BadRows) -> list[Sample]:
 #     ROOT/train.json, ROOT/validate.json, ROOT/test.json   lists of {qid, img_id, img_name, question,
 #         answer, q_lang, location, modality, answer_type, base_type, content_type, triple}
 #     ROOT/imgs/xmlabN/source.jpg                          (img_name is relative to imgs/)
+# The Hub copy (BoKelvin/SLAKE) names the validation file validation.json; either name is read.
 # Rows with q_lang "zh" are dropped before parsing (they are not bad rows, just not used).
 # modality (MRI, CT, X-Ray) → modality; content_type (Organ, Position, Abnormality, ...) → task.
 # Known defect of the official files, skipped with one warning: in train.json the English question
 # "Does the picture contain liver?" of one row has an empty answer (4,919 English rows, 4,918 usable).
 
-SLAKE_FILES = {"train": "train.json", "val": "validate.json", "test": "test.json"}
+SLAKE_FILES = {"train": ("train.json",), "val": ("validate.json", "validation.json"), "test": ("test.json",)}
 SLAKE_DEFECTS = [KnownDefect("train.json", {"q_lang": "en", "question": "Does the picture contain liver?"},
                              "empty 'answer'")]
 
 
 def load_slake(root: Path, split: str, bad: BadRows) -> list[Sample]:
-    path = root / SLAKE_FILES[split]
+    path = find_file([root / name for name in SLAKE_FILES[split]], f"SLAKE {split} file")
 
     def parse(number: int, record: object) -> Sample:
         text_field(record, "q_lang")  # a row that does not say its language is malformed

@@ -6,6 +6,11 @@ was released with. A split may select rows by position as a Python slice does: "
 "train[616:]" are a split's first 616 rows and the rest (a validation set held out of the training
 data, say). Each dataset's module docstring gives its on-disk layout (docs/DATA.md has them all).
 
+A dataset given without a folder is fetched from the Hugging Face Hub (src/data/hub.py) into the Hub
+cache and read from there: `locate_dataset` says where a dataset's files are (the folder given, or the
+snapshot of its Hub repository with the commit it came from), `read_dataset` reads them, and
+`load_dataset` does both.
+
 Unusable rows (missing or undecodable image, empty question or answer, malformed line, bytes that are
 not UTF-8) raise one DatasetError that names file and row, unless `skip_bad_rows=True`, which skips them
 with a warning. Rows the official files themselves get wrong (a known upstream defect, listed in the
@@ -35,6 +40,7 @@ from tqdm import tqdm
 
 from src.data.datasets import (SLAKE_DEFECTS, is_json_layout, load_cv_bench, load_path_vqa, load_slake,
                                load_vqa_med_2019, load_vqa_rad, original_release)
+from src.data.hub import fetch_dataset
 from src.data.reasoning_set import is_reasoning_set, load_silvar_med, upstream_folder
 from src.data.rows import BadRows, DatasetError
 from src.data.sample import Sample
@@ -85,19 +91,59 @@ def usable_count(source: str, split: str) -> int | None:
     return None if rows is None else rows - KNOWN_DEFECT_ROWS.get(source, {}).get(split, 0)
 
 
-def load_dataset(name: str, root: str | Path | None, split: str, skip_bad_rows: bool = False) -> list[Sample]:
-    """All usable rows of one split (or of its `[start:stop]` slice), in file order. `root` may be None
-    only for the synthetic set."""
+@dataclass(frozen=True)
+class DataSource:
+    """Where a dataset's files are: the folder given (--data-root), or a snapshot fetched from the Hub."""
+    name: str
+    root: Path | None            # None: the synthetic set in its cache
+    repo: str | None = None      # the Hub repository the files came from (None for a folder given)
+    commit: str | None = None    # its commit
+
+    def describe(self) -> dict | None:
+        """{"repo", "commit"} of files fetched from the Hub (what run.json records), else None."""
+        return None if self.repo is None else {"repo": self.repo, "commit": self.commit}
+
+
+def locate_dataset(name: str, root: str | Path | None, split: str, revision: str | None = None) -> DataSource:
+    """Where dataset `name`'s split is read from: `root` when given (it always wins), else the synthetic
+    set's cache, else its files fetched from the Hub at `revision` (default: main) into the Hub cache."""
+    split = canonical_split(name, split_rows(split)[0])
+    if root is not None:
+        if revision is not None:
+            raise DatasetError(f"{name}: --data-revision pins the Hub copy, but its files are read from the folder "
+                               f"given ({root}): drop one of the two")
+        if not Path(root).is_dir():
+            raise DatasetError(f"{name}: data folder not found: {root}")
+        return DataSource(name, Path(root))
+    if name == "synthetic":
+        if revision is not None:
+            raise DatasetError("synthetic: generated here, not fetched: --data-revision does not apply")
+        return DataSource(name, None)
+    fetched = fetch_dataset(name, split, revision)
+    return DataSource(name, fetched.root, fetched.repo, fetched.commit)
+
+
+def load_dataset(name: str, root: str | Path | None, split: str, skip_bad_rows: bool = False,
+                 revision: str | None = None) -> list[Sample]:
+    """All usable rows of one split (or of its `[start:stop]` slice), in file order: read from `root`, or
+    without one fetched from the Hub (the synthetic set is generated)."""
+    return read_dataset(locate_dataset(name, root, split, revision), split, skip_bad_rows)
+
+
+def read_dataset(source: DataSource, split: str, skip_bad_rows: bool = False) -> list[Sample]:
+    """All usable rows of one split (or of its `[start:stop]` slice) of a located dataset. A whole split
+    fetched from the Hub whose usable rows are not the official count says so in one warning."""
     split, rows = split_rows(split)
+    name = source.name
     spec, split = dataset_spec(name), canonical_split(name, split)
-    if root is None and name != "synthetic":
-        raise DatasetError(f"{name}: give the folder holding its files (see docs/DATA.md)")
-    root = Path(root) if root is not None else None
-    if root is not None and not root.is_dir():
-        raise DatasetError(f"{name}: data folder not found: {root}")
     bad = BadRows(name)
-    samples = check_images(spec.load(root, split, bad)[rows], bad)  # decoded now, not when a batch reaches them
+    samples = check_images(spec.load(source.root, split, bad)[rows], bad)  # decoded now, not when a batch reaches them
     bad.resolve(skip_bad_rows)
+    if source.repo is not None and rows == slice(None):
+        try:
+            check_official_count(name, source.root, split, samples)
+        except DatasetError as error:
+            warnings.warn(f"{error}; fetched from {source.repo} at commit {source.commit}", stacklevel=2)
     return samples
 
 

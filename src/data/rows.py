@@ -182,8 +182,8 @@ def read_parquet_records(path: Path, columns: list[str]) -> Iterator[tuple[int, 
         import pyarrow
         import pyarrow.parquet as pq
     except ImportError as error:
-        raise DatasetError(f"reading {path} needs pyarrow: pip install 'rarl[parquet]' "
-                           "(or pip install pyarrow)") from error
+        raise DatasetError(f"reading {path} needs pyarrow, a dependency of this project that is missing here: "
+                           "pip install -e . (or pip install pyarrow)") from error
     try:
         parquet = pq.ParquetFile(path)
     except (pyarrow.ArrowException, OSError) as error:

@@ -1,7 +1,8 @@
 """The evaluation, in the paper's order: predictions, judge-free metrics, LLM judges, summary and report.
 
     run_evaluation(args)                    evaluate.py's flags, parsed; returns the summary
-      load_eval_sets                        every dataset read (rows and images) before any model loads
+      load_eval_sets                        every dataset read (rows and images) before any model loads,
+                                            fetched from the Hub where no folder is given
       judge_backends                        every judge's API key checked before anything is generated
       predict -> predictions/*.jsonl        only what is missing is generated (src/eval/predictions.py)
       no_judge_metrics                      src/eval/metrics.py
@@ -9,19 +10,21 @@
       build_summary, render_report          summary.json, report.md (src/eval/report.py)
 
 Every file lands under --output-dir (docs/EVALUATION.md describes each). A re-run with the same
-folder generates and judges only what is missing; run.json refuses to mix predictions of two models or
-generation settings in one folder. The model loads on the first generation, so a resumed run with
+folder generates and judges only what is missing; run.json refuses to mix predictions of two models,
+generation settings or dataset commits in one folder. The model loads on the first generation, so a resumed run with
 every prediction on disk never loads it.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
 from src.checks import check_model_source, phase
-from src.data.loaders import load_dataset, split_rows
+from src.data.hub import NOT_ON_HUB, parse_revisions
+from src.data.loaders import DataSource, locate_dataset, read_dataset, split_rows
 from src.data.prompts import INFERENCE_PROMPTS, TRAINING_PROMPTS
 from src.data.sample import Sample
 from src.errors import UserError
@@ -37,17 +40,20 @@ from src.models.prompt_length import PromptLimit
 from src.rewards.bertscore import load_bertscorer
 
 SYSTEM_PROMPTS = {**INFERENCE_PROMPTS, **TRAINING_PROMPTS}
+PAPER_TEST_SETS = "silvar-med:test,vqa-rad:test,slake:test,vqa-med-2019:test,path-vqa:test"
+"""The five test sets of the paper's Tables 3 and 6: evaluate.py's datasets when --datasets is not given."""
 
 
 def run_evaluation(args: argparse.Namespace) -> dict:
     """The whole evaluation for evaluate.py's parsed flags, in an output folder this run holds; returns
     the summary it wrote. Datasets, judge keys and the human sheet are checked before any model loads."""
-    sets = load_eval_sets(args)
+    sets, sources = load_eval_sets(args)
     backends = judge_backends(args)
     sheet = human_sheet(args.import_human_sheet)
     generation = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
                   "engine": args.rollout_engine, "dtype": str(resolve_dtype(args.dtype, args.device)).removeprefix("torch.")}
-    check_run_settings(args.output_dir, {"model": args.model, "generation": generation})
+    data = {source.name: source.describe() for source in sources if source.describe() is not None}
+    check_run_settings(args.output_dir, {"model": args.model, "generation": generation, "data": data})
     groups = predict(args, sets, lazy_generate_fn(args))
     records = [record for group in groups for record in group.records]
     if args.export_human_sheet:
@@ -56,7 +62,7 @@ def run_evaluation(args: argparse.Namespace) -> dict:
         scorer = load_bertscorer(args.bertscore_model, device=args.device)
     metrics = [no_judge_metrics(group.records, scorer, args.open_answer_score) for group in groups]
     judge_runs = judge(args, backends, groups)
-    run = {"model": args.model, "generation": generation, "bertscore_model": scorer.model_name,
+    run = {"model": args.model, "generation": generation, "data": data, "bertscore_model": scorer.model_name,
            "open_answer_score": args.open_answer_score}
     summary = build_summary(run, groups, metrics, judge_runs, sheet)
     write_atomic(args.output_dir / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False))
@@ -64,16 +70,29 @@ def run_evaluation(args: argparse.Namespace) -> dict:
     return summary
 
 
-def load_eval_sets(args: argparse.Namespace) -> list[tuple[str, str, list[Sample]]]:
-    """(name, split, samples) of every requested dataset, all read before any model loads."""
-    sets = []
-    for spec in args.datasets.split(","):
-        name, _, split = spec.strip().partition(":")
-        split = split or "test"
+def load_eval_sets(args: argparse.Namespace) -> tuple[list[tuple[str, str, list[Sample]]], list[DataSource]]:
+    """(name, split, samples) of every requested dataset, all read before any model loads, and where each
+    was read from. A dataset without a folder is fetched from the Hub (at its --data-revision). Without
+    --datasets: the paper's five test sets, VQA-Med 2019 left out with one line when it has no folder."""
+    requested = [spec.strip().partition(":") for spec in (args.datasets or PAPER_TEST_SETS).split(",")]
+    requested = [(name, split or "test") for name, _, split in requested]
+    revisions = parse_revisions(args.data_revision)
+    unknown = sorted(set(revisions) - {name for name, _ in requested})
+    if unknown:
+        raise UserError(f"--data-revision names {', '.join(unknown)}, which --datasets does not evaluate")
+    sets, sources = [], []
+    for name, split in requested:
+        root = data_root(args.data_root, name)
+        if args.datasets is None and name in NOT_ON_HUB and root is None:
+            print(f"{name}:{split} skipped: it has no copy on the Hugging Face Hub; give its folder with "
+                  f"--data-root {name}=FOLDER to evaluate it too (docs/DATA.md)", file=sys.stderr, flush=True)
+            continue
         with phase(f"dataset {name}:{split}"):
-            samples = load_dataset(name, data_root(args.data_root, name), split, args.skip_bad_rows)
+            source = locate_dataset(name, root, split, revisions.get(name))
+            samples = read_dataset(source, split, args.skip_bad_rows)
         sets.append((name, split, samples[: args.limit] if args.limit else samples))
-    return sets
+        sources.append(source)
+    return sets, sources
 
 
 def data_root(values: list[str], name: str) -> Path | None:
@@ -86,14 +105,17 @@ def data_root(values: list[str], name: str) -> Path | None:
 
 
 def check_run_settings(output_dir: Path, run: dict) -> None:
-    """Refuse to mix predictions of two models or generation settings in one output directory."""
+    """Refuse to mix predictions of two models, generation settings or dataset commits in one output
+    directory; a dataset the folder has not seen yet is added to its run.json."""
     path = output_dir / "run.json"
     changed = changed_settings(path, run)
     if changed:
         raise UserError(f"{output_dir} holds predictions made with other settings ({'; '.join(changed)}); "
                         "use another --output-dir")
-    if not path.exists():
-        write_atomic(path, json.dumps(run, indent=2))
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    merged = {**run, **saved, "data": {**run.get("data", {}), **saved.get("data", {})}}
+    if merged != saved:
+        write_atomic(path, json.dumps(merged, indent=2))
 
 
 def predict(args: argparse.Namespace, datasets: list[tuple[str, str, list[Sample]]],

@@ -1,10 +1,12 @@
 """What an evaluation hands to people: OUTPUT/summary.json, OUTPUT/report.md, and the human sheet.
 
 The summary gathers everything an evaluation computed into one JSON-ready dict. Rates are fractions
-in [0, 1] (the report prints them as percentages). Judge and human percentages count only what was
-actually scored: a failed, unparseable, refused or truncated judgment, or an empty human cell, is
-left out of the denominator and counted separately, never scored as 0. Predictions that carry
-verdict-shaped text are counted per group and listed per judge.
+in [0, 1] (the report prints them as percentages). A judge percentage counts every question the
+judge answered: an unparseable, refused or truncated judgment is an answer a prediction's own text
+can provoke, so it counts as not correct (0), never dropped, and is counted separately too; only a
+failed judgment (no reply yet: a re-run asks again) is left out of the denominator, and listed.
+Human percentages count the cells the reviewers filled. Predictions that carry verdict-shaped text
+are counted per group and listed per judge.
 
 The report renders the summary: the paper's table layout first, then the judge-free metrics. Table
 3/6 layout: one row per dataset, Reasoning (%) and Final (%) per judge (and the Human Evaluation pair
@@ -103,7 +105,8 @@ def _score(cell: str | None, where: str, column: str) -> int | None:
 
 # ---- the summary -----------------------------------------------------------------------------
 
-NOT_SCORED = ("unparseable", "refused", "truncated", "failed")  # the verdicts counted but never scored
+NOT_CORRECT = ("unparseable", "refused", "truncated")  # answers without a readable verdict: scored 0
+WITHOUT_VERDICT = (*NOT_CORRECT, "failed")              # every status but ok, counted per group and listed
 
 
 @dataclass(frozen=True)
@@ -118,15 +121,20 @@ class Group:
 
 def judge_scores(records: list[dict], verdicts: list[Verdict]) -> dict:
     """Final = mean prediction_score, Reasoning = mean reasoning_score (records with a reference
-    reasoning only; None where there are none), both over the "ok" verdicts."""
-    ok = [(record, verdict) for record, verdict in zip(records, verdicts) if verdict.status == "ok"]
-    reasoning = [verdict.reasoning_score for record, verdict in ok if record["reasoning_reference"]]
+    reasoning only; None where there are none), both over every verdict but the failed ones, an
+    unparseable, refused or truncated one scoring 0. `scored` and `scored_reasoning` are those
+    denominators; `judged` counts the ok verdicts."""
+    answered = [(record, verdict) for record, verdict in zip(records, verdicts) if verdict.status != "failed"]
+    final = [verdict.prediction_score if verdict.status == "ok" else 0 for _, verdict in answered]
+    reasoning = [verdict.reasoning_score if verdict.status == "ok" else 0
+                 for record, verdict in answered if record["reasoning_reference"]]
     return {
-        "final": mean([verdict.prediction_score for _, verdict in ok]),
+        "final": mean(final),
         "reasoning": mean(reasoning),
-        "judged": len(ok),
-        "judged_reasoning": len(reasoning),
-        **{status: sum(v.status == status for v in verdicts) for status in NOT_SCORED},
+        "scored": len(final),
+        "scored_reasoning": len(reasoning),
+        "judged": sum(verdict.status == "ok" for _, verdict in answered),
+        **{status: sum(v.status == status for v in verdicts) for status in WITHOUT_VERDICT},
         "verdict_in_prediction": sum(v.verdict_in_prediction for v in verdicts),
     }
 
@@ -163,7 +171,8 @@ def build_summary(
 
 def _judge_totals(judge_run: JudgeRun, records: list[dict]) -> dict:
     """Token usage and cost; every reply behind the verdicts and the share that was unparseable; the
-    records not scored, and those whose prediction carries verdict-shaped text. The cost is unknown
+    records without the judge's own verdict (status and why), and those whose prediction carries
+    verdict-shaped text. The cost is unknown
     (None) when any reply came without usage or the model has no price, and 0 for a judge on this
     machine or a private network (no per-token charge)."""
     problems = [{"dataset": r["dataset"], "split": r["split"], "prompt": r["prompt"], "id": r["id"],
@@ -189,7 +198,7 @@ def _judge_totals(judge_run: JudgeRun, records: list[dict]) -> dict:
         "unparseable_replies": judge_run.unparseable_replies,
         "unparseable_reply_rate": judge_run.unparseable_replies / judge_run.replies if judge_run.replies else None,
         "json_mode": judge_run.json_mode,
-        "not_scored": problems,
+        "without_verdict": problems,
         "verdict_in_prediction": flagged,
     }
 
@@ -258,19 +267,23 @@ def _judge_details(summary: dict) -> list[str]:
                   f"Replies behind these verdicts: {totals['replies']}, of which unparseable: "
                   f"{totals['unparseable_replies']} ({pct(totals['unparseable_reply_rate'])}); "
                   f"JSON mode {'on' if totals['json_mode'] else 'off'}.",
-                  "", _row(["Dataset", "Prompt", "Judged", "Reasoning judged", "Unparseable", "Refused", "Truncated",
-                            "Failed", "Verdict in prediction"]),
-                  _row(["---"] * 9)]
+                  "", "Scored: the questions behind Final (%) (Reasoning scored: behind Reasoning (%)): every one "
+                      "the judge answered. An unparseable, refused or truncated answer counts as not correct: a "
+                      "prediction's own text can provoke each. Failed questions got no reply; they are left out "
+                      "and listed below, and a re-run asks them again.",
+                  "", _row(["Dataset", "Prompt", "Scored", "Reasoning scored", "Judged", "Unparseable (0)",
+                            "Refused (0)", "Truncated (0)", "Failed (left out)", "Verdict in prediction"]),
+                  _row(["---"] * 10)]
         for group in summary["groups"]:
             s = group["judges"][judge]
-            lines.append(_row([_dataset(group), group["prompt"], str(s["judged"]), str(s["judged_reasoning"]),
-                               *(str(s[status]) for status in ("unparseable", "refused", "truncated", "failed",
-                                                               "verdict_in_prediction"))]))
+            lines.append(_row([_dataset(group), group["prompt"],
+                               *(str(s[key]) for key in ("scored", "scored_reasoning", "judged", "unparseable",
+                                                         "refused", "truncated", "failed", "verdict_in_prediction"))]))
         lines.append("")
-        for problem in totals["not_scored"]:
+        for problem in totals["without_verdict"]:
             lines.append(f"- {problem['status']}: {problem['dataset']} {problem['prompt']} "
                          f"id {problem['id']}: {problem['error']}")
-        lines += [""] if totals["not_scored"] else []
+        lines += [""] if totals["without_verdict"] else []
         lines += _flagged(totals["verdict_in_prediction"])
     return lines
 

@@ -4,7 +4,7 @@
   grpo-full: the whole model (save_pretrained), with tokenizer and image processor beside it, so the
   directory is itself a model `evaluate.py --model` can load.
 - trainer_state.pt: step, optimizer and schedule state, and the RNG states (python, numpy, torch CPU,
-  and the CUDA generator of the process's own device) of every rank, a list with one entry per
+  and the CUDA generator of the device the process's model is on) of every rank, a list with one entry per
   process. The data position is a pure function of the step (see trainer.batch_for_step), so the
   step is all the position there is.
 trainer_state.pt holds only tensors and plain values (numbers, strings, lists, dicts), and is read
@@ -46,12 +46,13 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be resumed from; the message names the file and what is wrong."""
 
 
-def rng_state() -> dict:
+def rng_state(device: torch.device) -> dict:
     """This process's random generators as tensors and plain numbers, which weights_only loading reads.
 
     Python's and numpy's Mersenne Twisters are 624 32-bit words and a position (kept as int64
-    tensors); CUDA's is the generator of this process's device only, so that a run resumes on any
-    number of GPUs (each rank restores the state its own device had).
+    tensors); CUDA's is the generator of `device`, the one the model samples with (the process's own
+    GPU under torchrun, whatever --device names without it), and only that one, so that a run resumes
+    on any number of GPUs (each rank restores the state its own device had).
     """
     _, words, gauss = random.getstate()  # (version 3, 624 words + position, cached gauss or None)
     _, keys, position, has_gauss, cached_gauss = np.random.get_state()
@@ -59,19 +60,20 @@ def rng_state() -> dict:
              "numpy": torch.from_numpy(keys.astype(np.int64)), "numpy_position": int(position),
              "numpy_gauss": float(cached_gauss) if has_gauss else None,
              "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()  # the current device's
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device) -> None:
+    """Restore `rng_state`'s generators; the saved CUDA state goes to `device`'s generator."""
     random.setstate((3, tuple(state["python"].tolist()), state["python_gauss"]))
     gauss = state["numpy_gauss"]
     np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_position"],
                          int(gauss is not None), gauss or 0.0))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def save_checkpoint(output_dir: Path, step: int, policy, lora: LoRAConfig | None, base_model: str,

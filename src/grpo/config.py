@@ -10,6 +10,8 @@ import json
 import typing
 from dataclasses import dataclass, field
 
+from src.data.hub import parse_revisions
+from src.data.rows import DatasetError
 from src.grpo.loss import AGGREGATIONS, IMPORTANCE_LEVELS
 from src.models.loading import DEFAULT_MODEL, DTYPES, default_device, resolve_dtype
 from src.models.lora import LoRAConfig
@@ -50,10 +52,27 @@ class ModelConfig:
 class DataConfig:
     dataset: str = flag("silvar-med", "training dataset: silvar-med, vqa-rad, slake, vqa-med-2019, path-vqa, "
                                       "cv-bench or synthetic (the embedded default)")
-    data_root: str | None = flag(None, "dataset directory (not needed for synthetic)")
+    data_root: str | None = flag(None, "folder holding the dataset's files; without it the dataset is fetched from "
+                                       "the Hugging Face Hub into HF_HOME (docs/DATA.md; vqa-med-2019 needs a folder, "
+                                       "synthetic is generated)")
+    data_revision: str | None = flag(None, "NAME=REV: fetch the dataset from this commit, tag or branch of its Hub "
+                                           "repository (default: main); config.json records the commit its files "
+                                           "came from, and --resume refuses another")
     split: str = flag("train", "split to train on")
     samples: int | None = flag(None, "train on a seeded subset of N samples, stratified by modality/task", min=1)
     skip_bad_rows: bool = flag(False, "skip rows with a missing image or empty question/answer instead of stopping")
+
+    @property
+    def revision(self) -> str | None:
+        """The REV of --data-revision NAME=REV; a malformed value, or one naming another dataset, is refused
+        when the run reads its data."""
+        if self.data_revision is None:
+            return None
+        [(name, revision)] = parse_revisions([self.data_revision]).items()
+        if name != self.dataset:
+            raise DatasetError(f"--data-revision {self.data_revision} names {name!r}, but the training dataset is "
+                               f"{self.dataset!r}")
+        return revision
 
 
 @dataclass(frozen=True)

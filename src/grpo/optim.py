@@ -43,7 +43,7 @@ class MasterWeightAdamW(torch.optim.Optimizer):
 
     def __init__(self, params, lr: float, weight_decay: float = 0.0, betas=BETAS, eps: float = EPS):
         self.model_params = list(params)
-        masters = [p.detach().float().clone() for p in self.model_params]
+        masters = [p.detach().to(torch.float32, copy=True) for p in self.model_params]
         super().__init__(masters, dict(lr=lr, weight_decay=weight_decay, betas=betas, eps=eps))
 
     @torch.no_grad()
@@ -77,8 +77,12 @@ class MasterWeightAdamW(torch.optim.Optimizer):
                 param.grad.zero_()
 
     def state_dict(self) -> dict:
+        """torch's optimizer state plus "master_weights", the fp32 masters themselves: like m and v in
+        torch's state_dict they are the live tensors, not copies (a copy of Qwen2-VL-2B's 1.54 B trained
+        parameters' masters is 5.75 GiB of GPU memory at every checkpoint); torch.save writes them one
+        tensor at a time, each through its own CPU copy."""
         state = super().state_dict()
-        state["master_weights"] = [m.detach().clone() for g in self.param_groups for m in g["params"]]
+        state["master_weights"] = [m.detach() for g in self.param_groups for m in g["params"]]
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:

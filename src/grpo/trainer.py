@@ -2,12 +2,14 @@
 
 Each RL step is src/grpo/step.py's grpo_step (sample, score, reference, update, in the paper's order);
 `--method sft` / `sft-full` replace it by cross-entropy on the reference answer (src/grpo/sft.py).
-Everything cheap is checked before weights load: the dataset's files, rows and images, the model's
-whereabouts, and that every training prompt fits the model (check_training_prompts, below).
+Everything cheap is checked before weights load: the dataset's files (fetched from the Hub when no
+folder is given, their commit recorded in config.json), rows and images, the model's whereabouts, and
+that every training prompt fits the model (check_training_prompts, below).
 Shape legend: B prompts, G group size, N = B*G completions, P prompt tokens, L completion tokens.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import signal
@@ -17,8 +19,9 @@ import torch
 from tqdm import tqdm
 
 from src.checks import check_model_source, phase
-from src.data.loaders import load_dataset
+from src.data.loaders import DataSource, locate_dataset, read_dataset
 from src.data.prompts import TRAINING_PROMPTS, assign_training_prompts
+from src.data.rows import DatasetError
 from src.data.sample import Sample
 from src.data.subset import take_subset
 from src.files import changed_settings, write_atomic
@@ -43,8 +46,14 @@ from src.models.prompt_length import PromptLimit
 from src.run_guard import Interrupted, signal_name, stop_requested, stop_signals
 
 
+def training_source(cfg: TrainConfig) -> DataSource:
+    """Where the training set is read from: --data-root, or its files fetched from the Hub (at
+    --data-revision) into the Hub cache."""
+    return locate_dataset(cfg.data.dataset, cfg.data.data_root, cfg.data.split, cfg.data.revision)
+
+
 def training_samples(cfg: TrainConfig) -> list[Sample]:
-    samples = load_dataset(cfg.data.dataset, cfg.data.data_root, cfg.data.split, skip_bad_rows=cfg.data.skip_bad_rows)
+    samples = read_dataset(training_source(cfg), cfg.data.split, skip_bad_rows=cfg.data.skip_bad_rows)
     check_model_source(cfg.model.model)  # the prompt check reads its tokenizer: say first if it is not there
     samples = check_training_prompts(samples, cfg)  # tokenizer and config only: no weights
     if cfg.data.samples is not None:
@@ -127,9 +136,10 @@ def batch_for_step(step: int, num_samples: int, batch_size: int, seed: int) -> t
 
 
 RESUMABLE_CHANGES = ("run.resume", "run.output_dir", "run.save_steps", "run.device", "run.report_to",
-                     "optim.max_steps", "optim.epochs", "model.prefix_sharing")
+                     "optim.max_steps", "optim.epochs", "model.prefix_sharing", "data.data_revision")
 """Settings a resumed run may change: where the run directory now lies, when to save, where to run,
-where else metrics go, how long to go on, and whether prompts are shared (the same numbers either way)."""
+where else metrics go, how long to go on, and whether prompts are shared (the same numbers either way).
+The data revision is compared as the commit it gives once fetched (check_same_data)."""
 
 
 def check_same_settings(saved_path: Path, cfg: TrainConfig) -> None:
@@ -138,6 +148,27 @@ def check_same_settings(saved_path: Path, cfg: TrainConfig) -> None:
     if changed:
         raise ValueError(f"--resume: {saved_path} was written with other settings ({'; '.join(changed)}); "
                          "resume with the saved settings, or start the new run in another --output-dir")
+
+
+def check_same_data(saved_path: Path, source: DataSource) -> None:
+    """Refuse to resume on other files than the run started with: the commit config.json records for a
+    dataset fetched from the Hub must be the one fetched now."""
+    saved = json.loads(saved_path.read_text()).get("data", {}).get("data_revision")
+    if saved is None or source.commit is None:  # a folder, then or now: --data-root's own check covers it
+        return
+    commit = saved.partition("=")[2]
+    if commit != source.commit:
+        raise DatasetError(f"--resume: {saved_path} trained on {source.name} from {source.repo} at commit {commit}; "
+                           f"the Hub now gives commit {source.commit}: resume on the same files with "
+                           f"--data-revision {source.name}={commit}, or start a new run in another --output-dir")
+
+
+def pinned_to(cfg: TrainConfig, source: DataSource) -> TrainConfig:
+    """`cfg` with --data-revision set to the commit the training files came from (config.json records it,
+    and every later read of the dataset in this run takes exactly those files)."""
+    if source.commit is None:
+        return cfg
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data_revision=f"{source.name}={source.commit}"))
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -156,6 +187,10 @@ def train(cfg: TrainConfig) -> Path:
         check_same_settings(out / "config.json", cfg)
         check_run_log(out / "metrics.jsonl", checkpoint_step(checkpoint))
         check_run_log(out / "completions.jsonl", checkpoint_step(checkpoint), completion_rows)
+    source = training_source(cfg)  # fetched from the Hub now, if need be: its commit is known before anything loads
+    if checkpoint is not None:
+        check_same_data(out / "config.json", source)
+    cfg = pinned_to(cfg, source)
     with stop_signals():
         return _train(cfg, out, checkpoint, completion_rows)
 
@@ -173,7 +208,7 @@ def _train(cfg: TrainConfig, out: Path, checkpoint: Path | None, completion_rows
     if checkpoint is not None:
         start_step, rng_states = load_checkpoint(checkpoint, run.policy, cfg.uses_lora, run.optimizer, run.scheduler)
         if rank() < len(rng_states):  # a rank the checkpoint did not know keeps its fresh seeded stream
-            set_rng_state(rng_states[rank()])
+            set_rng_state(rng_states[rank()], run.policy.device)
         if is_main():
             print(f"resumed from {checkpoint} at step {start_step}")
     if stop_signal() is not None:  # a signal while the model loaded: nothing new to save
@@ -212,7 +247,7 @@ def _train(cfg: TrainConfig, out: Path, checkpoint: Path | None, completion_rows
         progress.set_postfix({k: f"{record[k]:.3g}" for k in ("loss", "reward") if k in record})
         stopping = stop_signal()  # the same answer on every rank
         if (step + 1) % cfg.run.save_steps == 0 or step + 1 == run.total_steps or stopping is not None:
-            rng_states = gather_objects(rng_state())  # every rank's, so a resume on as many ranks is exact
+            rng_states = gather_objects(rng_state(run.policy.device))  # every rank's: a resume on as many is exact
             if is_main():
                 last = save_checkpoint(out, step + 1, run.policy, run.lora, base_model_name(cfg.model.model),
                                        run.optimizer, run.scheduler, rng_states)

@@ -7,7 +7,8 @@
   "Qwen/Qwen3-VL-2B-Instruct", or a local copy of one;
 - a directory saved by train.py: a PEFT-format adapter (adapter_config.json) whose base model is read
   from the adapter's config, or a full fine-tuned model (config.json).
-Weights load in the dtype asked for (`--dtype`: auto is bf16 on GPU, fp32 on CPU); flash_attention_2 when flash-attn is installed (and a GPU is there), else sdpa.
+Weights load in the dtype asked for (`--dtype`: auto is bf16 on GPU, fp32 on CPU), with transformers'
+attention set by `attention_implementation`: flash_attention_2 where flash-attn can run, else sdpa.
 The family (src/models/families.py) is read from config.json's model_type before any weights load, and
 picks the transformers class; any other model_type is refused with one line naming the supported ones.
 The image processor is loaded on its own: `AutoProcessor` would pull in the video processor, which
@@ -15,9 +16,9 @@ needs torchvision.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,10 +64,29 @@ def resolve_dtype(name: str | None, device: torch.device | str | None = None) ->
     return getattr(torch, name)
 
 
-def attention_implementation(device: torch.device) -> str:
-    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return "sdpa"
+FLASH_DTYPES = (torch.bfloat16, torch.float16)  # the only dtypes flash-attn's kernels take
+
+
+def attention_implementation(device: torch.device, dtype: torch.dtype) -> str:
+    """transformers' attention for a model of `dtype` on `device`: flash_attention_2 where flash-attn can
+    run, that is a CUDA device of compute capability 8.0 or later, bf16 or fp16 weights, and a flash-attn
+    that imports (a build against another torch or CUDA fails here with an undefined symbol, and is
+    named in a warning); sdpa otherwise. transformers loads fp32 weights with flash_attention_2 after a
+    warning, and flash-attn then refuses the first prompt's fp32 q/k/v in the vision tower.
+
+    It reaches the vision tower, transformers' generate (`--rollout-engine hf`) and the unshared training
+    forward (`--no-prefix-sharing`); the rollout engine and the shared-prefix forward call torch's SDPA
+    with their own boolean masks whatever this says.
+    """
+    if device.type != "cuda" or dtype not in FLASH_DTYPES or torch.cuda.get_device_capability(device)[0] < 8:
+        return "sdpa"
+    try:
+        from flash_attn import flash_attn_func, flash_attn_varlen_func  # noqa: F401 - what transformers calls
+    except Exception as error:  # noqa: BLE001 - a broken build fails in many ways (undefined symbol, OSError, ...)
+        if not (isinstance(error, ModuleNotFoundError) and error.name == "flash_attn"):  # installed, but broken
+            warnings.warn(f"flash-attn does not import ({type(error).__name__}: {error}); using sdpa", stacklevel=2)
+        return "sdpa"
+    return "flash_attention_2"
 
 
 def resolve_model_path(name: str) -> str:
@@ -95,7 +115,7 @@ def load_base(name: str, device: torch.device | str | None = None, dtype: torch.
     try:
         family = checkpoint_family(path)  # config.json alone: an unsupported model is refused before its weights
         model = family.model_cls().from_pretrained(
-            path, dtype=dtype, attn_implementation=attention_implementation(device)
+            path, dtype=dtype, attn_implementation=attention_implementation(device, dtype)
         )
         tokenizer = AutoTokenizer.from_pretrained(path)
         image_processor = load_image_processor(path)

@@ -28,7 +28,7 @@ from src.data.sample import Sample
 from src.files import file_key
 from src.models.families import UnsupportedModel, checkpoint_family
 from src.models.inputs import render_prompt
-from src.models.loading import _offline_hint, base_model_name, resolve_model_path
+from src.models.loading import _offline_hint, base_model_name, load_image_processor, resolve_model_path
 
 UNSET_MAX_LENGTH = 10**9  # transformers puts int(1e30) in model_max_length when the tokenizer does not say
 
@@ -46,7 +46,7 @@ class PromptLimit:
     def from_model(cls, name: str) -> PromptLimit:
         """Read the limit of `name` (hub id, local model, adapter directory or a tiny model) without its weights.
         A model of an unsupported family is refused here, from its config.json alone."""
-        from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
 
         has_adapter = (Path(name) / "adapter_config.json").is_file()
         path = resolve_model_path(base_model_name(name) if has_adapter else name)
@@ -54,7 +54,7 @@ class PromptLimit:
             checkpoint_family(path)
             config = AutoConfig.from_pretrained(path)
             tokenizer = AutoTokenizer.from_pretrained(path)
-            image_processor = AutoImageProcessor.from_pretrained(path)
+            image_processor = load_image_processor(path)  # as load_policy: without torchvision too
         except UnsupportedModel:
             raise
         except (OSError, ValueError, json.JSONDecodeError) as error:

@@ -13,8 +13,10 @@ usage has no token counts (None), which makes the cost unknown.
 `ask` retries what is worth retrying (HTTP 408, 429, 5xx, timeouts, connection errors) with
 exponential backoff and jitter, honouring Retry-After and Gemini's RetryInfo.retryDelay. Each attempt
 has one deadline for all of it (connecting, sending, waiting and reading: a server that trickles a
-byte a second cannot hold a request open), and a reply is read to at most MAX_REPLY_BYTES, so the
-judge cache, which stores each reply, stays bounded. An answer every request would get raises
+byte a second cannot hold a request open), and a reply is read to at most MAX_REPLY_BYTES after
+decompression, counted while it inflates (`CappedInflater`: a 50 KB gzip body that expands to 50 MB
+stops at the cap, having produced no more than the cap and one byte), so the judge cache, which stores
+each reply, and the memory that reads it stay bounded. An answer every request would get raises
 JudgeFatalError; any other failure, or one still failing after the last attempt, JudgeRequestError.
 
 Model facts. The paper's judges (gpt-4o-mini, gemini-1.5-flash) stay accepted by name; when a
@@ -23,17 +25,20 @@ Scores from another judge are not comparable with the paper's, and a provider's 
 disappear: a local open-weights judge with pinned weights is the only one whose scores stay
 reproducible (docs/EVALUATION.md).
 
-Keys travel only in headers (Gemini's `x-goog-api-key`, never the `?key=` query string). A key copied
-from a CRLF `.env` file ends in "\\r"; an HTTP library refuses such a header and echoes it in its
-exception. So the key is stripped and must then be printable ASCII without spaces (what an HTTP
-header carries), else the run stops naming the variable and the character's position, never the key.
-`scrub` removes the key from any text this project writes, logs or raises, in every form a server or
-library may echo it: whole, URL-encoded, masked the way providers print it ("sk-…****abcd") or in part
-(any 8 or more consecutive characters of it); and credentials written into a URL
-(http://user:password@host) from any text, whoever the secret belongs to. `LogScrubber` does the same
-to the log lines of httpx, which prints every request's URL at INFO. `check_transport` refuses to send
-a credential (a key, or a password in the URL) in clear: over plain http only to this machine (a
-local vLLM or Ollama), elsewhere only over https, unless the user says the network is trusted.
+Keys come from the environment only and travel only in headers (OpenAI's `Authorization: Bearer`,
+Gemini's `x-goog-api-key`, never the `?key=` query string); a judge URL that holds credentials
+(http://user:password@host) is refused (`check_url`). A key copied from a CRLF `.env` file ends in
+"\\r"; an HTTP library refuses such a header and echoes it in its exception. So the key is stripped
+and must then be printable ASCII without spaces (what an HTTP header carries), else the run stops
+naming the variable and the character's position, never the key. `scrub` removes the key from any
+text this project writes, logs or raises, the judge's reply text included, in every form a server or
+library may echo it: whole (a Bearer header's value), URL-encoded, JSON-escaped, in base64 (also
+inside a longer encoded text such as a Basic header's base64("user:key")), masked the way providers
+print it ("sk-…****abcd") or in part (any 8 or more consecutive characters of it or of its base64);
+and credentials written into a URL from any text, whoever the secret belongs to. `LogScrubber` does
+the same to the log lines of httpx, which prints every request's URL at INFO. `check_url` refuses to
+send the key in clear: over plain http only to this machine (a local vLLM or Ollama), elsewhere only
+over https, unless the user says the network is trusted.
 
 Provider error bodies, as the providers send them:
   OpenAI (and vLLM, Ollama): {"error": {"message", "type", "param", "code"}}, e.g. code
@@ -45,12 +50,14 @@ Provider error bodies, as the providers send them:
       {"retryDelay": "57s"}.
 A fatal answer is one every further request would get as well: a refused key (401, Gemini's 400
 API_KEY_INVALID), no permission (403), an unknown or retired model (404), a parameter the model does
-not accept (400), an exhausted quota or a location the API does not serve. One such answer stops
-the run with the provider's words, the judge, and how to fix it.
+not accept (400; OpenAI's "Invalid parameter: 'response_format' of type 'json_schema' is not
+supported with this model" for --judge-json among them), an exhausted quota or a location the API
+does not serve. One such answer stops the run with the provider's words, the judge, and how to fix it.
 """
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import ipaddress
 import json
@@ -60,11 +67,14 @@ import random
 import re
 import time
 import unicodedata
-from dataclasses import dataclass, field
+import zlib
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 from urllib.parse import quote, quote_plus, urlparse, urlsplit
 
 import httpx
+
+from src.eval.judge.prompt import VERDICT_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -161,13 +171,41 @@ def read_key(names: tuple[str, ...]) -> tuple[str, str] | None:
 
 
 def scrub(text: str, *secrets: str | None) -> str:
-    """`text` with every form of each secret, and any credentials written in a URL, replaced by "***"."""
+    """`text` with every form of each secret (`secret_forms`), any run of FRAGMENT or more characters of
+    the secret or of its base64 forms, a provider's masked echo of a key, and any credentials written
+    in a URL, replaced by "***"."""
     text = URL_CREDENTIALS.sub("***@", text)
     for secret in filter(None, secrets):
-        for form in sorted({secret, quote(secret, safe=""), quote(secret), quote_plus(secret)}, key=len, reverse=True):
+        for form in sorted(secret_forms(secret), key=len, reverse=True):
             text = text.replace(form, "***")
-        text = _drop_fragments(text, secret)
+        for whole in (secret, *_base64_forms(secret)):
+            text = _drop_fragments(text, whole)
     return MASKED.sub("***", text) if any(secrets) else text
+
+
+def secret_forms(secret: str) -> set[str]:
+    """The forms a secret takes in the text a server or library may echo: whole (a `Bearer` header's
+    value, Gemini's x-goog-api-key); URL-encoded three ways; escaped in a JSON string (with "/" as
+    "\\/" too, as some encoders write it); and in base64, standard and URL-safe, at each of the three
+    alignments it can have inside a longer encoded text, as in a Basic Authorization header's
+    base64("user:secret")."""
+    escaped = json.dumps(secret)[1:-1]
+    return {secret, quote(secret, safe=""), quote(secret), quote_plus(secret), escaped, escaped.replace("/", "\\/"),
+            *_base64_forms(secret)}
+
+
+def _base64_forms(secret: str) -> set[str]:
+    """The base64 characters that encode only the secret's own bits, at each byte offset mod 3 the
+    secret can start at in an encoded text; forms shorter than FRAGMENT are left out (too common)."""
+    data, forms = secret.encode(), set()
+    for offset in range(3):
+        encoded = base64.b64encode(bytes(offset) + data).decode()
+        core = encoded[-(-8 * offset // 6):8 * (offset + len(data)) // 6]  # characters 6i..6i+6 within the secret
+        forms |= {core, core.translate(_URL_SAFE)}
+    return {form for form in forms if len(form) >= FRAGMENT}
+
+
+_URL_SAFE = str.maketrans("+/", "-_")
 
 
 class LogScrubber(logging.Filter):
@@ -186,35 +224,37 @@ LOG_SCRUBBER = LogScrubber()
 logging.getLogger("httpx").addFilter(LOG_SCRUBBER)  # its INFO line per request holds the URL; httpcore logs no URL
 
 
-def check_transport(base_url: str, key_name: str | None, allow_plain_http: bool) -> None:
-    """Refuse (ValueError) to send a credential over plain http to another machine, or to a URL that is
-    neither http nor https. Loopback (localhost, 127.0.0.0/8, ::1) is this machine: plain http is fine."""
+def check_url(base_url: str, key_names: tuple[str, ...], key_name: str | None, allow_plain_http: bool) -> None:
+    """Refuse (ValueError) a judge URL that is not http(s) with a host, one that holds credentials
+    (user:password@host: they come from the environment only), and one that would carry the key in
+    clear: plain http goes only to loopback (localhost, 127.0.0.0/8, ::1: this machine)."""
     parts = urlsplit(base_url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"judge URL {scrub(base_url)} is not an http(s) URL with a host")
-    if parts.scheme == "https" or is_loopback(parts.hostname) or allow_plain_http:
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"judge URL {scrub(base_url)} holds credentials before its host; credentials come from the "
+                         f"environment only (a URL is logged and saved): remove them from the URL and put the "
+                         f"server's key in {' or '.join(key_names)}, which is sent in a header")
+    if parts.scheme == "https" or is_loopback(parts.hostname) or allow_plain_http or key_name is None:
         return
-    sent = [name for name in (key_name, "the password in the URL" if parts.password else None) if name]
-    if sent:
-        raise ValueError(f"{' and '.join(sent)} would cross the network in clear to {parts.hostname} over plain http: "
-                         f"use an https URL, or pass {ALLOW_HTTP_FLAG} if the network between is trusted")
+    raise ValueError(f"{key_name} would cross the network in clear to {parts.hostname} over plain http: use an https "
+                     f"URL, or pass {ALLOW_HTTP_FLAG} if the network between is trusted")
 
 
 def _drop_fragments(text: str, secret: str) -> str:
     """Replace every maximal run of FRAGMENT or more characters that is also a run of `secret`."""
-    starts = {secret[i:i + FRAGMENT] for i in range(len(secret) - FRAGMENT + 1)}
-    out, i = [], 0
-    while i < len(text):
-        if text[i:i + FRAGMENT] in starts:
-            end = i + FRAGMENT
-            while end < len(text) and text[i:end + 1] in secret:
-                end += 1
-            out.append("***")
-            i = end
-        else:
-            out.append(text[i])
-            i += 1
-    return "".join(out)
+    pieces = {secret[i:i + FRAGMENT] for i in range(len(secret) - FRAGMENT + 1)}
+    if not pieces:
+        return text
+    pattern = re.compile("|".join(map(re.escape, sorted(pieces))))
+    out, done = [], 0
+    while (found := pattern.search(text, done)) is not None:
+        start, end = found.start(), found.end()
+        while end < len(text) and text[start:end + 1] in secret:
+            end += 1
+        out += [text[done:start], "***"]
+        done = end
+    return "".join(out) + text[done:]
 
 
 # ---- provider errors ------------------------------------------------------------------------
@@ -275,6 +315,9 @@ def fatal_advice(error: ProviderError, model: str, key_name: str | None, base_ur
                 "and billing for the key's project, or use a key that has access.")
     if status == 404:
         return model_gone_advice(model, base_url)
+    if status == 400 and ("response_format" in str(error.param or "") or "'response_format'" in error.message):
+        return (f"{model} does not give structured output as --judge-json asks for it (response_format json_schema): "
+                "run without --judge-json, or use a judge that supports structured output (docs/EVALUATION.md).")
     if status == 400 and (error.code in ("unsupported_parameter", "unsupported_value") or
                           GEMINI_UNKNOWN_FIELD.search(error.message)):
         name = error.param or "(unnamed)"
@@ -309,6 +352,13 @@ MAX_REPLY_BYTES = 2**20  # a verdict is a few hundred bytes; a reasoning judge's
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 GEMINI_BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
 JSON_MODE_INSTRUCTION = "Reply with the JSON object only."  # OpenAI's JSON mode requires the word JSON in the prompt
+# VERDICT_SCHEMA in Gemini's OpenAPI subset: upper-case types, no integer enums, the order given explicitly.
+GEMINI_VERDICT_SCHEMA = {
+    "type": "OBJECT",
+    "properties": {key: {"type": value["type"].upper()} for key, value in VERDICT_SCHEMA["properties"].items()},
+    "required": VERDICT_SCHEMA["required"],
+    "propertyOrdering": list(VERDICT_SCHEMA["properties"]),
+}
 KEY_NAMES = {"openai": ("OPENAI_API_KEY",), "gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY")}
 
 
@@ -354,8 +404,9 @@ class OpenAIChat:
 
     Temperature 0, except for OpenAI's reasoning models, which accept only their default and get
     none. A token limit goes in max_completion_tokens for OpenAI itself and for reasoning models,
-    and in max_tokens, which every compatible server reads, elsewhere. JSON mode sends
-    response_format {"type": "json_object"}.
+    and in max_tokens, which every compatible server reads, elsewhere. JSON mode asks for structured
+    output: response_format {"type": "json_schema"} with the verdict's schema, strict (vLLM and Ollama
+    read the same field).
     """
 
     model: str
@@ -375,7 +426,8 @@ class OpenAIChat:
             official = self.base_url.rstrip("/") == OPENAI_BASE_URL
             body["max_completion_tokens" if reasoning or official else "max_tokens"] = self.max_tokens
         if self.json_mode:
-            body["response_format"] = {"type": "json_object"}
+            body["response_format"] = {"type": "json_schema",
+                                       "json_schema": {"name": "verdict", "strict": True, "schema": VERDICT_SCHEMA}}
         return f"{self.base_url.rstrip('/')}/chat/completions", headers, body
 
     def reply(self, body: dict) -> JudgeReply:
@@ -401,7 +453,8 @@ class GeminiGenerate:
     """POST {base_url}/models/{model}:generateContent with the key in the x-goog-api-key header.
 
     generationConfig: temperature 0; maxOutputTokens for a token limit (thinking counts against it);
-    responseMimeType application/json in JSON mode.
+    in JSON mode, structured output: responseMimeType application/json and the verdict's schema as a
+    responseSchema (Gemini's OpenAPI subset, its fields in the schema's order).
     """
 
     model: str
@@ -417,7 +470,7 @@ class GeminiGenerate:
         if self.max_tokens is not None:
             config["maxOutputTokens"] = self.max_tokens
         if self.json_mode:
-            config["responseMimeType"] = "application/json"
+            config.update(responseMimeType="application/json", responseSchema=GEMINI_VERDICT_SCHEMA)
         body = {"contents": [{"role": "user", "parts": [{"text": prompt}]}], "generationConfig": config}
         return f"{self.base_url.rstrip('/')}/models/{self.model}:generateContent", headers, body
 
@@ -448,8 +501,8 @@ def make_backend(model: str, base_url: str | None = None, json_mode: bool = Fals
 
     Keys come from the environment: OPENAI_API_KEY; GEMINI_API_KEY, else GOOGLE_API_KEY; stripped and
     checked here (see API keys above). A key is required for the providers' own URLs and optional for a
-    `base_url` (a local server needs none); a key or a password in `base_url` is sent over plain
-    http only to this machine, unless `allow_plain_http` (`check_transport`). A model its
+    `base_url` (a local server needs none); a `base_url` may not hold credentials, and the key goes
+    over plain http only to this machine, unless `allow_plain_http` (`check_url`). A model its
     provider has retired is still accepted, with a warning: the provider's answer decides.
     """
     kind = provider(model)
@@ -459,8 +512,9 @@ def make_backend(model: str, base_url: str | None = None, json_mode: bool = Fals
         raise ValueError(f"judge {model!r} needs an API key in {' or '.join(names)}")
     key_name, secret = found if found else (None, None)
     if base_url is not None:
-        check_transport(base_url, key_name, allow_plain_http)
-    LOG_SCRUBBER.secrets.update(filter(None, (secret, urlsplit(base_url or "").password)))
+        check_url(base_url, names, key_name, allow_plain_http)
+    if secret:
+        LOG_SCRUBBER.secrets.add(secret)
     if retirement(model):
         log.warning("judge %s: %s; the run stops if the provider no longer serves it", model, retirement(model))
     backend = GeminiGenerate if kind == "gemini" else OpenAIChat
@@ -493,6 +547,7 @@ async def ask(http: httpx.AsyncClient, backend: Backend, prompt: str, retry: Ret
     `stop`, once set, ends the retries before the next attempt is sent (JudgeStopped).
     """
     url, headers, body = backend.request(prompt)
+    # make_backend refuses a URL password, but a Backend built by hand may carry one
     secrets = (backend.secret, urlsplit(url).password)
     problem = ""
     for attempt in range(retry.max_attempts):
@@ -501,7 +556,7 @@ async def ask(http: httpx.AsyncClient, backend: Backend, prompt: str, retry: Ret
         wait = retry.backoff(attempt)
         try:
             status, response_headers, text = await _post(http, url, headers, body, retry.timeout)
-        except ReplyTooLarge as exc:  # the same prompt would get the same reply: not retried
+        except UnreadableReply as exc:  # the same prompt would get the same reply: not retried
             raise JudgeRequestError(scrub(f"{backend.model}: {exc}", *secrets)) from None
         except asyncio.TimeoutError:
             problem = f"no complete reply within {retry.timeout:g} s (--judge-timeout)"
@@ -528,33 +583,85 @@ async def ask(http: httpx.AsyncClient, backend: Backend, prompt: str, retry: Ret
         f"{backend.model}: gave up after {retry.max_attempts} attempts; last error {problem}", *secrets))
 
 
-class ReplyTooLarge(Exception):
-    """A reply body beyond MAX_REPLY_BYTES."""
+class UnreadableReply(Exception):
+    """A reply body this client does not read: larger than MAX_REPLY_BYTES once decompressed, in a
+    content-encoding it did not ask for, or with a damaged gzip stream."""
+
+
+ACCEPT_ENCODING = "gzip"  # the one compression CappedInflater reads; sent, so that no other is chosen
+
+
+class CappedInflater:
+    """A reply body decoded chunk by chunk (Content-Encoding identity or gzip) to at most `cap` bytes.
+
+    zlib inflates each network chunk only as far as `max_length` allows and keeps the rest of its
+    input as `unconsumed_tail`; asking for the room left plus one byte at a time means that a body
+    which would expand past the cap (a gzip bomb: 50 KB that inflate to 50 MB) raises UnreadableReply
+    having produced at most cap + 1 bytes in all, however large one compressed chunk expands.
+    """
+
+    def __init__(self, encoding: str, cap: int, status: int):
+        self.encoding = encoding.strip().lower()
+        if self.encoding not in ("", "identity", "gzip", "x-gzip"):
+            raise UnreadableReply(f"the reply (HTTP {status}) is in content-encoding {encoding!r}, which was not "
+                                  f"asked for (Accept-Encoding: {ACCEPT_ENCODING}); not read")
+        self.inflate = None if self.encoding in ("", "identity") else zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self.cap, self.status, self.produced = cap, status, 0
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The decoded bytes of the next chunk of the body."""
+        if self.inflate is None:
+            return self._counted(chunk)
+        out = bytearray()
+        while chunk and not self.inflate.eof:   # after the gzip member ends, the rest is ignored
+            try:
+                piece = self.inflate.decompress(chunk, self.cap - self.produced + 1)
+            except zlib.error as exc:
+                raise UnreadableReply(f"the reply (HTTP {self.status}) is not a valid gzip stream ({exc}); "
+                                      "not read") from None
+            out += self._counted(piece)
+            chunk = self.inflate.unconsumed_tail
+        return bytes(out)
+
+    def flush(self) -> bytes:
+        return b"" if self.inflate is None else self._counted(self.inflate.flush())
+
+    def _counted(self, piece: bytes) -> bytes:
+        self.produced += len(piece)
+        if self.produced > self.cap:
+            once = "" if self.inflate is None else f" once decompressed (content-encoding {self.encoding})"
+            raise UnreadableReply(f"the reply (HTTP {self.status}) is larger than {self.cap // 1024} KiB{once}; "
+                                  "stopped reading it")
+        return piece
 
 
 async def _post(http: httpx.AsyncClient, url: str, headers: dict, body: dict,
                 timeout: float) -> tuple[int, httpx.Headers, str]:
     """(status, headers, body text) of one POST, all of it within `timeout` seconds (asyncio.TimeoutError
-    past that), the body read to at most MAX_REPLY_BYTES (ReplyTooLarge past that)."""
+    past that), the body decoded to at most MAX_REPLY_BYTES (UnreadableReply past that)."""
     async def exchange() -> tuple[int, httpx.Headers, str]:
-        async with http.stream("POST", url, headers=headers, json=body, timeout=timeout) as response:
+        async with http.stream("POST", url, headers={**headers, "Accept-Encoding": ACCEPT_ENCODING}, json=body,
+                               timeout=timeout) as response:
+            decoder = CappedInflater(response.headers.get("content-encoding", ""), MAX_REPLY_BYTES,
+                                     response.status_code)
             data = bytearray()
-            async for chunk in response.aiter_bytes():  # decoded: a compressed reply is capped as it unpacks
-                data += chunk
-                if len(data) > MAX_REPLY_BYTES:
-                    raise ReplyTooLarge(f"the reply (HTTP {response.status_code}) is larger than "
-                                        f"{MAX_REPLY_BYTES // 1024} KiB; stopped reading it")
+            async for chunk in response.aiter_raw():  # as received: httpx would inflate each chunk whole
+                data += decoder.feed(chunk)
+            data += decoder.flush()
             return response.status_code, response.headers, data.decode(response.encoding or "utf-8", errors="replace")
 
     return await asyncio.wait_for(exchange(), timeout)
 
 
 def _reply(backend: Backend, text: str, secrets: tuple[str | None, ...]) -> JudgeReply:
+    """The reply in a 200 response body, its text and stop reason scrubbed of the key (a server can
+    quote it, and both are cached and written to the judgments)."""
     try:
-        return backend.reply(json.loads(text))
+        reply = backend.reply(json.loads(text))
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
         message = f"{backend.model}: unexpected response shape ({type(exc).__name__}: {exc}): {text[:300]}"
-    raise JudgeRequestError(scrub(message, *secrets))
+        raise JudgeRequestError(scrub(message, *secrets)) from None
+    return replace(reply, text=scrub(reply.text, *secrets), stop_reason=scrub(reply.stop_reason, *secrets))
 
 
 def _retry_after(value: str | None, cap: float) -> float | None:

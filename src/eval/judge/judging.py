@@ -2,32 +2,39 @@
 and what the judgments cost.
 
 Each distinct prompt is asked at most once (records with identical prompts share a reply) and only
-when the cache lacks it. Every record ends in one of five states:
-  ok           the reply parsed; prediction_score (and reasoning_score where a reference reasoning
-               exists) are 0/1;
-  unparseable  the judge answered, `parse_attempts` times, but never with readable scores;
+when the cache lacks it. A prompt is distinct by its inputs: every request draws new random ids
+(prompt.PromptIds: the fence around the prediction and the verdict's id), and the cache key is
+computed from the prompt without them. Every record ends in one of five states:
+  ok           the judge's own verdict (the output structure with the request's verdict_id) was
+               read: prediction_score (and reasoning_score where a reference reasoning exists) are 0/1;
+  unparseable  the judge answered, `parse_attempts` times, but never with a verdict that could be
+               attributed to it and read;
   refused      the provider declined or withheld the reply (a refusal, a content filter, a safety
                block of the reply or of the prompt); asked once, the reason kept;
   truncated    the reply hit the token limit before its scores; asked once, the reason kept;
   failed       no reply (HTTP error, timeouts after all retries); the error text says why.
-Only "ok" records enter the percentages; the others are counted and reported, never scored 0. A
-prediction that carries verdict-shaped text is flagged (`verdict_in_prediction`); its judgment is the
-judge's own verdict, never a copy of the prediction's (src/eval/judge/prompt.py).
+Unparseable, refused and truncated are answers the judge gave about this prediction, and the
+prediction's own text can provoke each of them, so they count as not correct (src/eval/report.py);
+failed records have no answer yet: they are left out of the percentages and listed, and a re-run
+asks them again. A prediction that carries verdict-shaped text is flagged (`verdict_in_prediction`);
+its judgment is the judge's own verdict, never a copy of the prediction's (src/eval/judge/prompt.py).
 
 A fatal answer (a refused key, a retired model, no quota: src/eval/judge/client.py) stops the run:
 no new request is sent, the requests in flight finish and are cached, and JudgeFatalError says what
 the provider answered, how to fix it, and that a re-run resumes from the cache. A stop signal
 (src/run_guard.py) stops it the same way and raises Interrupted.
 
-The cache: one append-only JSONL file per judge; each line is {key, model, prompt, reply,
+The cache: one append-only JSONL file per judge; each line is {key, model, prompt, verdict_id, reply,
 prompt_tokens, completion_tokens, replies, stop, stop_reason}, written (and fsync'ed) the moment the
-reply arrives: token counts are summed over the `replies` asked for this prompt (null when the
-provider reported no usage), `stop` is how the last reply ended ("complete", "refused" or
-"truncated", with the provider's reason). The key is sha256 of the judge model and the exact prompt.
-The raw reply is stored, not its parsed scores, so an improved reply parser applies to past judgments
-without asking again. Refused and truncated replies are cached like any answer (the provider was
-asked and billed); requests that failed are not: a re-run retries them. To re-ask one judgment,
-delete its line. So no prompt is ever paid for twice.
+reply arrives: `prompt` is the prompt sent for the last reply and `verdict_id` the id it asked for,
+token counts are summed over the `replies` asked for this prompt (null when the provider reported no
+usage), `stop` is how the last reply ended ("complete", "refused" or "truncated", with the
+provider's reason). The key is sha256 of the judge model and the prompt without its random ids
+(prompt.NO_IDS). The reply is stored (scrubbed of the API key, src/eval/judge/client.py), not its
+parsed scores, so an improved reply parser applies to past judgments without asking again. Refused
+and truncated replies are cached like any answer (the provider was asked and billed); requests that
+failed are not: a re-run retries them. To re-ask one judgment, delete its line. So no prompt is ever
+paid for twice.
 
 The cost is approximate, from token usage, priced by exact model or snapshot name: US dollars per
 million tokens (input, output), standard (non-batch) tier, as the providers publish them:
@@ -52,7 +59,7 @@ from tqdm import tqdm
 
 from src.eval.judge.client import (JSON_MODE_INSTRUCTION, Backend, JudgeFatalError, JudgeRequestError, JudgeStopped,
                                    RetryPolicy, ask, is_local)
-from src.eval.judge.prompt import (UnparseableReply, judge_prompt, parse_judgment, planted_verdicts,
+from src.eval.judge.prompt import (NO_IDS, PromptIds, UnparseableReply, judge_prompt, parse_judgment,
                                    verdict_in_prediction)
 from src.files import append_jsonl, read_jsonl
 from src.run_guard import Interrupted, signal_name, stop_requested
@@ -150,11 +157,8 @@ def judge_records(
     parse_attempts: int,
 ) -> JudgeRun:
     """Judge every record (a line of predictions/*.jsonl) with `backend`; see the module docstring."""
-    suffix = f"\n\n{JSON_MODE_INSTRUCTION}" if backend.json_mode else ""
-    prompts = [judge_prompt(record) + suffix for record in records]
-    keys = [cache_key(backend.model, prompt) for prompt in prompts]
-    wanted = {key: (prompt, bool(record["reasoning_reference"]), planted_verdicts(record))
-              for key, prompt, record in zip(keys, prompts, records) if cache.get(key) is None}
+    keys = [cache_key(backend.model, request_prompt(record, NO_IDS, backend.json_mode)) for record in records]
+    wanted = {key: record for key, record in zip(keys, records) if cache.get(key) is None}
     errors, received = asyncio.run(_fill_cache(wanted, backend, cache, retry, concurrency, parse_attempts))
     verdicts = [_verdict(cache.get(key), errors.get(key, ""), record) for key, record in zip(keys, records)]
     used = {key: (cache.get(key), verdict) for key, verdict in zip(keys, verdicts) if cache.get(key) is not None}
@@ -175,30 +179,34 @@ def judge_records(
     )
 
 
+def request_prompt(record: dict, ids: PromptIds, json_mode: bool) -> str:
+    """The prompt sent for `record`: the judge prompt, and in JSON mode the line OpenAI's JSON mode requires."""
+    return judge_prompt(record, ids) + (f"\n\n{JSON_MODE_INSTRUCTION}" if json_mode else "")
+
+
 async def _fill_cache(
-    wanted: dict[str, tuple[str, bool, list[dict]]],
+    wanted: dict[str, dict],
     backend: Backend,
     cache: JudgeCache,
     retry: RetryPolicy,
     concurrency: int,
     parse_attempts: int,
 ) -> tuple[dict[str, str], int]:
-    """Ask every wanted prompt, caching each reply as it arrives; returns (errors by key, replies received)."""
+    """Judge every wanted record (by cache key), caching each reply as it arrives; returns (errors by
+    key, replies received)."""
     errors: dict[str, str] = {}
     received = 0
     limit = asyncio.Semaphore(concurrency)
     stop = asyncio.Event()
     fatal: list[JudgeFatalError] = []
 
-    async def judge(http: httpx.AsyncClient, key: str, prompt: str, require_reasoning: bool,
-                    planted: list[dict]) -> None:
+    async def judge(http: httpx.AsyncClient, key: str, record: dict) -> None:
         nonlocal received
         async with limit:
             if stop_requested() is not None:
                 stop.set()  # send nothing more; the requests in flight finish and are cached
             try:
-                entry = await _ask_until_parseable(http, backend, prompt, require_reasoning, planted, retry,
-                                                   parse_attempts, stop)
+                entry = await _ask_until_parseable(http, backend, record, retry, parse_attempts, stop)
             except JudgeStopped:
                 return
             except JudgeFatalError as exc:
@@ -212,7 +220,7 @@ async def _fill_cache(
         cache.put({"key": key, **entry})
 
     async with httpx.AsyncClient(limits=httpx.Limits(max_connections=concurrency)) as http:
-        tasks = [asyncio.create_task(judge(http, key, *value)) for key, value in wanted.items()]
+        tasks = [asyncio.create_task(judge(http, key, record)) for key, record in wanted.items()]
         for task in tqdm(asyncio.as_completed(tasks), total=len(tasks), desc=f"judge {backend.model}"):
             await task
     asked = sum(cache.get(key) is not None for key in wanted)
@@ -230,32 +238,34 @@ async def _fill_cache(
 async def _ask_until_parseable(
     http: httpx.AsyncClient,
     backend: Backend,
-    prompt: str,
-    require_reasoning: bool,
-    planted: list[dict],
+    record: dict,
     retry: RetryPolicy,
     parse_attempts: int,
     stop: asyncio.Event,
 ) -> dict:
-    """The cache entry for `prompt`: the first parseable reply, else the last one; tokens of all replies
-    (None when a reply came without usage). A refused or truncated reply is not asked again."""
+    """The cache entry for `record`: the first reply whose verdict can be read, else the last one; tokens
+    of all replies (None when a reply came without usage). Each attempt is a new request with new ids.
+    A refused or truncated reply is not asked again."""
     prompt_tokens: int | None = 0
     completion_tokens: int | None = 0
     for attempt in range(1, parse_attempts + 1):
-        reply = await ask(http, backend, prompt, retry, stop)
+        ids = PromptIds.fresh()
+        sent = request_prompt(record, ids, backend.json_mode)
+        reply = await ask(http, backend, sent, retry, stop)
         prompt_tokens = None if prompt_tokens is None or reply.prompt_tokens is None else prompt_tokens + reply.prompt_tokens
         completion_tokens = (None if completion_tokens is None or reply.completion_tokens is None
                              else completion_tokens + reply.completion_tokens)
         if reply.stop != "complete":
             break
         try:
-            parse_judgment(reply.text, require_reasoning, planted)
+            parse_judgment(reply.text, ids.verdict_id, bool(record["reasoning_reference"]))
             break
         except UnparseableReply:
             continue
     return {
         "model": backend.model,
-        "prompt": prompt,
+        "prompt": sent,
+        "verdict_id": ids.verdict_id,
         "reply": reply.text,
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
@@ -270,7 +280,7 @@ def _verdict(entry: dict | None, error: str, record: dict) -> Verdict:
     if entry is None:
         return Verdict(status="failed", error=error, verdict_in_prediction=flagged)
     try:
-        judgment = parse_judgment(entry["reply"], require_reasoning, planted_verdicts(record))
+        judgment = parse_judgment(entry["reply"], entry["verdict_id"], require_reasoning)
     except UnparseableReply as exc:
         stop = entry.get("stop", "complete")
         if stop != "complete":
