@@ -513,13 +513,15 @@ def family(ctx: Context, figures: dict, name: str) -> None:
                    parameters=sum(p.numel() for p in policy.model.parameters()))
     samples = bench_step.bench_samples(a.check_prompts, a.image_size)
     names = [list(TRAINING_PROMPTS)[i % len(TRAINING_PROMPTS)] for i in range(len(samples))]
-    settings = SimpleNamespace(model=figures["model"], device=str(ctx.device), dtype="bfloat16", gradient_checkpointing=True,
-                               group_size=2, length=a.check_tokens, prompts=len(samples), mini_batch_size=2 * len(samples))
+    settings = SimpleNamespace(model=figures["model"], device=str(ctx.device), dtype="bfloat16",
+                               gradient_checkpointing=True, group_size=2, length=a.check_tokens, prompts=len(samples),
+                               mini_batch_size=2 * len(samples))
     cfg = bench_step.bench_config(settings)                  # grpo, LoRA r 8, lr 1e-5, beta 0.04
     torch.manual_seed(cfg.run.seed)
     run = trainer.prepare_run(policy, cfg, samples)
 
-    rollout = sample_rollout(policy, samples, names, group_size=2, max_completion_length=a.check_tokens, temperature=1.0)
+    rollout = sample_rollout(policy, samples, names, group_size=2, max_completion_length=a.check_tokens,
+                             temperature=1.0)
     mask = rollout.completion_mask
     with torch.no_grad():
         shared, unshared = (rollout_logprobs(policy.model, rollout, 1.0, settings.mini_batch_size, sharing)
@@ -550,7 +552,8 @@ def family(ctx: Context, figures: dict, name: str) -> None:
     check = figures["engine_vs_hf"]
     figures["summary"] = (f"{figures['model']} bf16: rollout_logp_diff {figures['rollout_logp_diff']:.2e}, shared vs "
                           f"unshared |d logp| {figures['shared_vs_unshared_max_abs_logp_diff']:.2e}; greedy engine vs "
-                          f"HF: {'equal' if check['equal'] else 'differ'}; {figures['decode_ms_per_token']:.1f} ms/token "
+                          f"HF: {'equal' if check['equal'] else 'differ'}; "
+                          f"{figures['decode_ms_per_token']:.1f} ms/token "
                           f"({figures['decoding']})")
     del run, policy, model
     free_memory()

@@ -351,7 +351,8 @@ def test_a_train_py_run_samples_what_it_trains_on(name, tmp_path):
 
     out = tmp_path / "run"
     train.main(["--method", "rarl", "--model", name, "--dataset", "synthetic", "--samples", "8",
-                "--prompts-per-step", "2", "--group-size", "2", "--mini-batch-size", "2", "--max-completion-length", "12",
+                "--prompts-per-step", "2", "--group-size", "2", "--mini-batch-size", "2",
+                "--max-completion-length", "12",
                 "--max-steps", "2", "--save-steps", "2", "--no-gradient-checkpointing", "--device", "cpu",
                 "--dtype", "float32", "--output-dir", str(out)])
     metrics = read_metrics(out / "metrics.jsonl")

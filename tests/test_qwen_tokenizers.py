@@ -210,7 +210,8 @@ def family_tokenizer(request):
 def test_added_tokens_are_the_published_ones(family_tokenizer):
     family, tokenizer, _ = family_tokenizer
     published = json.loads((qwen_bpe_files() / "tokenizer_config.json").read_text(encoding="utf-8"))
-    published = {int(id_): (entry["content"], entry["special"]) for id_, entry in published["added_tokens_decoder"].items()}
+    published = {int(id_): (entry["content"], entry["special"])
+                 for id_, entry in published["added_tokens_decoder"].items()}
     assert sorted(published) == list(range(151643, 151669))          # Qwen3's 26: Qwen3-VL's
     ours = {id_: (token.content, token.special) for id_, token in tokenizer.added_tokens_decoder.items()}
     assert ours == {id_: published[id_] for id_ in range(151643, 151643 + len(family.added_tokens))}

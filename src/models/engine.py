@@ -22,7 +22,7 @@ round small adapter updates away).
 
 The rules of every sampler hold (Completions below): vision special tokens are never emitted, a completion ends
 at its first <|im_end|> or <|endoftext|> (kept in the mask), temperature 0 is greedy. Greedy output is
-token for token the one of transformers' generate (tests/test_engine.py).
+token for token the one of transformers' generate, in every family (tests/test_engine.py, test_families.py).
 Shape legend: B prompts, G completions per prompt, N = B * G rows, P prompt tokens, L new tokens.
 
 The module reads top to bottom: what a completion is; choosing a token; the static KV cache; the

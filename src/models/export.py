@@ -9,8 +9,8 @@ Each adapted weight becomes W0 + (alpha / r) B A, computed in fp32 and then cast
 (bf16 for the Instruct releases), under the base's own parameter names, so the family's transformers
 class (`Qwen2VLForConditionalGeneration`, `Qwen2_5_VLForConditionalGeneration`,
 `Qwen3VLForConditionalGeneration`: src/models/families.py) and serving engines (vLLM, SGLang, TGI) load
-it like the base model, with nothing from this project. The base's generation_config.json is kept. A full fine-tuned checkpoint (grpo-full,
-sft-full) is re-saved the same way. The directory is written to OUT.tmp and renamed when complete.
+it like the base model, with nothing from this project. The base's generation_config.json is kept.
+A full fine-tuned checkpoint (grpo-full, sft-full) is re-saved the same way. The directory is written to OUT.tmp and renamed when complete.
 """
 from __future__ import annotations
 

@@ -1,10 +1,11 @@
 """Refusing, before any weights load, a sample whose prompt the model cannot take whole.
 
 A prompt is the chat template's text plus one image token per 2x2 group of the vision tower's patches
-(14 px for Qwen2-VL and Qwen2.5-VL, 16 px for Qwen3-VL) of the resized image (`image_token_count`, src/models/inputs.py). Nothing here truncates a prompt: a cut
-would drop image tokens and break the vision alignment ("Image features and image tokens do not
-match"), or silently lose the question. So a prompt and the completion tokens that may follow it must
-fit the model's positions, min(max_position_embeddings, the tokenizer's model_max_length).
+(14 px for Qwen2-VL and Qwen2.5-VL, 16 px for Qwen3-VL) of the resized image (`image_token_count`,
+src/models/inputs.py). Nothing here truncates a prompt: a cut would drop image tokens and break the
+vision alignment ("Image features and image tokens do not match"), or silently lose the question. So a
+prompt and the completion tokens that may follow it must fit the model's positions,
+min(max_position_embeddings, the tokenizer's model_max_length).
 
 `PromptLimit.from_model` reads only config.json, the tokenizer and the image processor, never the
 weights. `check` counts each sample's tokens without decoding its image (the size is in the file
