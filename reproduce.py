@@ -33,7 +33,7 @@ import yaml  # noqa: E402
 
 import evaluate  # noqa: E402
 import train  # noqa: E402
-from src.cli.config_file import config_values, load_file  # noqa: E402
+from src.cli.config_file import config_values, load_file, with_changes  # noqa: E402
 from src.cli.errors import run_main  # noqa: E402
 from src.cli.help import HelpFormatter  # noqa: E402
 from src.errors import UserError  # noqa: E402
@@ -63,7 +63,7 @@ def write_recipe(path: Path, recipe: dict) -> Path:
 
 def run_training(recipes: Path, name: str, out: Path, changes: dict) -> Path:
     """Train RECIPES/<name>.yaml (resuming whatever is on disk); returns its final checkpoint."""
-    recipe = write_recipe(out / name / "train.yaml", {**load_file(recipes / f"{name}.yaml"), **changes})
+    recipe = write_recipe(out / name / "train.yaml", with_changes(load_file(recipes / f"{name}.yaml"), changes))
     argv = ["--config", str(recipe), "--output-dir", str(out / name / "train"), "--resume"]
     show("train.py", argv)
     return Path(train.main(argv))
@@ -72,7 +72,7 @@ def run_training(recipes: Path, name: str, out: Path, changes: dict) -> Path:
 def run_evaluation(recipes: Path, name: str, evaluation: str, model: Path, out: Path, changes: dict) -> dict:
     """Evaluate `model` with RECIPES/<evaluation>.yaml. Judge URLs go on the command line, not into the
     recipe copy under --output-dir: a URL may carry credentials, which no result file holds."""
-    recipe = {**load_file(recipes / f"{evaluation}.yaml"), **changes}
+    recipe = with_changes(load_file(recipes / f"{evaluation}.yaml"), changes)
     urls = [url for key in ("judge_base_url", "judge-base-url") for url in _as_list(recipe.pop(key, None))]
     path = write_recipe(out / name / "eval.yaml", recipe)
     argv = ["--config", str(path), "--model", str(model), "--output-dir", str(out / name / "eval"),
@@ -99,13 +99,13 @@ def check_recipes(recipes: Path, tables: list[str], train_changes: dict, eval_ch
         for name in runs_of(table):
             path = recipes / f"{name}.yaml"
             args = train_parser.parse_args([])
-            vars(args).update(config_values(train_parser, {**load_file(path), **train_changes}, path))
+            vars(args).update(config_values(train_parser, with_changes(load_file(path), train_changes), path))
             try:
                 train.config_from_args(args)
             except ValueError as error:  # a check across settings (TrainConfig.__post_init__)
                 raise UserError(f"{path}: {error}") from None
         path = recipes / f"{table.evaluate}.yaml"
-        config_values(eval_parser, {**load_file(path), **eval_changes}, path)
+        config_values(eval_parser, with_changes(load_file(path), eval_changes), path)
 
 
 def build_parser() -> argparse.ArgumentParser:

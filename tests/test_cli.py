@@ -22,7 +22,7 @@ import predict
 import reproduce
 import train
 from src.cli import threads
-from src.cli.config_file import parse_args
+from src.cli.config_file import parse_args, with_changes
 from src.cli.errors import run_main
 from src.data.rows import DatasetError
 from src.errors import UserError
@@ -182,16 +182,33 @@ def test_every_numeric_train_setting_is_range_checked():
     ("model: tiny\nseed: 1\nmodel:\n  lora_r: 8\n", r"line 3: 'model' is given twice \(first on line 1\); YAML "
                                                       r"would keep only the last"),
     ("optim:\n  epochs: 2\n  epochs: 3\n", r"line 3: 'epochs' is given twice"),
+    ("learning_rate: 1.0e-5\nlearning-rate: 2.0e-5\n",
+     r"'learning_rate' and 'learning-rate' both set --learning-rate; only one may"),
+    ("seed: 1\nrun:\n  seed: 2\n", r"'seed' and 'run.seed' both set --seed"),
+    ("optim:\n  max-steps: 2\nmax_steps: 3\n", r"'optim.max-steps' and 'max_steps' both set --max-steps"),
+    pytest.param("seed: " + "9" * 5_000 + "\n", r"not valid YAML: Exceeds the limit \(4300 digits\)", id="5000 digits"),
 ])
-def test_config_files_go_through_the_same_checks_and_may_not_repeat_a_key(tmp_path, content, message):
+def test_config_files_go_through_the_same_checks_and_may_not_repeat_a_setting(tmp_path, content, message):
     path = tmp_path / "bad.yaml"
     path.write_text(content)
     with pytest.raises(UserError, match=message) as error:
         train.parse_config(["--config", str(path)])
     assert str(path) in str(error.value)
-    (tmp_path / "bad.toml").write_text("seed = 1\nseed = 2\n")
-    with pytest.raises(UserError, match="bad.toml: not valid TOML: Cannot overwrite a value"):
-        train.parse_config(["--config", str(tmp_path / "bad.toml")])
+    for toml, toml_message in [("seed = 1\nseed = 2\n", "not valid TOML: Cannot overwrite a value"),
+                               ("learning_rate = 1e-5\nlearning-rate = 2e-5\n", "'learning_rate' and 'learning-rate' "
+                                                                                "both set --learning-rate"),
+                               ("seed = 1\n[run]\nseed = 2\n", "'seed' and 'run.seed' both set --seed"),
+                               ("seed = " + "9" * 5_000 + "\n", r"not valid TOML: Exceeds the limit")]:
+        (tmp_path / "bad.toml").write_text(toml)
+        with pytest.raises(UserError, match=f"bad.toml: {toml_message}"):
+            train.parse_config(["--config", str(tmp_path / "bad.toml")])
+
+
+def test_changes_replace_a_files_setting_under_any_spelling_and_in_any_place():
+    raw = {"data-root": "data", "run": {"seed": 1, "save_steps": 5}, "model": {"lora_r": 8}, "lora-alpha": 16}
+    assert with_changes(raw, {"data_root": None, "seed": 2, "model": "tiny"}) == {
+        "run": {"save_steps": 5}, "model": {"lora_r": 8, "model": "tiny"}, "lora-alpha": 16, "data_root": None,
+        "seed": 2}
 
 
 def test_a_setting_the_config_refuses_across_fields_is_one_line():
