@@ -35,12 +35,15 @@ from src.cli.errors import run_main  # noqa: E402
 from src.cli.help import HelpFormatter  # noqa: E402
 from src.data.prompts import INFERENCE_PROMPTS, TRAINING_PROMPTS  # noqa: E402
 from src.eval.pipeline import run_evaluation  # noqa: E402
+from src.grpo.config import MAX_BATCH, MAX_NEW_TOKENS  # noqa: E402
 from src.models.generation import ENGINES  # noqa: E402
 from src.models.loading import DTYPES  # noqa: E402
 from src.rewards.open_answers import METHODS as OPEN_ANSWER_SCORES  # noqa: E402
 from src.run_guard import hold_folder, stop_signals  # noqa: E402
 
 PAPER_DATASETS = "silvar-med:test,vqa-rad:test,slake:test,vqa-med-2019:test,path-vqa:test"
+MAX_JUDGE_CONCURRENCY = 1024  # requests in flight (each an open connection)
+MAX_ATTEMPTS = 100            # asks of one prompt
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,9 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "both), or a training prompt of App. A (as the paper's Table 2 evaluates CV-Bench)")
     p.add_argument("--limit", type=number(int, min=1), help="only the first N questions of each dataset (quick runs)")
     p.add_argument("--skip-bad-rows", action="store_true", help="skip unusable dataset rows instead of failing")
-    p.add_argument("--max-new-tokens", type=number(int, min=1), default=512, help="longest completion, in tokens")
+    p.add_argument("--max-new-tokens", type=number(int, min=1, max=MAX_NEW_TOKENS), default=512,
+                   help="longest completion, in tokens")
     p.add_argument("--temperature", type=number(float, min=0), default=0.0, help="sampling temperature; 0 = greedy")
-    p.add_argument("--batch-size", type=number(int, min=1), default=8, help="questions per generation batch")
+    p.add_argument("--batch-size", type=number(int, min=1, max=MAX_BATCH), default=8, help="questions per generation batch")
     p.add_argument("--rollout-engine", choices=ENGINES, default="engine",
                    help="sampler: 'engine' (static KV cache, src/models/engine.py) or 'hf' (transformers' generate, "
                         "the reference; greedy outputs are the same token for token)")
@@ -81,19 +85,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge-allow-plain-http", action="store_true",
                    help="send the API key over plain http to another machine (a network you trust); without it "
                         "a key goes over http only to this machine, elsewhere only over https")
-    p.add_argument("--judge-concurrency", type=number(int, min=1), default=8, help="judge requests in flight at once")
-    p.add_argument("--judge-max-attempts", type=number(int, min=1), default=6,
+    p.add_argument("--judge-concurrency", type=number(int, min=1, max=MAX_JUDGE_CONCURRENCY), default=8,
+                   help="judge requests in flight at once")
+    p.add_argument("--judge-max-attempts", type=number(int, min=1, max=MAX_ATTEMPTS), default=6,
                    help="tries per request on 429, 5xx and timeouts")
     p.add_argument("--judge-retry-delay", type=number(float, min=0), default=1.0,
                    help="first backoff delay in seconds (doubles)")
     p.add_argument("--judge-timeout", type=number(float, gt=0), default=60.0,
                    help="seconds per judge request, all of it: connecting, waiting and reading the reply")
-    p.add_argument("--judge-parse-attempts", type=number(int, min=1), default=3,
+    p.add_argument("--judge-parse-attempts", type=number(int, min=1, max=MAX_ATTEMPTS), default=3,
                    help="asks per prompt while the reply is unparseable")
     p.add_argument("--judge-json", action="store_true",
                    help="ask for JSON output (response_format json_object / responseMimeType application/json); "
                         "off by default, as in the paper")
-    p.add_argument("--judge-max-tokens", type=number(int, min=1),
+    p.add_argument("--judge-max-tokens", type=number(int, min=1, max=MAX_NEW_TOKENS),
                    help="cap on each judge reply, thinking included (default: the provider's own limit)")
     p.add_argument("--export-human-sheet", action="store_true", help="write OUTPUT/human_sheet.csv for clinicians")
     p.add_argument("--import-human-sheet", type=Path, help="a filled sheet: adds the Human Evaluation column")

@@ -151,6 +151,19 @@ def test_config_file_mistakes_name_the_file_and_the_setting(tmp_path, content, m
     (evaluate, ["--judge-parse-attempts", "0"], "argument --judge-parse-attempts: must be at least 1, got 0"),
     (evaluate, ["--judge-timeout", "inf"], "argument --judge-timeout: must be a finite number, got inf"),
     (predict, ["--max-new-tokens", "0"], "argument --max-new-tokens: must be at least 1, got 0"),
+    (train, ["--seed", "99999999999999999999"], "argument --seed: must be at most 4294967295, got 99999999999999999999"),
+    (train, ["--group-size", "100000000000"], "argument --group-size: must be at most 1024, got 100000000000"),
+    (train, ["--lora-r", "100000000000"], "argument --lora-r: must be at most 4096, got 100000000000"),
+    (train, ["--prompts-per-step", "100000000000"], "argument --prompts-per-step: must be at most 65536, got "
+                                                       "100000000000"),
+    (train, ["--max-completion-length", "100000000000"], "argument --max-completion-length: must be at "
+                                                            "most 131072, got 100000000000"),
+    (train, ["--max-steps", "1" + "0" * 400], "argument --max-steps: must be at most 1000000000, got "
+                                               "1000000000000000000000000000000000000000... (401 characters)"),
+    (evaluate, ["--batch-size", "100000000000"], "argument --batch-size: must be at most 65536, got 100000000000"),
+    (evaluate, ["--limit", "1" + "0" * 30], "argument --limit: must be less than 2**63 in size, got 1" + "0" * 30),
+    (evaluate, ["--judge-concurrency", "100000000000"], "argument --judge-concurrency: must be at most 1024, "
+                                                         "got 100000000000"),
 ])
 def test_numbers_out_of_range_are_refused_as_the_command_line_is_parsed(capsys, monkeypatch, program, argv, message):
     monkeypatch.setattr(trainer, "setup", lambda cfg: pytest.fail("setup reached"))
@@ -186,6 +199,8 @@ def test_every_numeric_train_setting_is_range_checked():
      r"'learning_rate' and 'learning-rate' both set --learning-rate; only one may"),
     ("seed: 1\nrun:\n  seed: 2\n", r"'seed' and 'run.seed' both set --seed"),
     ("optim:\n  max-steps: 2\nmax_steps: 3\n", r"'optim.max-steps' and 'max_steps' both set --max-steps"),
+    ("group_size: 100000000000000000000000000\n", r"group_size: must be at most 1024, got 1000"),
+    ("group_size: 1.0e+26\n", r"group_size: 1e\+26 is not a valid int"),
     pytest.param("seed: " + "9" * 5_000 + "\n", r"not valid YAML: Exceeds the limit \(4300 digits\)", id="5000 digits"),
 ])
 def test_config_files_go_through_the_same_checks_and_may_not_repeat_a_setting(tmp_path, content, message):
