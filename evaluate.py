@@ -14,7 +14,8 @@ Everything lands under --output-dir (docs/EVALUATION.md describes each file):
     human_sheet.csv                        with --export-human-sheet
 A re-run with the same --output-dir generates and judges only what is missing. Every flag may also be
 set in a YAML or TOML file given with --config (command-line flags override it). Everything cheap
-(datasets, output folder, judge keys, the model's whereabouts) is checked before any weights load.
+(dataset names, splits and rows, the BERTScore model, judge names and keys, output folder, the model's
+whereabouts) is checked before any weights load.
 One run at a time holds --output-dir; SIGINT or SIGTERM stops after the batch or judge requests in
 progress, keeping everything done, and exits (143 for SIGTERM, 130 for Ctrl-C): run again to go on.
 """
@@ -29,7 +30,7 @@ import logging  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from src.checks import check_writable  # noqa: E402
-from src.cli.checks import number  # noqa: E402
+from src.cli.checks import check_evaluation_names, number  # noqa: E402
 from src.cli.config_file import add_config_option, parse_args as parse_with_config  # noqa: E402
 from src.cli.errors import run_main  # noqa: E402
 from src.cli.help import HelpFormatter  # noqa: E402
@@ -72,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=DTYPES, default="auto",
                    help="the weights' dtype: auto (bfloat16 on CUDA, float32 on CPU), bfloat16 or float32; run.json "
                         "records what it resolved to, and an output folder keeps one dtype")
-    p.add_argument("--bertscore-model", help="default: roberta-large if cached locally, else the embedded MiniLM")
+    p.add_argument("--bertscore-model", help="roberta-large or all-MiniLM-L6-v2 (default: roberta-large if cached "
+                                             "locally, else the embedded MiniLM)")
     p.add_argument("--open-answer-score", choices=OPEN_ANSWER_SCORES, default="bertscore",
                    help="open answers are scored by exact match and BERTScore F1 (the paper's), and with 'clinical' "
                         "also by the clinical score (docs/REWARDS.md); the side-error rate is always reported")
@@ -113,6 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
     """Run the evaluation and return the summary it wrote."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    check_evaluation_names(args)
     check_writable(args.output_dir)
     with hold_folder(args.output_dir), stop_signals():
         return run_evaluation(args)

@@ -22,6 +22,7 @@ import predict
 import reproduce
 import train
 from src.cli import threads
+from src.cli.checks import check_judge_names
 from src.cli.config_file import parse_args, with_changes
 from src.cli.errors import run_main
 from src.data.rows import DatasetError
@@ -339,6 +340,53 @@ def test_evaluate_reads_every_dataset_and_checks_judge_keys_before_the_model(tmp
     with pytest.raises(UserError, match="--import-human-sheet .*: no such file"):
         evaluate.main(base + ["--datasets", "synthetic:test", "--import-human-sheet", str(tmp_path / "sheet.csv")])
     assert not (out / "predictions").exists()
+
+
+def test_every_name_is_checked_before_anything_loads_listing_what_it_may_be(tmp_path, monkeypatch):
+    """LoRA targets against the model's layers (from its config, no weights), BERTScore models, datasets
+    and splits, judges: each refused at once, naming the value and what it may be."""
+    monkeypatch.setattr(trainer, "setup", lambda cfg: pytest.fail("setup reached"))
+    monkeypatch.setattr(pipeline, "load_eval_sets", lambda args: pytest.fail("datasets read"))
+    out = str(tmp_path / "run")
+    run = ["--model", "tiny", "--dataset", "synthetic", "--output-dir", out]
+    with pytest.raises(UserError, match="^--lora-targets: k_prj is not a linear layer of the language model; its "
+                                        "linear layers: down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj$"):
+        train.main(run + ["--lora-targets", "q_proj", "k_prj"])
+    with pytest.raises(UserError, match="^--lora-r 100: more than the 64 of k_proj's smaller side"):  # tiny: 2 KV heads x 32
+        train.main(run + ["--lora-r", "100"])
+    with pytest.raises(UserError, match="^--max-completion-length 4096: tiny has 4096 positions"):
+        train.main(run + ["--max-completion-length", "4096"])
+    with pytest.raises(UserError, match="^--bertscore-model robertaa-large: not a BERTScore model with a known layer; "
+                                        "choose one of roberta-large, "):
+        train.main(run + ["--bertscore-model", "robertaa-large"])
+    with pytest.raises(UserError, match="^--bertscore-model roberta-large: not in the local Hugging Face cache"):
+        train.main(run + ["--bertscore-model", "roberta-large"])       # HF_HUB_OFFLINE=1 (conftest), no cache
+    with pytest.raises(SystemExit):
+        train.main(run + ["--dataset", "synthetc"])                    # argparse: invalid choice, the list
+    with pytest.raises(DatasetError, match="^--dataset: synthetic has no split 'tran'; its splits: "):
+        train.main(run + ["--split", "tran"])
+    assert not Path(out).exists()
+    evaluation = ["--model", "tiny", "--output-dir", out]
+    with pytest.raises(DatasetError, match="^--datasets synthetc:test: unknown dataset 'synthetc'; known: silvar-med"):
+        evaluate.main(evaluation + ["--datasets", "synthetic:test,synthetc:test"])
+    with pytest.raises(UserError, match="^--bertscore-model robertaa-large: not a BERTScore model"):
+        evaluate.main(evaluation + ["--datasets", "synthetic:test", "--bertscore-model", "robertaa-large"])
+    for judge, message in [("gpt-4o-mni", "not a model this project knows, and one letter away from gpt-4o-mini: did "
+                                          "you mean gpt-4o-mini?"),
+                           ("gemini-1.5-flsh", r".* did you mean gemini-1\.5-flash\?$"),
+                           ("llama3", "not an OpenAI model name .* nor a Gemini one .*; a model on another server "
+                                      "needs --judge-base-url"),
+                           ("gpt-4o-mini,gpt-4o-mini", "expected distinct comma-separated judge names")]:
+        with pytest.raises(UserError, match=f"^--judge {judge}: {message}"):
+            evaluate.main(evaluation + ["--datasets", "synthetic:test", "--judge", judge])
+    assert not Path(out).exists()
+
+
+@pytest.mark.parametrize("judge", ["gpt-4o-mini", "gpt-4o-mini-2024-07-18", "gemini-1.5-flash-002", "gpt-5.1-mini",
+                                   "o3-mini", "gpt-4", "gemini-3-flash-preview", "ft:gpt-4o-mini:org::abc"])
+def test_judge_names_a_provider_serves_pass_and_any_name_passes_behind_a_base_url(judge):
+    check_judge_names(judge, [])
+    check_judge_names("llama3,gpt-4o-mni", ["http://localhost:8000/v1"])  # its server decides
 
 
 def test_wait_policy_is_passive_only_when_others_leave_too_few_cores():

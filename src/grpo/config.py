@@ -10,6 +10,7 @@ import json
 import typing
 from dataclasses import dataclass, field
 
+from src.data.loaders import DATASETS
 from src.grpo.loss import AGGREGATIONS, IMPORTANCE_LEVELS
 from src.models.loading import DEFAULT_MODEL, DTYPES, default_device, resolve_dtype
 from src.models.lora import LoRAConfig
@@ -61,7 +62,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = flag("silvar-med", "training dataset: silvar-med, vqa-rad, slake, vqa-med-2019, path-vqa, "
-                                      "cv-bench or synthetic (the embedded default)")
+                                      "cv-bench or synthetic (the embedded default)", choices=tuple(DATASETS))
     data_root: str | None = flag(None, "dataset directory (not needed for synthetic)")
     split: str = flag("train", "split to train on")
     samples: int | None = flag(None, "train on a seeded subset of N samples, stratified by modality/task", min=1,
@@ -127,8 +128,9 @@ class RewardConfig:
     length_weight: float = flag(1.0, "weight of the length reward")
     accuracy_weight: float = flag(1.0, "weight of the accuracy reward")
     reasoning_weight: float = flag(1.0, "weight of the reasoning reward (rarl only)")
-    bertscore_model: str | None = flag(None, "BERTScore model (default: roberta-large when available offline, "
-                                             "else the embedded all-MiniLM-L6-v2)")
+    bertscore_model: str | None = flag(None, "BERTScore model: roberta-large or all-MiniLM-L6-v2 (default: "
+                                             "roberta-large when available offline, else the embedded "
+                                             "all-MiniLM-L6-v2)")
     open_answer_score: str = flag("bertscore", "accuracy reward of open answers: bertscore (the paper's BERTScore F1) "
                                                "or clinical (wrong side, position, size, modality or number scores 0; "
                                                "docs/REWARDS.md)", choices=OPEN_ANSWER_SCORES)
