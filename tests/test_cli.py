@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
+import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +24,7 @@ import export
 import predict
 import reproduce
 import train
+from src import run_guard
 from src.cli import threads
 from src.cli.checks import check_judge_names
 from src.cli.config_file import parse_args, with_changes
@@ -285,6 +289,57 @@ def test_a_second_run_on_an_output_folder_is_refused_at_once_naming_the_holder(t
     with pytest.raises(RuntimeError, match="reached setup"):
         train.main(["--model", "tiny", "--dataset", "synthetic", "--output-dir", str(out)])
     assert not (out / ".lock").exists()               # a run removes its lock file when it ends
+
+
+@pytest.mark.parametrize("plant, kind", [(lambda p: p.mkdir(), "a directory"), (os.mkfifo, "a pipe, socket or device"),
+                                         (lambda p: p.symlink_to(p.parent.parent / "victim"), "a symbolic link")])
+def test_a_lock_file_that_is_not_a_regular_file_is_refused_and_never_followed(tmp_path, monkeypatch, plant, kind):
+    monkeypatch.setattr(pipeline, "load_eval_sets", lambda args: pytest.fail("datasets read"))
+    out, victim = tmp_path / "out", tmp_path / "victim"
+    victim.write_text("someone's file")
+    out.mkdir()
+    plant(out / ".lock")
+    with pytest.raises(UserError, match=rf"^--output-dir {out}: {out / '.lock'} is {kind}, not a lock file; remove it"):
+        evaluate.main(["--model", "tiny", "--datasets", "synthetic:test", "--output-dir", str(out)])
+    assert victim.read_text() == "someone's file"                  # not truncated through the link
+
+
+def test_a_full_disk_is_one_line_wherever_the_write_was(tmp_path, monkeypatch, capsys):
+    """The lock file on a full disk is a WriteError like any result file; a library's own ENOSPC (no
+    WriteError to name the file) is still one line and status 2."""
+    monkeypatch.setattr(pipeline, "load_eval_sets", lambda args: pytest.fail("datasets read"))
+    monkeypatch.setattr(run_guard.os, "write", lambda fd, data: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as stop:
+        run_main(lambda: evaluate.main(["--model", "tiny", "--datasets", "synthetic:test", "--output-dir", str(out)]))
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.startswith(f"error: disk full: cannot write {out / '.lock'} ([Errno 28] No space")
+    assert not out.exists()                                       # the folder it created is gone again
+    with pytest.raises(SystemExit) as stop:
+        run_main(lambda: open(tmp_path / "x", "w") and (_ for _ in ()).throw(
+            OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x"))))
+    assert stop.value.code == 2 and capsys.readouterr().err == (
+        f"error: disk full: cannot write {tmp_path / 'x'} (No space left on device); files already written are kept: "
+        "free some space and run again\n")
+
+
+def test_evaluate_on_a_real_full_disk_says_disk_full(tmp_path, monkeypatch, capsys):
+    """A 1 MiB tmpfs filled to the last byte (needs root to mount)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    monkeypatch.setattr(pipeline, "load_eval_sets", lambda args: pytest.fail("datasets read"))
+    try:
+        with open(mount / "filler", "wb") as filler:
+            filler.write(b"\0" * shutil.disk_usage(mount).free)
+        with pytest.raises(SystemExit) as stop:
+            run_main(lambda: evaluate.main(["--model", "tiny", "--datasets", "synthetic:test",
+                                            "--output-dir", str(mount / "eval")]))
+        assert stop.value.code == 2 and capsys.readouterr().err.startswith(f"error: disk full: cannot write {mount}/eval")
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
 
 
 def test_bare_train_command_names_the_missing_data_root_without_touching_the_hub(tmp_path):
