@@ -177,10 +177,10 @@ def same_sums_on_cpu(device: str | None) -> Iterator[None]:
     threads up, as parallel atomic float adds: the order of the adds, and so the last bits of the sums,
     changed from run to run (adapters 1e-9 to 4e-9 apart after 3 steps of the tiny model). In
     deterministic mode torch adds them in order; the other CPU kernels a step uses are deterministic
-    already. Filling every new tensor with NaN (the mode's fill_uninitialized_memory) is left off: it made
-    generation up to 30x slower and no kernel here reads memory it did not write. CUDA runs are left as
-    they are (deterministic mode there also constrains cuBLAS; see the same section). warn_only: a
-    kernel without a deterministic version warns, naming itself, rather than stopping the run.
+    already. The mode's fill_uninitialized_memory (every new tensor filled with NaN first) is left off:
+    no kernel of a step reads memory it did not write (a run gives the same weights with it on), and it
+    costs time. CUDA runs are left as they are (deterministic mode there also constrains cuBLAS).
+    warn_only: a kernel without a deterministic version warns, naming itself, rather than stopping the run.
     """
     if torch.device(device or default_device()).type != "cpu":
         yield
