@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=number(int, min=1, max=MAX_NEW_TOKENS), default=512,
                    help="longest completion, in tokens")
     p.add_argument("--temperature", type=number(float, min=0), default=0.0, help="sampling temperature; 0 = greedy")
-    p.add_argument("--batch-size", type=number(int, min=1, max=MAX_BATCH), default=8, help="questions per generation batch")
+    p.add_argument("--batch-size", type=number(int, min=1, max=MAX_BATCH), default=8,
+                   help="questions per generation batch")
     p.add_argument("--rollout-engine", choices=ENGINES, default="engine",
                    help="sampler: 'engine' (static KV cache, src/models/engine.py) or 'hf' (transformers' generate, "
                         "the reference; greedy outputs are the same token for token)")

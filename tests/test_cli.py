@@ -156,7 +156,8 @@ def test_config_file_mistakes_name_the_file_and_the_setting(tmp_path, content, m
     (evaluate, ["--judge-parse-attempts", "0"], "argument --judge-parse-attempts: must be at least 1, got 0"),
     (evaluate, ["--judge-timeout", "inf"], "argument --judge-timeout: must be a finite number, got inf"),
     (predict, ["--max-new-tokens", "0"], "argument --max-new-tokens: must be at least 1, got 0"),
-    (train, ["--seed", "99999999999999999999"], "argument --seed: must be at most 4294967295, got 99999999999999999999"),
+    (train, ["--seed", "99999999999999999999"], "argument --seed: must be at most 4294967295, got "
+                                                 "99999999999999999999"),
     (train, ["--group-size", "100000000000"], "argument --group-size: must be at most 1024, got 100000000000"),
     (train, ["--lora-r", "100000000000"], "argument --lora-r: must be at most 4096, got 100000000000"),
     (train, ["--prompts-per-step", "100000000000"], "argument --prompts-per-step: must be at most 65536, got "
@@ -308,7 +309,10 @@ def test_a_full_disk_is_one_line_wherever_the_write_was(tmp_path, monkeypatch, c
     """The lock file on a full disk is a WriteError like any result file; a library's own ENOSPC (no
     WriteError to name the file) is still one line and status 2."""
     monkeypatch.setattr(pipeline, "load_eval_sets", lambda args: pytest.fail("datasets read"))
-    monkeypatch.setattr(run_guard.os, "write", lambda fd, data: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))
+    def full(descriptor, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(run_guard.os, "write", full)
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as stop:
         run_main(lambda: evaluate.main(["--model", "tiny", "--datasets", "synthetic:test", "--output-dir", str(out)]))
@@ -337,7 +341,8 @@ def test_evaluate_on_a_real_full_disk_says_disk_full(tmp_path, monkeypatch, caps
         with pytest.raises(SystemExit) as stop:
             run_main(lambda: evaluate.main(["--model", "tiny", "--datasets", "synthetic:test",
                                             "--output-dir", str(mount / "eval")]))
-        assert stop.value.code == 2 and capsys.readouterr().err.startswith(f"error: disk full: cannot write {mount}/eval")
+        assert stop.value.code == 2
+        assert capsys.readouterr().err.startswith(f"error: disk full: cannot write {mount}/eval")
     finally:
         subprocess.run(["umount", str(mount)], check=True)
 
@@ -405,9 +410,10 @@ def test_every_name_is_checked_before_anything_loads_listing_what_it_may_be(tmp_
     out = str(tmp_path / "run")
     run = ["--model", "tiny", "--dataset", "synthetic", "--output-dir", out]
     with pytest.raises(UserError, match="^--lora-targets: k_prj is not a linear layer of the language model; its "
-                                        "linear layers: down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj$"):
+                                        "linear layers: down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, "
+                                        "v_proj$"):
         train.main(run + ["--lora-targets", "q_proj", "k_prj"])
-    with pytest.raises(UserError, match="^--lora-r 100: more than the 64 of k_proj's smaller side"):  # tiny: 2 KV heads x 32
+    with pytest.raises(UserError, match="^--lora-r 100: more than the 64 of k_proj's smaller side"):  # 2 KV heads x 32
         train.main(run + ["--lora-r", "100"])
     with pytest.raises(UserError, match="^--max-completion-length 4096: tiny has 4096 positions"):
         train.main(run + ["--max-completion-length", "4096"])
