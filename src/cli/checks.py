@@ -125,9 +125,10 @@ def check_lora(targets: tuple[str, ...], r: int, layers: dict[str, int]) -> None
     """Each of `targets` names linear layers of the language model (`layers`: leaf name -> the
     smallest side of the layers of that name), and `r` is at most that side: B A has rank <= min(in, out)."""
     unknown = [target for target in targets if target not in layers]
-    if unknown:
-        raise UserError(f"--lora-targets: {', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not a linear "
-                        f"layer of the language model; its linear layers: {', '.join(sorted(layers))}")
+    if unknown or not targets:
+        what = f"{', '.join(unknown)} {'is not a linear layer' if len(unknown) == 1 else 'are not linear layers'}" \
+            if unknown else "no layer given: LoRA needs at least one linear layer"
+        raise UserError(f"--lora-targets: {what} of the language model; its linear layers: {', '.join(sorted(layers))}")
     narrow = min(targets, key=lambda target: layers[target])
     if r > layers[narrow]:
         raise UserError(f"--lora-r {r}: more than the {layers[narrow]} of {narrow}'s smaller side, the highest rank "
