@@ -20,7 +20,8 @@ out without one); without --output-dir it writes to runs/eval-MODEL. Everything 
     human_sheet.csv                        with --export-human-sheet
 A re-run with the same --output-dir generates and judges only what is missing. Every flag may also be
 set in a YAML or TOML file given with --config (command-line flags override it). Everything cheap
-(datasets, output folder, judge keys, the model's whereabouts) is checked before any weights load.
+(dataset names, splits and rows, the BERTScore model, judge names and keys, output folder, the model's
+whereabouts) is checked before any weights load.
 One run at a time holds --output-dir; SIGINT or SIGTERM stops after the batch or judge requests in
 progress, keeping everything done, and exits (143 for SIGTERM, 130 for Ctrl-C): run again to go on.
 """
@@ -37,17 +38,21 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from src.checks import check_writable  # noqa: E402
-from src.cli.checks import number  # noqa: E402
+from src.cli.checks import check_evaluation_names, number  # noqa: E402
 from src.cli.config_file import add_config_option, parse_args as parse_with_config  # noqa: E402
 from src.cli.errors import run_main  # noqa: E402
 from src.cli.help import HelpFormatter  # noqa: E402
 from src.data.hub import REVISION_HELP  # noqa: E402
 from src.data.prompts import INFERENCE_PROMPTS, TRAINING_PROMPTS  # noqa: E402
 from src.eval.pipeline import PAPER_TEST_SETS, run_evaluation  # noqa: E402
+from src.grpo.config import MAX_BATCH, MAX_NEW_TOKENS  # noqa: E402
 from src.models.generation import ENGINES  # noqa: E402
 from src.models.loading import DEFAULT_MODEL, DTYPES  # noqa: E402
 from src.rewards.open_answers import METHODS as OPEN_ANSWER_SCORES  # noqa: E402
 from src.run_guard import hold_folder, stop_signals  # noqa: E402
+
+MAX_JUDGE_CONCURRENCY = 1024  # requests in flight (each an open connection)
+MAX_ATTEMPTS = 100            # asks of one prompt
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,9 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "both), or a training prompt of App. A (as the paper's Table 2 evaluates CV-Bench)")
     p.add_argument("--limit", type=number(int, min=1), help="only the first N questions of each dataset (quick runs)")
     p.add_argument("--skip-bad-rows", action="store_true", help="skip unusable dataset rows instead of failing")
-    p.add_argument("--max-new-tokens", type=number(int, min=1), default=512, help="longest completion, in tokens")
+    p.add_argument("--max-new-tokens", type=number(int, min=1, max=MAX_NEW_TOKENS), default=512,
+                   help="longest completion, in tokens")
     p.add_argument("--temperature", type=number(float, min=0), default=0.0, help="sampling temperature; 0 = greedy")
-    p.add_argument("--batch-size", type=number(int, min=1), default=8, help="questions per generation batch")
+    p.add_argument("--batch-size", type=number(int, min=1, max=MAX_BATCH), default=8,
+                   help="questions per generation batch")
     p.add_argument("--rollout-engine", choices=ENGINES, default="engine",
                    help="sampler: 'engine' (static KV cache, src/models/engine.py) or 'hf' (transformers' generate, "
                         "the reference; greedy outputs are the same token for token)")
@@ -79,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=DTYPES, default="auto",
                    help="the weights' dtype: auto (bfloat16 on CUDA, float32 on CPU), bfloat16 or float32; run.json "
                         "records what it resolved to, and an output folder keeps one dtype")
-    p.add_argument("--bertscore-model", help="default: roberta-large if cached locally, else the embedded MiniLM")
+    p.add_argument("--bertscore-model", help="roberta-large or all-MiniLM-L6-v2 (default: roberta-large if cached "
+                                             "locally, else the embedded MiniLM)")
     p.add_argument("--open-answer-score", choices=OPEN_ANSWER_SCORES, default="bertscore",
                    help="open answers are scored by exact match and BERTScore F1 (the paper's), and with 'clinical' "
                         "also by the clinical score (docs/REWARDS.md); the side-error rate is always reported")
@@ -92,20 +100,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge-allow-plain-http", action="store_true",
                    help="send the API key over plain http to another machine (a network you trust); without it "
                         "a key goes over http only to this machine, elsewhere only over https")
-    p.add_argument("--judge-concurrency", type=number(int, min=1), default=8, help="judge requests in flight at once")
-    p.add_argument("--judge-max-attempts", type=number(int, min=1), default=6,
+    p.add_argument("--judge-concurrency", type=number(int, min=1, max=MAX_JUDGE_CONCURRENCY), default=8,
+                   help="judge requests in flight at once")
+    p.add_argument("--judge-max-attempts", type=number(int, min=1, max=MAX_ATTEMPTS), default=6,
                    help="tries per request on 429, 5xx and timeouts")
     p.add_argument("--judge-retry-delay", type=number(float, min=0), default=1.0,
                    help="first backoff delay in seconds (doubles)")
     p.add_argument("--judge-timeout", type=number(float, gt=0), default=60.0,
                    help="seconds per judge request, all of it: connecting, waiting and reading the reply")
-    p.add_argument("--judge-parse-attempts", type=number(int, min=1), default=3,
+    p.add_argument("--judge-parse-attempts", type=number(int, min=1, max=MAX_ATTEMPTS), default=3,
                    help="asks per prompt while the reply holds no verdict of the judge's own (each with new "
                         "random ids); one still unparseable counts as not correct")
     p.add_argument("--judge-json", action="store_true",
                    help="ask for structured output, the verdict's JSON schema (response_format json_schema / "
                         "responseSchema); off by default, as in the paper")
-    p.add_argument("--judge-max-tokens", type=number(int, min=1),
+    p.add_argument("--judge-max-tokens", type=number(int, min=1, max=MAX_NEW_TOKENS),
                    help="cap on each judge reply, thinking included (default: the provider's own limit)")
     p.add_argument("--export-human-sheet", action="store_true", help="write OUTPUT/human_sheet.csv for clinicians")
     p.add_argument("--import-human-sheet", type=Path, help="a filled sheet: adds the Human Evaluation column")
@@ -137,6 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx2").setLevel(logging.WARNING)  # huggingface_hub's client: a line per file fetched
     args = parse_args(argv)
+    check_evaluation_names(args)
     check_writable(args.output_dir)
     with hold_folder(args.output_dir), stop_signals():
         return run_evaluation(args)

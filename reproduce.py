@@ -12,7 +12,8 @@ paper's numbers are in src/recipes/paper.py. Under --output-dir, per run:
     tableN/RUN/eval/                   evaluate.py's output (summary.json, report.md, predictions)
 and tables.md / tables.json for all of them. Every stage resumes: re-running skips what is on disk.
 Every recipe the selected tables run is read and checked (as its stage will read it, with --tiny's
-and the command line's changes) before the first stage starts; an error names the recipe file.
+and the command line's changes) before the first stage starts, every name included (datasets and
+their folders, BERTScore model, LoRA targets, judges and their keys); an error names the recipe file.
 
 --tiny runs the same recipes on `--model tiny --dataset synthetic` on the CPU, a few steps each, every
 dataset replaced by the synthetic test set: it tests the pipeline end to end, not the method. The
@@ -27,18 +28,22 @@ from src.cli.threads import configure_cpu_threads
 configure_cpu_threads()  # before torch loads its OpenMP runtime: see docs/CPU.md
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import yaml  # noqa: E402
 
 import evaluate  # noqa: E402
 import train  # noqa: E402
-from src.cli.config_file import config_values, load_file  # noqa: E402
+from src.cli.checks import check_evaluation_names, check_training_names  # noqa: E402
+from src.cli.config_file import config_values, load_file, with_changes  # noqa: E402
 from src.cli.errors import run_main  # noqa: E402
 from src.cli.help import HelpFormatter  # noqa: E402
 from src.errors import UserError  # noqa: E402
 from src.eval.judge.client import scrub  # noqa: E402
+from src.eval.pipeline import judge_backends  # noqa: E402
 from src.files import write_atomic  # noqa: E402
 from src.recipes.paper import DATASETS, TABLES, Table, render_table  # noqa: E402
 
@@ -64,7 +69,7 @@ def write_recipe(path: Path, recipe: dict) -> Path:
 
 def run_training(recipes: Path, name: str, out: Path, changes: dict) -> Path:
     """Train RECIPES/<name>.yaml (resuming whatever is on disk); returns its final checkpoint."""
-    recipe = write_recipe(out / name / "train.yaml", {**load_file(recipes / f"{name}.yaml"), **changes})
+    recipe = write_recipe(out / name / "train.yaml", with_changes(load_file(recipes / f"{name}.yaml"), changes))
     argv = ["--config", str(recipe), "--output-dir", str(out / name / "train"), "--resume"]
     show("train.py", argv)
     return Path(train.main(argv))
@@ -73,7 +78,7 @@ def run_training(recipes: Path, name: str, out: Path, changes: dict) -> Path:
 def run_evaluation(recipes: Path, name: str, evaluation: str, model: Path, out: Path, changes: dict) -> dict:
     """Evaluate `model` with RECIPES/<evaluation>.yaml. Judge URLs go on the command line, not into the
     recipe copy under --output-dir: a URL may carry credentials, which no result file holds."""
-    recipe = {**load_file(recipes / f"{evaluation}.yaml"), **changes}
+    recipe = with_changes(load_file(recipes / f"{evaluation}.yaml"), changes)
     urls = [url for key in ("judge_base_url", "judge-base-url") for url in _as_list(recipe.pop(key, None))]
     path = write_recipe(out / name / "eval.yaml", recipe)
     argv = ["--config", str(path), "--model", str(model), "--output-dir", str(out / name / "eval"),
@@ -93,20 +98,34 @@ def runs_of(table: Table) -> list[str]:
 
 def check_recipes(recipes: Path, tables: list[str], train_changes: dict, eval_changes: dict) -> None:
     """Read and check every recipe the tables run, with the changes each stage applies, before any stage:
-    a mistake in the last table's recipe stops the run before the first trains, naming the recipe."""
+    a mistake in the last table's recipe stops the run before the first trains, naming the recipe. Each
+    value is checked as its stage would check it: range and choices, settings across fields, and every
+    value that names something (datasets and their folders, the BERTScore model, LoRA targets against
+    the model, judges and their keys: src/cli/checks.py)."""
     train_parser, eval_parser = train.build_parser(), evaluate.build_parser()
     for key in tables:
         table = TABLES[key]
         for name in runs_of(table):
             path = recipes / f"{name}.yaml"
             args = train_parser.parse_args([])
-            vars(args).update(config_values(train_parser, {**load_file(path), **train_changes}, path))
-            try:
-                train.config_from_args(args)
-            except ValueError as error:  # a check across settings (TrainConfig.__post_init__)
-                raise UserError(f"{path}: {error}") from None
+            vars(args).update(config_values(train_parser, with_changes(load_file(path), train_changes), path))
+            with naming(path):
+                check_training_names(train.config_from_args(args))  # ValueError: TrainConfig's checks across fields
         path = recipes / f"{table.evaluate}.yaml"
-        config_values(eval_parser, {**load_file(path), **eval_changes}, path)
+        args = argparse.Namespace(**{action.dest: action.default for action in eval_parser._actions})
+        vars(args).update(config_values(eval_parser, with_changes(load_file(path), eval_changes), path))
+        with naming(path):
+            check_evaluation_names(args)
+            judge_backends(args)  # each judge's API key, as evaluate.py checks it
+
+
+@contextlib.contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """A refused value inside, as a UserError that names the recipe file first."""
+    try:
+        yield
+    except ValueError as error:  # UserError, or TrainConfig's checks across settings
+        raise UserError(f"{path}: {error}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,9 +11,10 @@ to OUTPUT/config.json, metrics go to OUTPUT/metrics.jsonl (one line per step; --
 adds OUTPUT/tensorboard/), checkpoints to OUTPUT/checkpoint-STEP/. `--resume` continues from the
 latest checkpoint. A dataset without --data-root is fetched from the Hugging Face Hub into HF_HOME
 (docs/DATA.md; --data-revision pins its commit, which config.json records). Everything cheap (data
-files and rows, output folder, resume settings, the model's whereabouts) is checked before any weights
-load. One run at a time holds --output-dir; SIGINT or SIGTERM finishes the current step, saves a
-checkpoint of it and exits (143 for SIGTERM, 130 for Ctrl-C): add --resume to go on.
+files and rows, output folder, resume settings, the model's whereabouts, every name: dataset, BERTScore
+model, LoRA targets against the model's layers) is checked before any weights load. One run at a time
+holds --output-dir; SIGINT or SIGTERM finishes the current step, saves a checkpoint of it and exits
+(143 for SIGTERM, 130 for Ctrl-C): add --resume to go on.
 
 On several GPUs, launch the same command with `torchrun --nproc_per_node N train.py ...`: data-parallel
 over the step's prompts, see docs/DISTRIBUTED.md.
@@ -33,7 +34,7 @@ import typing  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from src.checks import check_installed, check_writable  # noqa: E402
-from src.cli.checks import BOUNDS, number  # noqa: E402
+from src.cli.checks import BOUNDS, check_training_names, number  # noqa: E402
 from src.cli.config_file import add_config_option, parse_args  # noqa: E402
 from src.cli.errors import run_main  # noqa: E402
 from src.cli.help import HelpFormatter, escape  # noqa: E402
@@ -98,8 +99,9 @@ def base_type(annotation) -> type:
 
 
 def check_before_loading(cfg: TrainConfig) -> None:
-    """What can be refused in milliseconds once the output folder is ours. Then setup() reads the dataset
-    (files, rows, images) and checks where the model is, still before any weights load."""
+    """What can be refused in milliseconds once the output folder is ours: the folder's earlier run, and
+    every value that names something (dataset, BERTScore model, model, LoRA targets; src/cli/checks.py).
+    Then setup() reads the dataset (files, rows, images), still before any weights load."""
     out = Path(cfg.run.output_dir)
     if cfg.run.resume:
         if latest_checkpoint(out) is not None:
@@ -112,6 +114,7 @@ def check_before_loading(cfg: TrainConfig) -> None:
                         "or choose another --output-dir")
     if cfg.run.report_to == "tensorboard":
         check_installed("tensorboard", "--report-to tensorboard", "tensorboard")
+    check_training_names(cfg)
 
 
 def parse_config(argv: list[str] | None) -> TrainConfig:

@@ -5,7 +5,9 @@ and a stop on SIGINT or SIGTERM at a point where everything on disk is consisten
   holder's pid. A second run on the same folder is refused at once with `FolderInUse`, naming the
   folder and that pid: two runs appending to one metrics.jsonl, or generating the same predictions,
   would each spoil the other's files. The kernel drops the lock when its process dies, however it
-  dies (kill -9 included), so a crashed run never leaves the folder locked.
+  dies (kill -9 included), so a crashed run never leaves the folder locked. A `.lock` that is not a
+  regular file (a directory, a symbolic link, a pipe) is refused, never followed or truncated; a
+  full disk is "disk full: cannot write FOLDER/.lock" (a WriteError), as for every file a run writes.
 - `stop_signals`: while inside, the first SIGINT (Ctrl-C) or SIGTERM (a scheduler's preemption,
   `kill`) does not kill the process; it is recorded, announced on stderr, and the loop reads it with
   `stop_requested` at its next safe point (the end of a training step, an evaluation batch), saves or
@@ -18,6 +20,7 @@ import errno
 import fcntl
 import os
 import signal
+import stat
 import sys
 import threading
 import time
@@ -25,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from src.errors import UserError
+from src.files import write_failure, writing
 
 LOCK_FILE = ".lock"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -55,12 +59,14 @@ def hold_folder(folder: Path, flag: str = "--output-dir") -> Iterator[None]:
     """
     folder = Path(folder)
     created = [p for p in (folder, *folder.absolute().parents) if not p.exists()]
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE
+    with writing(path):  # a full disk: "disk full: cannot write FOLDER/.lock", as for any result file
+        folder.mkdir(parents=True, exist_ok=True)
     descriptor = _lock(path, folder, flag)
     try:
-        os.ftruncate(descriptor, 0)
-        os.write(descriptor, f"{os.getpid()}\n".encode())
+        with writing(path):
+            os.ftruncate(descriptor, 0)
+            os.write(descriptor, f"{os.getpid()}\n".encode())
         yield
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -78,7 +84,15 @@ def _lock(path: Path, folder: Path, flag: str) -> int:
     holder released it between our open and our flock): then open the path again.
     """
     while True:
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # never through a symbolic link: truncating the lock would truncate whatever it points at
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        except OSError as error:
+            if error.errno not in (errno.EISDIR, errno.ELOOP):
+                raise write_failure(path, error) from error  # a full disk, a folder we may not write
+            raise _not_a_lock_file(path, folder, flag) from None
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):  # a pipe, a socket, a device
+            os.close(descriptor)
+            raise _not_a_lock_file(path, folder, flag)
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
@@ -95,6 +109,12 @@ def _lock(path: Path, folder: Path, flag: str) -> int:
         except FileNotFoundError:
             pass
         os.close(descriptor)
+
+
+def _not_a_lock_file(path: Path, folder: Path, flag: str) -> UserError:
+    kind = "a symbolic link" if path.is_symlink() else "a directory" if path.is_dir() else "a pipe, socket or device"
+    return UserError(f"{flag} {folder}: {path} is {kind}, not a lock file; remove it (a run creates its own lock "
+                     "file there)")
 
 
 def _holder(descriptor: int) -> str:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,8 +24,10 @@ import export
 import predict
 import reproduce
 import train
+from src import run_guard
 from src.cli import threads
-from src.cli.config_file import parse_args
+from src.cli.checks import check_judge_names
+from src.cli.config_file import parse_args, with_changes
 from src.cli.errors import run_main
 from src.data.rows import DatasetError
 from src.errors import UserError
@@ -151,6 +155,20 @@ def test_config_file_mistakes_name_the_file_and_the_setting(tmp_path, content, m
     (evaluate, ["--judge-parse-attempts", "0"], "argument --judge-parse-attempts: must be at least 1, got 0"),
     (evaluate, ["--judge-timeout", "inf"], "argument --judge-timeout: must be a finite number, got inf"),
     (predict, ["--max-new-tokens", "0"], "argument --max-new-tokens: must be at least 1, got 0"),
+    (train, ["--seed", "99999999999999999999"], "argument --seed: must be at most 4294967295, got "
+                                                 "99999999999999999999"),
+    (train, ["--group-size", "100000000000"], "argument --group-size: must be at most 1024, got 100000000000"),
+    (train, ["--lora-r", "100000000000"], "argument --lora-r: must be at most 4096, got 100000000000"),
+    (train, ["--prompts-per-step", "100000000000"], "argument --prompts-per-step: must be at most 65536, got "
+                                                       "100000000000"),
+    (train, ["--max-completion-length", "100000000000"], "argument --max-completion-length: must be at "
+                                                            "most 131072, got 100000000000"),
+    (train, ["--max-steps", "1" + "0" * 400], "argument --max-steps: must be at most 1000000000, got "
+                                               "1000000000000000000000000000000000000000... (401 characters)"),
+    (evaluate, ["--batch-size", "100000000000"], "argument --batch-size: must be at most 65536, got 100000000000"),
+    (evaluate, ["--limit", "1" + "0" * 30], "argument --limit: must be less than 2**63 in size, got 1" + "0" * 30),
+    (evaluate, ["--judge-concurrency", "100000000000"], "argument --judge-concurrency: must be at most 1024, "
+                                                         "got 100000000000"),
 ])
 def test_numbers_out_of_range_are_refused_as_the_command_line_is_parsed(capsys, monkeypatch, program, argv, message):
     monkeypatch.setattr(trainer, "setup", lambda cfg: pytest.fail("setup reached"))
@@ -182,16 +200,35 @@ def test_every_numeric_train_setting_is_range_checked():
     ("model: tiny\nseed: 1\nmodel:\n  lora_r: 8\n", r"line 3: 'model' is given twice \(first on line 1\); YAML "
                                                       r"would keep only the last"),
     ("optim:\n  epochs: 2\n  epochs: 3\n", r"line 3: 'epochs' is given twice"),
+    ("learning_rate: 1.0e-5\nlearning-rate: 2.0e-5\n",
+     r"'learning_rate' and 'learning-rate' both set --learning-rate; only one may"),
+    ("seed: 1\nrun:\n  seed: 2\n", r"'seed' and 'run.seed' both set --seed"),
+    ("optim:\n  max-steps: 2\nmax_steps: 3\n", r"'optim.max-steps' and 'max_steps' both set --max-steps"),
+    ("group_size: 100000000000000000000000000\n", r"group_size: must be at most 1024, got 1000"),
+    ("group_size: 1.0e+26\n", r"group_size: 1e\+26 is not a valid int"),
+    pytest.param("seed: " + "9" * 5_000 + "\n", r"not valid YAML: Exceeds the limit \(4300 digits\)", id="5000 digits"),
 ])
-def test_config_files_go_through_the_same_checks_and_may_not_repeat_a_key(tmp_path, content, message):
+def test_config_files_go_through_the_same_checks_and_may_not_repeat_a_setting(tmp_path, content, message):
     path = tmp_path / "bad.yaml"
     path.write_text(content)
     with pytest.raises(UserError, match=message) as error:
         train.parse_config(["--config", str(path)])
     assert str(path) in str(error.value)
-    (tmp_path / "bad.toml").write_text("seed = 1\nseed = 2\n")
-    with pytest.raises(UserError, match="bad.toml: not valid TOML: Cannot overwrite a value"):
-        train.parse_config(["--config", str(tmp_path / "bad.toml")])
+    for toml, toml_message in [("seed = 1\nseed = 2\n", "not valid TOML: Cannot overwrite a value"),
+                               ("learning_rate = 1e-5\nlearning-rate = 2e-5\n", "'learning_rate' and 'learning-rate' "
+                                                                                "both set --learning-rate"),
+                               ("seed = 1\n[run]\nseed = 2\n", "'seed' and 'run.seed' both set --seed"),
+                               ("seed = " + "9" * 5_000 + "\n", r"not valid TOML: Exceeds the limit")]:
+        (tmp_path / "bad.toml").write_text(toml)
+        with pytest.raises(UserError, match=f"bad.toml: {toml_message}"):
+            train.parse_config(["--config", str(tmp_path / "bad.toml")])
+
+
+def test_changes_replace_a_files_setting_under_any_spelling_and_in_any_place():
+    raw = {"data-root": "data", "run": {"seed": 1, "save_steps": 5}, "model": {"lora_r": 8}, "lora-alpha": 16}
+    assert with_changes(raw, {"data_root": None, "seed": 2, "model": "tiny"}) == {
+        "run": {"save_steps": 5}, "model": {"lora_r": 8, "model": "tiny"}, "lora-alpha": 16, "data_root": None,
+        "seed": 2}
 
 
 def test_a_setting_the_config_refuses_across_fields_is_one_line():
@@ -254,6 +291,61 @@ def test_a_second_run_on_an_output_folder_is_refused_at_once_naming_the_holder(t
     assert not (out / ".lock").exists()               # a run removes its lock file when it ends
 
 
+@pytest.mark.parametrize("plant, kind", [(lambda p: p.mkdir(), "a directory"), (os.mkfifo, "a pipe, socket or device"),
+                                         (lambda p: p.symlink_to(p.parent.parent / "victim"), "a symbolic link")])
+def test_a_lock_file_that_is_not_a_regular_file_is_refused_and_never_followed(tmp_path, monkeypatch, plant, kind):
+    monkeypatch.setattr(pipeline, "load_eval_sets", lambda args: pytest.fail("datasets read"))
+    out, victim = tmp_path / "out", tmp_path / "victim"
+    victim.write_text("someone's file")
+    out.mkdir()
+    plant(out / ".lock")
+    with pytest.raises(UserError, match=rf"^--output-dir {out}: {out / '.lock'} is {kind}, not a lock file; remove it"):
+        evaluate.main(["--model", "tiny", "--datasets", "synthetic:test", "--output-dir", str(out)])
+    assert victim.read_text() == "someone's file"                  # not truncated through the link
+
+
+def test_a_full_disk_is_one_line_wherever_the_write_was(tmp_path, monkeypatch, capsys):
+    """The lock file on a full disk is a WriteError like any result file; a library's own ENOSPC (no
+    WriteError to name the file) is still one line and status 2."""
+    monkeypatch.setattr(pipeline, "load_eval_sets", lambda args: pytest.fail("datasets read"))
+    def full(descriptor, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(run_guard.os, "write", full)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as stop:
+        run_main(lambda: evaluate.main(["--model", "tiny", "--datasets", "synthetic:test", "--output-dir", str(out)]))
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.startswith(f"error: disk full: cannot write {out / '.lock'} ([Errno 28] No space")
+    assert not out.exists()                                       # the folder it created is gone again
+    with pytest.raises(SystemExit) as stop:
+        run_main(lambda: open(tmp_path / "x", "w") and (_ for _ in ()).throw(
+            OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x"))))
+    assert stop.value.code == 2 and capsys.readouterr().err == (
+        f"error: disk full: cannot write {tmp_path / 'x'} (No space left on device); files already written are kept: "
+        "free some space and run again\n")
+
+
+def test_evaluate_on_a_real_full_disk_says_disk_full(tmp_path, monkeypatch, capsys):
+    """A 1 MiB tmpfs filled to the last byte (needs root to mount)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    monkeypatch.setattr(pipeline, "load_eval_sets", lambda args: pytest.fail("datasets read"))
+    try:
+        with open(mount / "filler", "wb") as filler:
+            filler.write(b"\0" * shutil.disk_usage(mount).free)
+        with pytest.raises(SystemExit) as stop:
+            run_main(lambda: evaluate.main(["--model", "tiny", "--datasets", "synthetic:test",
+                                            "--output-dir", str(mount / "eval")]))
+        assert stop.value.code == 2
+        assert capsys.readouterr().err.startswith(f"error: disk full: cannot write {mount}/eval")
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
 def test_bare_train_command_offline_names_the_dataset_to_fetch_without_touching_the_hub(tmp_path):
     """`python train.py` with no arguments and HF_HUB_OFFLINE=1 (conftest) on an empty Hub cache: the
     command that fetches the dataset is named before any model loads."""
@@ -313,6 +405,54 @@ def test_evaluate_reads_every_dataset_and_checks_judge_keys_before_the_model(tmp
     with pytest.raises(UserError, match="--import-human-sheet .*: no such file"):
         evaluate.main(base + ["--datasets", "synthetic:test", "--import-human-sheet", str(tmp_path / "sheet.csv")])
     assert not (out / "predictions").exists()
+
+
+def test_every_name_is_checked_before_anything_loads_listing_what_it_may_be(tmp_path, monkeypatch):
+    """LoRA targets against the model's layers (from its config, no weights), BERTScore models, datasets
+    and splits, judges: each refused at once, naming the value and what it may be."""
+    monkeypatch.setattr(trainer, "setup", lambda cfg: pytest.fail("setup reached"))
+    monkeypatch.setattr(pipeline, "load_eval_sets", lambda args: pytest.fail("datasets read"))
+    out = str(tmp_path / "run")
+    run = ["--model", "tiny", "--dataset", "synthetic", "--output-dir", out]
+    with pytest.raises(UserError, match="^--lora-targets: k_prj is not a linear layer of the language model; its "
+                                        "linear layers: down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, "
+                                        "v_proj$"):
+        train.main(run + ["--lora-targets", "q_proj", "k_prj"])
+    with pytest.raises(UserError, match="^--lora-r 100: more than the 64 of k_proj's smaller side"):  # 2 KV heads x 32
+        train.main(run + ["--lora-r", "100"])
+    with pytest.raises(UserError, match="^--max-completion-length 4096: tiny has 4096 positions"):
+        train.main(run + ["--max-completion-length", "4096"])
+    with pytest.raises(UserError, match="^--bertscore-model robertaa-large: not a BERTScore model with a known layer; "
+                                        "choose one of roberta-large, "):
+        train.main(run + ["--bertscore-model", "robertaa-large"])
+    with pytest.raises(UserError, match="^--bertscore-model roberta-large: not in the local Hugging Face cache"):
+        train.main(run + ["--bertscore-model", "roberta-large"])       # HF_HUB_OFFLINE=1 (conftest), no cache
+    with pytest.raises(SystemExit):
+        train.main(run + ["--dataset", "synthetc"])                    # argparse: invalid choice, the list
+    with pytest.raises(DatasetError, match="^--dataset: synthetic has no split 'tran'; its splits: "):
+        train.main(run + ["--split", "tran"])
+    assert not Path(out).exists()
+    evaluation = ["--model", "tiny", "--output-dir", out]
+    with pytest.raises(DatasetError, match="^--datasets synthetc:test: unknown dataset 'synthetc'; known: silvar-med"):
+        evaluate.main(evaluation + ["--datasets", "synthetic:test,synthetc:test"])
+    with pytest.raises(UserError, match="^--bertscore-model robertaa-large: not a BERTScore model"):
+        evaluate.main(evaluation + ["--datasets", "synthetic:test", "--bertscore-model", "robertaa-large"])
+    for judge, message in [("gpt-4o-mni", "not a model this project knows, and one letter away from gpt-4o-mini: did "
+                                          "you mean gpt-4o-mini?"),
+                           ("gemini-1.5-flsh", r".* did you mean gemini-1\.5-flash\?$"),
+                           ("llama3", "not an OpenAI model name .* nor a Gemini one .*; a model on another server "
+                                      "needs --judge-base-url"),
+                           ("gpt-4o-mini,gpt-4o-mini", "expected distinct comma-separated judge names")]:
+        with pytest.raises(UserError, match=f"^--judge {judge}: {message}"):
+            evaluate.main(evaluation + ["--datasets", "synthetic:test", "--judge", judge])
+    assert not Path(out).exists()
+
+
+@pytest.mark.parametrize("judge", ["gpt-4o-mini", "gpt-4o-mini-2024-07-18", "gemini-1.5-flash-002", "gpt-5.1-mini",
+                                   "o3-mini", "gpt-4", "gemini-3-flash-preview", "ft:gpt-4o-mini:org::abc"])
+def test_judge_names_a_provider_serves_pass_and_any_name_passes_behind_a_base_url(judge):
+    check_judge_names(judge, [])
+    check_judge_names("llama3,gpt-4o-mni", ["http://localhost:8000/v1"])  # its server decides
 
 
 def test_wait_policy_is_passive_only_when_others_leave_too_few_cores():

@@ -10,7 +10,8 @@ from src.eval.judge.judging import JudgeRun, Verdict
 from src.eval.metrics import (best_bertscore, choice_metrics, closed_metrics, exact_match, no_judge_metrics,
                               open_metrics, token_recall)
 from src.eval.predictions import prediction_record, run_predictions
-from src.eval.report import Group, build_summary, export_human_sheet, read_human_sheet, render_report
+from src.eval.report import (Group, as_text_cell, build_summary, export_human_sheet, from_text_cell, read_human_sheet,
+                             render_report)
 from src.rewards.answers import normalize_text
 
 
@@ -197,6 +198,25 @@ def test_human_sheet_cells_a_spreadsheet_would_run_as_formulas_are_escaped_and_r
     _fill(path, {"\'-7": ("1", "1"), "\'=id": ("0", "0")})
     assert set(read_human_sheet(path)) == {("toy", "test", "reasoning", i) for i in ("-7", "=id", "'quoted")}
     assert read_human_sheet(path)[("toy", "test", "reasoning", "-7")] == {"reasoning_score": 1, "prediction_score": 1}
+
+
+@pytest.mark.parametrize("hidden", [" ", "  \n", "\n", "\u200b", "\ufeff", "\u00a0", "\u2060 \u200b"])
+@pytest.mark.parametrize("formula", ["=1+1", "\uff1dHYPERLINK(\"http://evil.example\")", "\uff0b1", "\uff0d1",
+                                     "\uff20SUM(A1)", "\ufe661"])
+def test_a_formula_behind_invisible_characters_or_in_full_width_is_escaped_too(tmp_path, hidden, formula):
+    """Whitespace, a line break, a zero-width space, a byte-order mark before it, or a full-width ＝ ＋ －
+    ＠ (which some spreadsheets read as = + - @): still a formula to a spreadsheet, still escaped."""
+    for value in (formula, hidden + formula):
+        records = [rec(0, "yes", "x")]
+        records[0].update(id=value, think=value, answer=value)  # as written, not as a completion parses
+        path = tmp_path / "sheet.csv"
+        export_human_sheet(records, path)
+        with open(path, newline="", encoding="utf-8") as handle:
+            row = next(csv.DictReader(handle))
+        assert row["prediction_answer"] == row["prediction_think"] == row["id"] == "'" + value
+        assert set(read_human_sheet(path)) == {("toy", "test", "reasoning", value)}
+    for harmless in ("a=1", " plain", "\u2212 minus sign", "\u200bword"):
+        assert as_text_cell(harmless) == harmless and from_text_cell(harmless) == harmless
 
 
 def test_summary_and_report_in_the_paper_layout():

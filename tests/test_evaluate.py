@@ -241,3 +241,19 @@ def test_open_answers_get_a_side_error_rate_and_on_request_the_clinical_score(tm
     open_ = summary["groups"][0]["metrics"]["open"]
     assert "clinical" not in open_ and open_["side_error_rate"] == 0.5 and summary["open_answer_score"] == "bertscore"
     assert "Open clinical" not in report and "| 50.00% (1 of 2) |" in report
+
+
+def test_a_prediction_holding_a_5000_digit_number_is_evaluated_like_any_other(tmp_path, fake, monkeypatch):
+    """Python's int() refuses strings past 4,300 digits; the side-error reading never converts one."""
+    root = tmp_path / "data"
+    (root / "vqa-rad" / "images").mkdir(parents=True)
+    random_image(16, 16).save(root / "vqa-rad" / "images" / "synpic1.jpg")
+    rows = [{"qid": 1, "image_name": "synpic1.jpg", "question": "How many?", "answer": "3", "answer_type": "OPEN"}]
+    (root / "vqa-rad" / "testset.json").write_text(json.dumps(rows))
+    answer = "9" * 5_000
+    monkeypatch.setattr(pipeline, "make_generate_fn",
+                        lambda args: lambda samples, prompt: [f"<think>t</think><answer>{answer}</answer>"])
+    summary = evaluate.main(["--model", "fake/model", "--data-root", str(root), "--output-dir", str(tmp_path / "out"),
+                             "--datasets", "vqa-rad:test", "--prompt", "reasoning", "--judge", "none"])
+    open_ = summary["groups"][0]["metrics"]["open"]
+    assert open_["n"] == 1 and open_["exact_match"] == 0.0 and open_["side_errors"] == 0

@@ -43,6 +43,12 @@ def test_every_recipe_is_a_valid_config_of_its_entry_point():
     ("table6/rarl.yaml", "lora_dropout: 0.0 ", "lora_dropout: 0.1 ", "--lora-dropout 0.1 with --method rarl"),
     ("table6/rarl.yaml", "seed: 0 ", "seed: 0\nseed: 1 ", "line 9: 'seed' is given twice (first on line 8)"),
     ("table6/evaluate.yaml", "judge_concurrency: 8 ", "judge_concurrency: 0 ", "judge_concurrency: must be at least 1"),
+    ("table6/rarl.yaml", "lora_targets: [q_proj, k_proj,", "lora_targets: [q_proj, k_prj,",
+     "--lora-targets: k_prj is not a linear layer of the language model; its linear layers: down_proj, gate_proj"),
+    ("table6/rarl.yaml", "bertscore_model: null ", "bertscore_model: robertaa-large ",
+     "--bertscore-model robertaa-large: not a BERTScore model with a known layer"),
+    ("table6/rarl.yaml", "learning_rate: 1.0e-5 ", "learning_rate: 1.0e-5\nlearning-rate: 1.0e-5 ",
+     "'learning_rate' and 'learning-rate' both set --learning-rate"),
 ])
 def test_a_mistake_in_the_last_tables_recipe_stops_before_the_first_stage_naming_the_users_file(
         tmp_path, monkeypatch, file, old, new, message):
@@ -59,6 +65,25 @@ def test_a_mistake_in_the_last_tables_recipe_stops_before_the_first_stage_naming
     with pytest.raises(UserError) as error:
         reproduce.main(["--tiny", "--recipes", str(recipes), "--output-dir", str(tmp_path / "out")])
     assert str(error.value).startswith(f"{recipes / file}: ") and message in str(error.value)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("judge, key, message", [
+    ("gpt-4o-mni", "sk-x", "--judge gpt-4o-mni: not a model this project knows, and one letter away from gpt-4o-mini"),
+    ("gpt-4o-mini", None, "--judge gpt-4o-mini: judge 'gpt-4o-mini' needs an API key in OPENAI_API_KEY"),
+])
+def test_a_judge_typo_or_a_missing_key_stops_before_the_first_stage(tmp_path, monkeypatch, judge, key, message):
+    import evaluate
+    import train
+
+    for stage in (train, evaluate):
+        monkeypatch.setattr(stage, "main", lambda argv: pytest.fail("a stage ran before the recipes were checked"))
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    if key:
+        monkeypatch.setenv("OPENAI_API_KEY", key)
+    with pytest.raises(UserError) as error:
+        reproduce.main(["--tiny", "--tables", "3", "--judge", judge, "--output-dir", str(tmp_path / "out")])
+    assert str(error.value).startswith(f"{RECIPES / 'table3/evaluate.yaml'}: {message}")
     assert not (tmp_path / "out").exists()
 
 

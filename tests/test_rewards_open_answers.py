@@ -7,8 +7,9 @@ import dataclasses
 import pytest
 
 from src.data.sample import Sample
-from src.rewards.open_answers import (AXES, TERMS, Axis, ClinicalRules, baseline, contradiction, names_position,
-                                      open_answer_scores, read_answer, rescale, side_error)
+from src.rewards.open_answers import (AXES, MAX_NUMBER_DIGITS, NUMBER_AXIS, TERMS, Axis, ClinicalRules, _number,
+                                      baseline, contradiction, names_position, open_answer_scores, read_answer,
+                                      rescale, side_error)
 from src.rewards.total import accuracy_rewards
 from tests.test_rewards_total import CountingScorer
 
@@ -236,3 +237,13 @@ def test_train_passes_the_open_answer_score_to_the_accuracy_reward(tmp_path, mon
     monkeypatch.setattr(step, "score_completions", lambda *args: seen.append(args[-1]) or real(*args))
     step.grpo_step(run, run.samples[:2], ["explanation", "explanation"])
     assert seen == ["clinical"]
+
+
+def test_numbers_of_any_length_read_without_converting_them():
+    assert [_number(w) for w in ("007", "3.40", "00.50", "10.0", "3rd")] == ["7", "3.4", "0.5", "10", "3rd"]
+    longest = "1" + "0" * (MAX_NUMBER_DIGITS - 1)
+    assert _number(longest) == longest and _number(longest + "0") is None   # past the limit: a word
+    huge = "9" * 5_000                                                       # int() refuses past 4,300 digits
+    assert _number(huge) is None and read_answer(huge).whole.key == (huge,)
+    assert NUMBER_AXIS not in read_answer(f"{huge} mm").whole.values
+    assert side_error(f"left {huge}", ["right lung"]) and not side_error(huge, ["right lung"])

@@ -186,11 +186,18 @@ class Interrupt(Exception):
     pass
 
 
-def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch):
-    straight = tiny_config(tmp_path / "a")
+def test_interrupted_and_resumed_run_equals_uninterrupted_bit_for_bit(tmp_path, monkeypatch):
+    """Weights, metrics and completions of the resumed run are those of the uninterrupted one, to the last
+    bit. With one prompt's 8 completions per pass, the shared-prefix backward adds 8 x 2 KV heads x ~105
+    prompt tokens x 32 = ~54k values into that prompt's keys and values: past torch's 32,768, where its
+    CPU index_put_ adds them on every thread at once, in an order that changed from run to run before
+    training ran torch's deterministic kernels (trainer.same_sums_on_cpu)."""
+    assert torch.get_num_threads() > 1, "one thread adds in order anyway: this test needs two"
+    shape = dict(rollout=dict(group_size=8), optim=dict(prompts_per_step=1, mini_batch_size=8))
+    straight = tiny_config(tmp_path / "a", **shape)
     trainer.train(straight)
 
-    broken = tiny_config(tmp_path / "b")
+    broken = tiny_config(tmp_path / "b", **shape)
     real_write = trainer.MetricsLog.write
 
     def crash_after_three_steps(self, records):
@@ -210,15 +217,13 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch)
     assert [m["step"] for m in b] == [1, 2, 3, 4]
     for x, y in zip(a, b):
         for key in x:
-            if isinstance(x[key], str):
+            if not key.startswith("time/") and key != "peak_memory_mb":
                 assert x[key] == y[key], (x["step"], key)
-            elif not key.startswith("time/") and key != "peak_memory_mb":
-                assert x[key] == pytest.approx(y[key], rel=1e-6, abs=1e-9), (x["step"], key)
     completions = [read_metrics(Path(cfg.run.output_dir) / "completions.jsonl") for cfg in (straight, broken)]
     assert completions[0] == completions[1]  # step 3's lines from before the crash were dropped, then redone
-    wa = load_file(Path(straight.run.output_dir) / "checkpoint-4" / "adapter_model.safetensors")
-    wb = load_file(Path(broken.run.output_dir) / "checkpoint-4" / "adapter_model.safetensors")
-    assert all(torch.allclose(wa[k], wb[k], rtol=1e-6, atol=1e-8) for k in wa)
+    weights = [(Path(cfg.run.output_dir) / "checkpoint-4" / "adapter_model.safetensors").read_bytes()
+               for cfg in (straight, broken)]
+    assert weights[0] == weights[1]
 
 
 def test_completions_log_holds_every_sample_with_its_rewards_and_advantage(tmp_path):

@@ -13,9 +13,10 @@ which is how train.py writes OUTPUT/config.json (JSON is YAML, so a run's config
 
 Values: a switch (`--resume` / `--no-resume`, `--skip-bad-rows`) takes true or false; a flag that
 takes several values (or may be repeated) takes a list; `null` means the flag's empty default. Every
-value goes through the flag's own type, range and choices, and an unknown key, or a key given twice
-(YAML would silently keep the last), is refused with the file named. YAML is read with safe_load's
-constructors: no tag can build an object.
+value goes through the flag's own type, range and choices, and an unknown key, or a setting given
+twice (the same key twice, which YAML would silently reduce to the last; `learning_rate` beside
+`learning-rate`; a key at top level and again under its section), is refused with the file named,
+naming both. YAML is read with safe_load's constructors: no tag can build an object.
 """
 from __future__ import annotations
 
@@ -66,19 +67,47 @@ def read_config(parser: argparse.ArgumentParser, path: Path) -> dict:
 def config_values(parser: argparse.ArgumentParser, raw: dict, path: Path) -> dict:
     """{argparse dest: value} for every key of `raw`, the mapping read from `path` (named in errors),
     each checked against its flag: name, section, type, range and choices."""
-    by_name = {option[2:].replace("-", "_"): action
+    by_name = {_spelling(option[2:]): action
                for action in parser._actions for option in action.option_strings
                if option.startswith("--") and not _negative(action, option)}
     sections = {group.title: {id(a) for a in group._group_actions} for group in parser._action_groups}
-    values = {}
+    values, given_as = {}, {}
     for key, value, section in _entries(raw, sections):
-        action = by_name.get(key.replace("-", "_"))
+        action = by_name.get(_spelling(key))
         if action is None or action.dest in ("help", "config"):
             raise UserError(f"{path}: unknown setting {key!r}; the settings are the flags of --help")
         if section is not None and id(action) not in sections[section]:
             raise UserError(f"{path}: {key!r} does not belong to section {section!r}")
+        name = key if section is None else f"{section}.{key}"
+        if action.dest in given_as:  # `learning_rate` and `learning-rate`, or at top level and in its section
+            raise UserError(f"{path}: {given_as[action.dest]!r} and {name!r} both set {action.option_strings[0]}; "
+                            "only one may: remove the other")
+        given_as[action.dest] = name
         values[action.dest] = _value(action, value, f"{path}: {key}")
     return values
+
+
+def with_changes(raw: dict, changes: dict) -> dict:
+    """The mapping `raw` read from a file with the settings of `changes` set as a flag on the command line
+    would: a key of `changes` replaces the file's setting under any spelling and in any place (top level
+    or its section), so no setting is then given twice."""
+    changed = {_spelling(key) for key in changes}
+    merged: dict = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):  # a section
+            merged[key] = {inner: v for inner, v in value.items() if _spelling(inner) not in changed}
+        elif _spelling(key) not in changed:
+            merged[key] = value
+    for key, value in changes.items():
+        if isinstance(merged.get(key), dict):  # `model`, the flag, beside a section `model`: the flag's own
+            merged[key][key] = value
+        else:
+            merged[key] = value
+    return merged
+
+
+def _spelling(key: str) -> str:
+    return key.replace("-", "_")
 
 
 def load_file(path: Path) -> dict:
@@ -92,7 +121,8 @@ def load_file(path: Path) -> dict:
             raw = yaml.load(path.read_text(), Loader=UniqueKeyLoader)  # noqa: S506 - safe_load's loader, stricter
     except DuplicateKey as error:
         raise UserError(f"{path}: {error}") from None
-    except (tomllib.TOMLDecodeError, yaml.YAMLError, UnicodeDecodeError) as error:
+    except (tomllib.TOMLDecodeError, yaml.YAMLError, UnicodeDecodeError, ValueError) as error:
+        # ValueError: an integer of more than 4,300 digits, which both parsers hand to int()
         raise UserError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: "
                         f"{' '.join(str(error).split())}") from None
     if raw is None:

@@ -4,10 +4,13 @@ An entry point runs its `main` through `run_main`: a user error prints one line 
 and exits with status 2 (argparse's status for a bad command line), without a traceback; a run
 stopped by a signal at a safe point (src/run_guard.py) prints what it kept and exits 128 + the
 signal's number (130 for SIGINT, 143 for SIGTERM), as a process the signal ended would; Ctrl-C
-anywhere else prints one line and exits 130. Anything else is a bug and keeps its traceback.
+anywhere else prints one line and exits 130. A full disk is a user error wherever the write happened
+(the project's own writes raise a WriteError naming the file; a library's, an OSError ENOSPC). Anything
+else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
+import errno
 import sys
 from typing import Callable
 
@@ -28,6 +31,13 @@ def run_main(main: Callable[[], object]) -> None:
         main()
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as error:  # a full disk where no WriteError names the file (a library's own write)
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        what = f"cannot write {error.filename}" if error.filename else "a write failed"
+        print(f"error: disk full: {what} ({error.strerror}); files already written are kept: free some space and "
+              "run again", file=sys.stderr)
         sys.exit(2)
     except Interrupted as stop:
         print(f"stopped: {stop}", file=sys.stderr)

@@ -18,14 +18,17 @@ The reviewer fills reasoning_score and prediction_score with 1 (similar to the r
 criterion the judge prompt states) or 0, or leaves a cell empty (not scored). Rows are keyed by
 (dataset, split, prompt, id); the other columns are for reading only. Every text cell is written by a
 model or a dataset, and a spreadsheet runs a cell that begins with "=", "+", "-" or "@" as a formula
-(CSV injection: =HYPERLINK(...) sends data away when clicked). So such a cell, and one that begins
-with a tab, a carriage return or a "'", is written with a "'" in front (OWASP's rule: the spreadsheet
-shows it as text); reading the sheet back removes that "'", so the keys round-trip exactly.
+(CSV injection: =HYPERLINK(...) sends data away when clicked), some after leading spaces, line breaks
+or invisible characters, some in their full-width forms. So a cell whose first visible character is
+one of those in any width, and one that begins with a tab, a carriage return or a "'", is written
+with a "'" in front (OWASP's rule: the spreadsheet shows it as text); reading the sheet back removes
+that "'", so the keys round-trip exactly.
 """
 from __future__ import annotations
 
 import csv
 import io
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,17 +86,30 @@ def read_human_sheet(path: Path) -> HumanScores:
     return scores
 
 
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")  # "'" too, so that removing one "'" on reading is exact
+FORMULA_STARTS = ("=", "+", "-", "@")
+QUOTED_STARTS = ("\t", "\r", "'")  # OWASP's; "'" too, so that removing one "'" on reading is exact
+
+
+def starts_like_formula(value: str) -> bool:
+    """Whether a spreadsheet might run `value` as a formula: its first visible character, after any
+    whitespace, line breaks, zero-width or other invisible characters and a byte-order mark, is one of
+    FORMULA_STARTS in any width (the full-width ＝ ＋ － ＠ and the small forms read as = + - @ once
+    NFKC-normalised, as some spreadsheets do), or it begins with a tab, a carriage return or a "'"."""
+    if value.startswith(QUOTED_STARTS):
+        return True
+    first = next((c for c in value if not (c.isspace() or unicodedata.category(c) in ("Cc", "Cf"))), "")
+    return unicodedata.normalize("NFKC", first).startswith(FORMULA_STARTS)
 
 
 def as_text_cell(value: str) -> str:
-    """`value` as a cell no spreadsheet runs as a formula: a "'" in front of a risky first character."""
-    return f"'{value}" if str(value).startswith(FORMULA_STARTS) else str(value)
+    """`value` as a cell no spreadsheet runs as a formula: a "'" in front when it starts like one."""
+    value = str(value)
+    return f"'{value}" if starts_like_formula(value) else value
 
 
 def from_text_cell(cell: str) -> str:
     """The value `as_text_cell` wrote (a cell a reviewer typed without the "'" reads as it is)."""
-    return cell[1:] if cell.startswith("'") and cell[1:].startswith(FORMULA_STARTS) else cell
+    return cell[1:] if cell.startswith("'") and starts_like_formula(cell[1:]) else cell
 
 
 def _score(cell: str | None, where: str, column: str) -> int | None:

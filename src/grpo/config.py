@@ -11,6 +11,7 @@ import typing
 from dataclasses import dataclass, field
 
 from src.data.hub import parse_revisions
+from src.data.loaders import DATASETS
 from src.data.rows import DatasetError
 from src.grpo.loss import AGGREGATIONS, IMPORTANCE_LEVELS
 from src.models.loading import DEFAULT_MODEL, DTYPES, default_device, resolve_dtype
@@ -24,6 +25,17 @@ SCHEDULES = ("cosine", "linear", "constant")
 REPORT_TO = ("none", "tensorboard")
 
 
+# Upper bounds, checked as the command line or a config file is parsed, before any work: each is far
+# beyond any real run and keeps a typo (an extra digit or ten) from reaching an allocator or an overflow.
+MAX_SEED = 2**32 - 1          # numpy's and most tools' seed range; the derived seeds (seed * 100_003 + epoch) fit int64
+MAX_GROUP_SIZE = 1024         # G; DeepSeekMath's GRPO samples 64
+MAX_BATCH = 65_536            # prompts per step, completions per forward pass
+MAX_LORA_R = 4096             # and at most the smaller side of each targeted layer (checked against the model)
+MAX_NEW_TOKENS = 131_072      # tokens of a completion; with its prompt also within the model's positions
+MAX_ITERATIONS = 1024         # policy updates per batch of rollouts
+MAX_STEPS = 10**9             # steps, epochs, samples, save interval
+
+
 def flag(default, help: str, **kwargs):
     """A config field and its CLI flag: help text, and optionally `choices` or a numeric range (min, gt,
     max, lt), which the command line and --config files are checked against (train.py builds the flags)."""
@@ -33,7 +45,8 @@ def flag(default, help: str, **kwargs):
 @dataclass(frozen=True)
 class ModelConfig:
     model: str = flag(DEFAULT_MODEL, "hub id, local model directory, or 'tiny' (the embedded test model)")
-    lora_r: int = flag(LoRAConfig.r, "LoRA rank r (paper: 8)", min=1)
+    lora_r: int = flag(LoRAConfig.r, "LoRA rank r (paper: 8); at most the smaller side of every targeted layer",
+                       min=1, max=MAX_LORA_R)
     lora_alpha: float = flag(LoRAConfig.alpha, "LoRA alpha; the update is scaled by alpha / r (paper: 16)", gt=0)
     lora_dropout: float | None = flag(None, "dropout on the LoRA input path (default: 0.05 for sft; the RL "
                                             "methods refuse dropout, so that every RL pass sees the same policy)",
@@ -51,7 +64,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = flag("silvar-med", "training dataset: silvar-med, vqa-rad, slake, vqa-med-2019, path-vqa, "
-                                      "cv-bench or synthetic (the embedded default)")
+                                      "cv-bench or synthetic (the embedded default)", choices=tuple(DATASETS))
     data_root: str | None = flag(None, "folder holding the dataset's files; without it the dataset is fetched from "
                                        "the Hugging Face Hub into HF_HOME (docs/DATA.md; vqa-med-2019 needs a folder, "
                                        "synthetic is generated)")
@@ -59,7 +72,8 @@ class DataConfig:
                                            "repository (default: main); config.json records the commit its files "
                                            "came from, and --resume refuses another")
     split: str = flag("train", "split to train on")
-    samples: int | None = flag(None, "train on a seeded subset of N samples, stratified by modality/task", min=1)
+    samples: int | None = flag(None, "train on a seeded subset of N samples, stratified by modality/task", min=1,
+                               max=MAX_STEPS)
     skip_bad_rows: bool = flag(False, "skip rows with a missing image or empty question/answer instead of stopping")
 
     @property
@@ -77,9 +91,11 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    group_size: int = flag(8, "G: completions sampled per prompt (eq. 1-2); eq. 2 compares at least 2", min=2)
+    group_size: int = flag(8, "G: completions sampled per prompt (eq. 1-2); eq. 2 compares at least 2", min=2,
+                           max=MAX_GROUP_SIZE)
     temperature: float = flag(1.0, "sampling temperature for rollouts (log-probs use the same temperature)", gt=0)
-    max_completion_length: int = flag(512, "maximum tokens per completion", min=1)
+    max_completion_length: int = flag(512, "maximum tokens per completion; with the prompt, within the model's "
+                                           "positions", min=1, max=MAX_NEW_TOKENS)
     mask_truncated: bool = flag(False, "leave completions that hit the length limit out of the loss")
     rollout_engine: str = flag("engine", "sampler: 'engine' (static KV cache, each prompt prefilled once, "
                                          "src/models/engine.py) or 'hf' (transformers' generate, the reference)",
@@ -102,7 +118,8 @@ class LossConfig:
     drop_tied_groups: bool = flag(False, "leave groups whose G rewards all tie (zero advantage) out of the loss and its "
                                          "normaliser, so that they do not dilute the others' gradient (their KL term "
                                          "goes with them)")
-    num_iterations: int = flag(1, "policy updates per batch of rollouts (mu); > 1 caches old log-probs", min=1)
+    num_iterations: int = flag(1, "policy updates per batch of rollouts (mu); > 1 caches old log-probs", min=1,
+                               max=MAX_ITERATIONS)
     advantage_scale: str = flag("group", "advantages: group (paper eq. 2: divide by the group's reward std) or "
                                          "none (Dr. GRPO: reward minus the group mean)", choices=("group", "none"))
 
@@ -117,11 +134,11 @@ class OptimConfig:
     schedule: str = flag("cosine", "learning-rate schedule after warm-up", choices=SCHEDULES)
     max_grad_norm: float = flag(1.0, "clip the gradient norm to this value", gt=0)
     prompts_per_step: int = flag(4, "B: prompts per training step (B * G completions per step), over all processes "
-                                     "under torchrun (each takes B / processes)", min=1)
+                                     "under torchrun (each takes B / processes)", min=1, max=MAX_BATCH)
     mini_batch_size: int = flag(8, "completions per forward/backward pass of each process (gradients are "
-                                    "accumulated)", min=1)
-    epochs: int = flag(5, "passes over the training set (paper: 5)", min=1)
-    max_steps: int | None = flag(None, "stop after this many steps (overrides epochs)", min=1)
+                                    "accumulated)", min=1, max=MAX_BATCH)
+    epochs: int = flag(5, "passes over the training set (paper: 5)", min=1, max=MAX_STEPS)
+    max_steps: int | None = flag(None, "stop after this many steps (overrides epochs)", min=1, max=MAX_STEPS)
 
 
 @dataclass(frozen=True)
@@ -130,8 +147,9 @@ class RewardConfig:
     length_weight: float = flag(1.0, "weight of the length reward")
     accuracy_weight: float = flag(1.0, "weight of the accuracy reward")
     reasoning_weight: float = flag(1.0, "weight of the reasoning reward (rarl only)")
-    bertscore_model: str | None = flag(None, "BERTScore model (default: roberta-large when available offline, "
-                                             "else the embedded all-MiniLM-L6-v2)")
+    bertscore_model: str | None = flag(None, "BERTScore model: roberta-large or all-MiniLM-L6-v2 (default: "
+                                             "roberta-large when available offline, else the embedded "
+                                             "all-MiniLM-L6-v2)")
     open_answer_score: str = flag("bertscore", "accuracy reward of open answers: bertscore (the paper's BERTScore F1) "
                                                "or clinical (wrong side, position, size, modality or number scores 0; "
                                                "docs/REWARDS.md)", choices=OPEN_ANSWER_SCORES)
@@ -146,9 +164,9 @@ class RunConfig:
     method: str = flag("rarl", "sft (LoRA), sft-full (full fine-tuning), grpo (RL + LoRA), rarl (grpo + reasoning "
                                "reward + prompt diversity), grpo-full (RL, full fine-tuning)", choices=METHODS)
     output_dir: str = flag("runs/train", "where metrics, config and checkpoints are written")
-    save_steps: int = flag(100, "checkpoint every N steps (and at the end)", min=1)
+    save_steps: int = flag(100, "checkpoint every N steps (and at the end)", min=1, max=MAX_STEPS)
     resume: bool = flag(False, "continue from the latest checkpoint in --output-dir")
-    seed: int = flag(0, "seed for data order, prompt choice, sampling and initialisation", min=0)
+    seed: int = flag(0, "seed for data order, prompt choice, sampling and initialisation", min=0, max=MAX_SEED)
     device: str | None = flag(None, "cpu or cuda (default: cuda when available)")
     report_to: str = flag("none", "also log every metric to TensorBoard (OUTPUT/tensorboard/, the names of "
                                   "metrics.jsonl; needs pip install -e '.[tensorboard]')", choices=REPORT_TO)

@@ -9,12 +9,16 @@ Shape legend: B prompts, G group size, N = B*G completions, P prompt tokens, L c
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+import random
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -39,7 +43,7 @@ from src.grpo.sft import sft_target
 from src.grpo.step import Reference, Run, grpo_step, make_reference
 from src.memory import peak_bytes
 from src.models.loading import (
-    Policy, base_model_name, enable_gradient_checkpointing, freeze_vision, load_policy, resolve_dtype,
+    Policy, base_model_name, default_device, enable_gradient_checkpointing, freeze_vision, load_policy, resolve_dtype,
 )
 from src.models.lora import LoRAConfig, inject_lora, lora_layers, mark_only_lora_as_trainable, merge_and_unload
 from src.models.prompt_length import PromptLimit
@@ -90,6 +94,8 @@ def prepare_weights(policy: Policy, cfg: TrainConfig) -> tuple[LoRAConfig | None
 def setup(cfg: TrainConfig) -> Run:
     rank_device = init_distributed(cfg.run.device)  # None unless launched by torchrun with > 1 process
     torch.manual_seed(cfg.run.seed)  # LoRA A's Kaiming init draws from the global generator: same on every rank
+    random.seed(cfg.run.seed)  # no step draws from Python's or numpy's global generator; seeded all the same, so
+    np.random.seed(cfg.run.seed)  # that the RNG states a checkpoint saves are the same for the same seed
     device = rank_device or (torch.device(cfg.run.device) if cfg.run.device else None)
     # the data, where the model is, and every prompt's length: every cheap check before any weights load
     with phase(f"dataset {cfg.data.dataset}:{cfg.data.split}", enabled=is_main()):
@@ -191,8 +197,38 @@ def train(cfg: TrainConfig) -> Path:
     if checkpoint is not None:
         check_same_data(out / "config.json", source)
     cfg = pinned_to(cfg, source)
-    with stop_signals():
+    with stop_signals(), same_sums_on_cpu(cfg.run.device):
         return _train(cfg, out, checkpoint, completion_rows)
+
+
+@contextlib.contextmanager
+def same_sums_on_cpu(device: str | None) -> Iterator[None]:
+    """Inside, on a CPU run: torch's deterministic kernels, so that two runs with the same seed, settings
+    and thread count end with bit-identical weights and metrics (docs/TRAINING.md, Reproducibility).
+
+    The shared-prefix forward (src/models/shared_prefix.py) hands each prompt's keys and values to its
+    completions by an index, `k_p[owner]`. Its backward adds the completions' gradients back into the
+    prompt's with index_put_(accumulate=True), which torch runs on CPU, from 32,768 values and 2
+    threads up, as parallel atomic float adds: the order of the adds, and so the last bits of the sums,
+    changed from run to run (adapters 1e-9 to 4e-9 apart after 3 steps of the tiny model). In
+    deterministic mode torch adds them in order; the other CPU kernels a step uses are deterministic
+    already. The mode's fill_uninitialized_memory (every new tensor filled with NaN first) is left off:
+    no kernel of a step reads memory it did not write (a run gives the same weights with it on), and it
+    costs time. CUDA runs are left as they are (deterministic mode there also constrains cuBLAS).
+    warn_only: a kernel without a deterministic version warns, naming itself, rather than stopping the run.
+    """
+    if torch.device(device or default_device()).type != "cpu":
+        yield
+        return
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.utils.deterministic.fill_uninitialized_memory)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.utils.deterministic.fill_uninitialized_memory = saved[2]
 
 
 def _train(cfg: TrainConfig, out: Path, checkpoint: Path | None, completion_rows: int) -> Path:

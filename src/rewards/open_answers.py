@@ -118,6 +118,10 @@ FILLERS = ("plane", "view", "scan", "image", "imaging", "film", "side", "sided",
 """Dropped anywhere (compared in singular form): "axial plane" is "axial", "right side" is "right",
 "T2-weighted" is "t2", "the patient's left" is "left"."""
 
+MAX_NUMBER_DIGITS = 30
+"""Digits of the longest number read as a number (a size, a count, a year); a longer run of digits is
+read as a word, kept as written: it names no value on the number axis."""
+
 MAX_PARTS = 16
 """Parts read per answer; more are left out (so a 512-token list of guesses costs at most 16 x the
 reference's parts BERTScore pairs, and still scores low: most of its 16 parts match nothing)."""
@@ -217,12 +221,16 @@ def singular(word: str) -> str:
 
 
 def _number(word: str) -> str | None:
-    """The number a word states ("3", "3.4", "3rd"), written one way ("3.40" -> "3.4"), else None."""
-    if not _NUMBER_RE.fullmatch(word):
+    """The number a word states ("3", "3.4", "3rd"), written one way ("03" -> "3", "3.40" -> "3.4"),
+    else None; so is a word of more than MAX_NUMBER_DIGITS digits. Digits are compared as text, never
+    converted: any length reads in time linear in it."""
+    if sum(c.isdigit() for c in word) > MAX_NUMBER_DIGITS or not _NUMBER_RE.fullmatch(word):
         return None
     if word[-1].isalpha():
         return word
-    return word.rstrip("0").rstrip(".") if "." in word else str(int(word))
+    whole, _, fraction = word.partition(".")
+    whole, fraction = whole.lstrip("0") or "0", fraction.rstrip("0")
+    return f"{whole}.{fraction}" if fraction else whole
 
 
 def _words(text: str) -> list[str]:
