@@ -346,19 +346,21 @@ def test_evaluate_on_a_real_full_disk_says_disk_full(tmp_path, monkeypatch, caps
         subprocess.run(["umount", str(mount)], check=True)
 
 
-def test_bare_train_command_offline_names_the_dataset_to_fetch_without_touching_the_hub(tmp_path):
-    """`python train.py` with no arguments and HF_HUB_OFFLINE=1 (conftest) on an empty Hub cache: the
-    command that fetches the dataset is named before any model loads."""
+def test_train_command_offline_names_the_dataset_to_fetch_without_touching_the_hub(tmp_path):
+    """`python train.py --model tiny` (the default dataset, silvar-med, and no --data-root) with
+    HF_HUB_OFFLINE=1 (conftest) on an empty Hub cache: the command that fetches the dataset is named
+    before any model loads. (With no --model at all, the default model, not in this cache either, is
+    named first: names are checked before anything is fetched.)"""
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf-home")}
-    result = subprocess.run([sys.executable, str(REPO / "train.py")], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=300, env=env)
+    result = subprocess.run([sys.executable, str(REPO / "train.py"), "--model", "tiny"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors == [f"error: silvar-med: HF_HUB_OFFLINE is set and Hanhpt23/Silvar-Med is not in the Hugging Face "
                       f"cache ({tmp_path / 'hf-home' / 'hub'}): fetch it once where there is network, into the same "
                       'HF_HOME, with: hf download Hanhpt23/Silvar-Med --repo-type dataset --include "train/*"; or give '
                       "its folder with --data-root"]
-    assert "Traceback" not in result.stderr and "model Qwen" not in result.stderr
+    assert "Traceback" not in result.stderr and "model tiny" not in result.stderr
     assert not (tmp_path / "runs").exists()
 
 
