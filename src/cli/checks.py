@@ -148,8 +148,9 @@ def model_shape(model: str) -> tuple[dict[str, int], int]:
     target, and the language model's positions) of a model, an adapter's base or "tiny": the model is
     built from its config on the meta device, which allocates no weights."""
     import torch
-    from transformers import AutoConfig, Qwen2VLForConditionalGeneration
+    from transformers import AutoConfig
 
+    from src.models.families import family_named
     from src.models.loading import base_model_name, resolve_model_path
 
     has_adapter = (Path(model) / "adapter_config.json").is_file()
@@ -158,8 +159,9 @@ def model_shape(model: str) -> tuple[dict[str, int], int]:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as error:
         raise UserError(f"--model {model}: cannot read its config ({path}): {error}") from None
+    family = family_named(config.model_type, f"--model {model}")
     with torch.device("meta"):
-        built = Qwen2VLForConditionalGeneration._from_config(config)
+        built = family.model_cls()._from_config(config)
     layers: dict[str, int] = {}
     for name, module in built.model.language_model.named_modules():
         if isinstance(module, torch.nn.Linear):
