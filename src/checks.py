@@ -56,7 +56,7 @@ def check_model_source(name: str, flag: str = "--model") -> None:
 
         if not isinstance(try_to_load_from_cache(name, "config.json"), str):
             raise UserError(f"{flag} {name}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
-                            f"download it (huggingface-cli download {name}) or pass a local directory")
+                            f"download it (hf download {name}) or pass a local directory")
         checkpoint_family(name, f"{flag} {name}")
 
 

@@ -346,22 +346,21 @@ def test_evaluate_on_a_real_full_disk_says_disk_full(tmp_path, monkeypatch, caps
         subprocess.run(["umount", str(mount)], check=True)
 
 
-def test_train_command_offline_names_the_dataset_to_fetch_without_touching_the_hub(tmp_path):
-    """`python train.py --model tiny` (the default dataset, silvar-med, and no --data-root) with
-    HF_HUB_OFFLINE=1 (conftest) on an empty Hub cache: the command that fetches the dataset is named
-    before any model loads. (With no --model at all, the default model, not in this cache either, is
-    named first: names are checked before anything is fetched.)"""
+def test_bare_train_command_offline_names_what_to_fetch_before_anything_loads(tmp_path):
+    """`python train.py` with no arguments and HF_HUB_OFFLINE=1 (conftest) on an empty Hub cache: names
+    are checked before anything is fetched, so the default model, not in this cache, is named first, in
+    one line, before any download or load (the dataset's own line, with its `hf download` command, is
+    tests/test_hub_datasets.py's)."""
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf-home")}
-    result = subprocess.run([sys.executable, str(REPO / "train.py"), "--model", "tiny"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=300, env=env)
+    result = subprocess.run([sys.executable, str(REPO / "train.py")], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300, env=env)
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: silvar-med: HF_HUB_OFFLINE is set and Hanhpt23/Silvar-Med is not in the Hugging Face "
-                      f"cache ({tmp_path / 'hf-home' / 'hub'}): fetch it once where there is network, into the same "
-                      'HF_HOME, with: hf download Hanhpt23/Silvar-Med --repo-type dataset --include "train/*"; or give '
-                      "its folder with --data-root"]
-    assert "Traceback" not in result.stderr and "model tiny" not in result.stderr
-    assert not (tmp_path / "runs").exists()
+    assert errors == ["error: --model Qwen/Qwen2-VL-2B-Instruct: not in the local Hugging Face cache and HF_HUB_OFFLINE "
+                      "is set; download it (hf download Qwen/Qwen2-VL-2B-Instruct) or pass a local "
+                      "directory"]
+    assert "Traceback" not in result.stderr and "Silvar-Med" not in result.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "hf-home").exists()
 
 
 def test_train_checks_data_and_model_before_loading_weights(tmp_path, monkeypatch):

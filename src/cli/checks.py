@@ -107,7 +107,7 @@ def check_bertscore_model(name: str | None, flag: str = "--bertscore-model") -> 
 
         if not isinstance(try_to_load_from_cache(ROBERTA_LARGE, "config.json"), str):
             raise UserError(f"{flag} {name}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
-                            f"download it (huggingface-cli download {name}) or leave {flag} unset for the "
+                            f"download it (hf download {name}) or leave {flag} unset for the "
                             "embedded MiniLM")
 
 

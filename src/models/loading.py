@@ -100,7 +100,7 @@ def _offline_hint(name: str, error: Exception) -> OSError:
     return OSError(
         f"could not load the model {name!r} ({type(error).__name__}: {error}). "
         "If this machine has no network access, download the model elsewhere, e.g. "
-        f"`huggingface-cli download {name} --local-dir /path/to/{name.split('/')[-1]}`, copy it here "
+        f"`hf download {name} --local-dir /path/to/{name.split('/')[-1]}`, copy it here "
         "and pass that directory as --model /path/to/... (or set HF_HOME to a cache that holds it)."
     )
 
