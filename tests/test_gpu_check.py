@@ -140,9 +140,9 @@ def test_gpu_check_runs_every_phase_at_toy_size_on_cpu(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "gpu_check.log", "summary.md"]
     phases = json.loads((out / "gpu_check.json").read_text())["phases"]
     assert list(phases) == ["environment", "correctness", "bf16-reduction", "processor", "step", "prefix-sharing",
-                            "evaluate", "torchrun", "trl", "step-hf-static"]
+                            "evaluate", "qwen2.5-vl", "qwen3-vl", "torchrun", "trl", "step-hf-static"]
     for name in ("environment", "correctness", "bf16-reduction", "processor", "step", "prefix-sharing", "evaluate",
-                 "torchrun", "step-hf-static"):
+                 "qwen2.5-vl", "qwen3-vl", "torchrun", "step-hf-static"):
         assert phases[name]["status"] == "ok", (name, phases[name].get("reason"))
     assert phases["environment"]["figures"]["torch"] == torch.__version__
     correctness = phases["correctness"]["figures"]
