@@ -63,6 +63,14 @@ def test_injection_targets_language_model_attention_only(tiny_policy):
     assert not any(isinstance(m, LoRALinear) for m in tiny_policy.model.model.visual.modules())
 
 
+def test_a_target_that_names_no_linear_layer_is_refused_before_anything_is_wrapped(tiny_policy):
+    with pytest.raises(ValueError, match=r"\['k_prj'\] name no nn.Linear under 'model.language_model'; "
+                                         r"its linear layers: .*k_proj"):
+        inject_lora(tiny_policy.model, LoRAConfig(targets=("q_proj", "k_prj")))
+    assert not any(True for _ in lora_layers(tiny_policy.model))  # q_proj was not wrapped either
+    with pytest.raises(ValueError, match=r"\[\] name no nn.Linear"):
+        inject_lora(tiny_policy.model, LoRAConfig(targets=()))
+
 def logits_of(policy, question="Is there a lesion?", seed=0):
     batch = build_prompt_batch(policy.tokenizer, policy.image_processor, [chat(question)], [random_image(112, 112, seed)])
     with torch.no_grad():

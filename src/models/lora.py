@@ -105,17 +105,23 @@ def inject_lora(model: nn.Module, config: LoRAConfig, within: str = "model.langu
     """Wrap every nn.Linear named like one of `config.targets` under the submodule `within`.
 
     Only the language model is adapted (the paper freezes the vision tower); returns the wrapped names.
+    A target that names no nn.Linear there (a typo such as "k_prj") is refused before anything is
+    wrapped: an adapter on fewer layers than asked for would train silently.
     """
     root = model.get_submodule(within)
+    linear = {name: module for name, module in root.named_modules() if isinstance(module, nn.Linear)}
+    leaves = {name.rsplit(".", 1)[-1] for name in linear}
+    missing = [target for target in config.targets if target not in leaves]
+    if missing or not config.targets:
+        raise ValueError(f"LoRA targets {missing or list(config.targets)} name no nn.Linear under {within!r}; "
+                         f"its linear layers: {', '.join(sorted(leaves))}")
     wrapped = []
-    for name, module in list(root.named_modules()):
+    for name, module in linear.items():
         leaf = name.rsplit(".", 1)[-1]
-        if leaf in config.targets and isinstance(module, nn.Linear):
+        if leaf in config.targets:
             parent = root.get_submodule(name.rsplit(".", 1)[0]) if "." in name else root
             setattr(parent, leaf, LoRALinear(module, config.r, config.alpha, config.dropout))
             wrapped.append(f"{within}.{name}")
-    if not wrapped:
-        raise ValueError(f"no nn.Linear named {config.targets} under {within!r}")
     return wrapped
 
 
