@@ -18,6 +18,8 @@ gives it. Its behaviour for a prompt is chosen by a tag in the question text:
   [leak]     every request: 503 whose body echoes the credential in every form (as [quote-key])
   [refuse]   OpenAI: content null with a `refusal`; Gemini: a candidate stopped for SAFETY, no content
   [filter]   OpenAI: finish_reason content_filter; Gemini: the prompt blocked (promptFeedback.blockReason)
+  [flagged]  400 saying the prompt was flagged: OpenAI's invalid_prompt, or with `azure` set on the
+             server Azure OpenAI's content_filter (Gemini blocks a prompt in a 200: [filter])
   [maxtok]   the reply cut by the token limit (finish_reason length / finishReason MAX_TOKENS)
   [think]    Gemini: a `thought: true` part before the answer, thoughtsTokenCount 50; OpenAI: 50 reasoning
              tokens inside completion_tokens (70)
@@ -76,6 +78,7 @@ class JudgeServer:
         self.bodies: list[tuple[str, str, dict]] = []   # (api, path, JSON body) of every authorised request
         self.rejected = 0            # requests refused with 401 (wrong or missing key)
         self.failure: str | None = None
+        self.azure = False           # [flagged] answers as Azure OpenAI does
         self.fail_after = 0
         self.succeeded = 0
         self.lock = threading.Lock()
@@ -171,6 +174,17 @@ def gzip_bomb() -> bytes:
     packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
     spaces = b" " * 2**20
     return b"".join([packer.compress(b'{"choices": ['), *(packer.compress(spaces) for _ in range(8)), packer.flush()])
+
+
+def azure_prompt_filtered() -> dict:
+    """Azure OpenAI's 400 for a prompt its content filter blocked."""
+    return {"error": {
+        "message": "The response was filtered due to the prompt triggering Azure OpenAI's content management policy. "
+                   "Please modify your prompt and retry.",
+        "type": None, "param": "prompt", "code": "content_filter", "status": 400,
+        "innererror": {"code": "ResponsibleAIPolicyViolation", "content_filter_result": {
+            "hate": {"filtered": False, "severity": "safe"}, "self_harm": {"filtered": False, "severity": "safe"},
+            "sexual": {"filtered": False, "severity": "safe"}, "violence": {"filtered": True, "severity": "high"}}}}}
 
 
 def openai_reply(text: str, tag: str) -> dict:
@@ -295,6 +309,12 @@ def _handler(server: JudgeServer):
                 message = f"Incorrect API key provided: {credential_forms(credential)}"
                 return self._send(401, {"error": {"message": message, "type": "invalid_request_error", "param": None,
                                                   "code": "invalid_api_key"}})
+            if tag == "[flagged]" and api == "openai":
+                return self._send(400, azure_prompt_filtered() if server.azure else {"error": {
+                    "message": "Invalid prompt: your prompt was flagged as potentially violating our usage policy. "
+                               "Please try again with a different prompt: "
+                               "https://platform.openai.com/docs/guides/reasoning#advice-on-prompting",
+                    "type": "invalid_request_error", "param": None, "code": "invalid_prompt"}})
             if tag == "[bomb]":
                 return self._send_bytes(200, gzip_bomb(), {"Content-Encoding": "gzip"})
             if tag == "[brotli]":

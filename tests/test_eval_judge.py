@@ -773,6 +773,33 @@ def test_refused_blocked_and_truncated_replies_are_asked_once_cached_and_counted
     assert "cost unknown (replies without usage)" in report and "(and 1 reply whose provider reported no usage)" in report
 
 
+@pytest.mark.parametrize("azure", [False, True], ids=["openai-invalid_prompt", "azure-content_filter"])
+def test_a_prompt_the_providers_filter_blocks_is_a_refusal_counted_not_correct(tmp_path, monkeypatch, azure):
+    """A 400 saying the prompt was flagged answers this prediction (its text can provoke it): refused,
+    cached, asked once, in the denominator; a failed request would leave the percentages and be asked
+    again on every re-run."""
+    from src.eval.report import Group, build_summary
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    records = [record(q, dataset="toy", split="test", prompt="reasoning") for q in ("[flagged] q", "plain")]
+    with JudgeServer(KEY) as server:
+        server.azure = azure
+        backend = make_backend("gpt-4o-mini", base_url=f"{server.url}/v1")
+        run = judge_records(records, backend, JudgeCache(tmp_path / "c.jsonl"), RetryPolicy(base_delay=0.01), 2, 3)
+        rerun = judge_records(records, backend, JudgeCache(tmp_path / "c.jsonl"), RetryPolicy(base_delay=0.01), 2, 3)
+        counts = _counts_by_question(server)
+    assert counts == {"[flagged] q": 1, "plain": 1} and rerun.new_replies == 0
+    flagged = run.verdicts[0]
+    code = "content_filter: The response was filtered" if azure else "invalid_prompt: Invalid prompt: your prompt was"
+    assert (flagged.status, flagged.prediction_score) == ("refused", None)
+    assert flagged.error.startswith(f"prompt blocked: HTTP 400 {code}")
+    assert (run.prompt_tokens, run.completion_tokens, run.replies_without_usage) == (100, 20, 0)  # 400s are not billed
+    summary = build_summary({"model": "m", "generation": {"max_new_tokens": 8, "temperature": 0.0},
+                             "bertscore_model": "f"}, [Group("toy", "test", "reasoning", records)],
+                            [{"n": 2, "format_rate": 1.0}], [run], None)
+    scores = summary["groups"][0]["judges"]["gpt-4o-mini"]
+    assert (scores["judged"], scores["refused"], scores["failed"], scores["scored"], scores["final"]) == (1, 1, 0, 2, 0.5)
+
 def test_gemini_retry_info_delay_is_honoured(tmp_path, monkeypatch):
     monkeypatch.setenv("GEMINI_API_KEY", KEY)
     with JudgeServer(KEY) as server:

@@ -5,7 +5,8 @@ Backends: OpenAI chat completions (or any OpenAI-compatible server such as vLLM 
 Gemini generateContent. Each sends one user message and returns a `JudgeReply`: the reply text, the
 tokens billed for it, and how the reply ended. A provider that declines (OpenAI `refusal`,
 finish_reason content_filter; a Gemini candidate stopped for SAFETY and the like, or a prompt blocked
-in promptFeedback) gives a "refused" reply, and one cut by the token limit (finish_reason length,
+in promptFeedback; an HTTP 400 saying the prompt itself was flagged: `PROMPT_BLOCKED_CODES`) gives a
+"refused" reply, and one cut by the token limit (finish_reason length,
 Gemini MAX_TOKENS) a "truncated" one: both keep the provider's reason and the billed tokens. Gemini
 "thought" parts are not reply text, but their thoughtsTokenCount is billed output. A reply without
 usage has no token counts (None), which makes the cost unknown.
@@ -538,6 +539,12 @@ class RetryPolicy:
 
 
 RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
+# HTTP 400 error codes that mean the provider's filter blocked this prompt: OpenAI's "invalid_prompt"
+# ("Invalid prompt: your prompt was flagged as potentially violating our usage policy"), Azure OpenAI's
+# "content_filter". The prompt holds the prediction, whose text can provoke them: such an answer is the
+# judge declining this prediction ("refused": cached, counted as not correct), not a failed request,
+# which would leave the percentages and be asked again on every re-run.
+PROMPT_BLOCKED_CODES = {"invalid_prompt", "content_filter"}
 
 
 async def ask(http: httpx.AsyncClient, backend: Backend, prompt: str, retry: RetryPolicy,
@@ -566,6 +573,9 @@ async def ask(http: httpx.AsyncClient, backend: Backend, prompt: str, retry: Ret
             if status == 200:
                 return _reply(backend, text, secrets)
             error = read_error(status, text)
+            if status == 400 and error.code in PROMPT_BLOCKED_CODES:
+                reason = scrub(f"prompt blocked: HTTP 400 {error.code}: {error.message}", *secrets)
+                return JudgeReply("", 0, 0, "refused", reason)  # a rejected request is not billed
             problem = f"HTTP {status}: {error.message}"
             advice = fatal_advice(error, backend.model, backend.key_name,
                                   None if backend.base_url in (OPENAI_BASE_URL, GEMINI_BASE_URL) else backend.base_url)
