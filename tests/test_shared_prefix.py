@@ -19,6 +19,7 @@ from src.grpo.step import Rollout
 from src.models.engine import VISION_TOKENS, token_ids
 from src.models.encoded_prompts import encode_prompts
 from src.models.generation import prompt_batch
+from src.models import shared_prefix
 from src.models.loading import enable_gradient_checkpointing
 from src.models.lora import LoRAConfig, inject_lora, lora_layers, mark_only_lora_as_trainable
 from tests.test_trainer import _sample
@@ -95,11 +96,29 @@ def test_shared_prefix_log_probs_and_lora_gradients_equal_the_unshared_path(sett
     for shared, unshared in zip(shared_grads, unshared_grads):
         assert unshared.abs().max() > 0
         assert relative_error(shared, unshared) < 1e-5
-    # the whole batch in one mini-batch (each prompt once) accumulates the same gradient as the split groups
-    whole_logp, whole_grads = update_pass(model, rollout, sharing=True, mini_batch=len(PROMPTS) * G)
-    assert relative_error(whole_logp[mask], unshared_logp[mask]) < 1e-5
-    for whole, unshared in zip(whole_grads, unshared_grads):
-        assert relative_error(whole, unshared) < 1e-5
+    # the whole batch in one mini-batch (each prompt once) accumulates the same gradient as the split groups;
+    # so do mini-batches of 4 rows, whose first (prompt 0 three times, prompt 1 once) takes the index path
+    for mini_batch in (len(PROMPTS) * G, 4):
+        logp, grads = update_pass(model, rollout, sharing=True, mini_batch=mini_batch)
+        assert relative_error(logp[mask], unshared_logp[mask]) < 1e-5
+        for ours, unshared in zip(grads, unshared_grads):
+            assert relative_error(ours, unshared) < 1e-5
+
+
+def test_completions_copy_their_prompt_by_expand_when_in_equal_runs_else_by_index(setting):
+    model, rollout = setting
+    x = torch.randn(3, 2, 5, requires_grad=True)
+    cases = {(0, 0, 0, 1, 1, 1, 2, 2, 2): 3, (1, 1): 2, (0, 1): 1, (0, 0, 0, 1): None, (0, 1, 0, 1): None}
+    for prompt_index, repeats in cases.items():
+        distinct = list(dict.fromkeys(prompt_index))
+        layout = shared_prefix.layout_for(model, rollout.prompts, distinct, prompt_index, L, torch.float32)
+        assert layout.repeats == repeats, prompt_index
+        rows = shared_prefix.per_completion(x[distinct], layout)
+        assert torch.equal(rows, x[list(prompt_index)])
+        rows.backward(torch.ones_like(rows))
+        counts = torch.bincount(torch.tensor(prompt_index), minlength=3).float()
+        assert torch.equal(x.grad, counts[:, None, None].expand_as(x))  # each prompt gets the sum of its copies
+        x.grad = None
 
 
 def test_reference_pass_is_the_same_without_a_graph(setting):

@@ -207,14 +207,15 @@ def same_sums_on_cpu(device: str | None) -> Iterator[None]:
     and thread count end with bit-identical weights and metrics (docs/TRAINING.md, Reproducibility).
 
     The shared-prefix forward (src/models/shared_prefix.py) hands each prompt's keys and values to its
-    completions by an index, `k_p[owner]`. Its backward adds the completions' gradients back into the
-    prompt's with index_put_(accumulate=True), which torch runs on CPU, from 32,768 values and 2
-    threads up, as parallel atomic float adds: the order of the adds, and so the last bits of the sums,
-    changed from run to run (adapters 1e-9 to 4e-9 apart after 3 steps of the tiny model). In
-    deterministic mode torch adds them in order; the other CPU kernels a step uses are deterministic
-    already. The mode's fill_uninitialized_memory (every new tensor filled with NaN first) is left off:
-    no kernel of a step reads memory it did not write (a run gives the same weights with it on), and it
-    costs time. CUDA runs are left as they are (deterministic mode there also constrains cuBLAS).
+    completions by an expand when a mini-batch holds each prompt's completions in equal runs (whole groups,
+    the default), whose backward is an ordered sum; in any other mini-batch by an index, `k_p[owner]`,
+    whose backward adds the completions' gradients into the prompt's with index_put_(accumulate=True),
+    which torch runs on CPU, from 32,768 values and 2 threads up, as parallel atomic float adds: the order
+    of the adds, and so the last bits of the sums, changes from run to run. In deterministic mode torch
+    adds them in order; the other CPU kernels a step uses are deterministic already. The mode's
+    fill_uninitialized_memory (every new tensor filled with NaN first) is left off: no kernel of a step
+    reads memory it did not write (a run gives the same weights with it on), and it costs time. CUDA runs
+    are left as they are (deterministic mode there also constrains cuBLAS).
     warn_only: a kernel without a deterministic version warns, naming itself, rather than stopping the run.
     """
     if torch.device(device or default_device()).type != "cpu":

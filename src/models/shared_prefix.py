@@ -19,10 +19,14 @@ Here each distinct prompt of a mini-batch goes through the layers once, and its 
     output     the final hidden states that predict completion tokens 0 ... L-1: the prompt's last position,
                then the completion's positions 0 ... L-2 ([n, L, H], what the unshared forward slices).
 
-Gradients: a prompt's keys and values reach its completions' rows through an index (`keys_p[owner]`);
-the backward of that index adds the gradients of all the prompt's completions into the one prompt
+Gradients: a prompt's keys and values (and its last hidden state) reach its completions' rows by
+`per_completion`; its backward adds the gradients of all the prompt's completions into the one prompt
 stream, so the prompt's contribution to every parameter's gradient is the sum over its completions, as
-it is when each completion carries its own copy of the prompt.
+it is when each completion carries its own copy of the prompt. When each prompt's completions are
+consecutive and equally many (whole groups, or equal slices of one: the mini-batches the trainer makes
+by default), that is an expand, whose backward is a sum over the copies in a fixed order on every
+device, so runs repeat bit for bit; otherwise an index, whose backward adds by atomic float adds in
+parallel (in order on a CPU training run: src/grpo/trainer.same_sums_on_cpu).
 
 What it copies: each completion row gets its prompt's keys and values (2 KV heads x D per token and
 layer on Qwen2-VL-2B, a third of one hidden state), against running the prompt's projections and MLP
@@ -61,6 +65,7 @@ class Layout:
     completions: int              # n
     completion_length: int        # L
     owner: torch.Tensor           # [n] long: which of the b prompts each completion continues
+    repeats: int | None           # owner is 0 ... b-1, each `repeats` times in a row; None: any other order
     prompt_rotary: tuple[torch.Tensor, torch.Tensor]      # cos, sin [b, P, D]
     completion_rotary: tuple[torch.Tensor, torch.Tensor]  # cos, sin [n, L, D]
     prompt_visible: torch.Tensor      # [b, 1, P, P] bool
@@ -81,6 +86,14 @@ def completion_visibility(prompt_mask: torch.Tensor, length: int) -> torch.Tenso
     return torch.cat([prompt_part, causal.expand(n, 1, length, length)], dim=-1)              # [n, 1, L, P+L]
 
 
+def per_completion(x: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """[b, ...] of the prompts -> [n, ...]: each completion's copy of its prompt's row (see Gradients)."""
+    if layout.repeats is None:
+        return x[layout.owner]
+    b, rest = x.shape[0], x.shape[1:]
+    return x.unsqueeze(1).expand(b, layout.repeats, *rest).reshape(b * layout.repeats, *rest)
+
+
 def heads(x: torch.Tensor, rows: int, length: int) -> torch.Tensor:
     """[rows * length, heads, D] -> [rows, heads, length, D]."""
     return x.view(rows, length, *x.shape[1:]).transpose(1, 2)
@@ -95,8 +108,8 @@ def shared_attention(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     q_p, k_p = rotate(q_p, *layout.prompt_rotary), rotate(k_p, *layout.prompt_rotary)
     q_c, k_c = rotate(q_c, *layout.completion_rotary), rotate(k_c, *layout.completion_rotary)
     out_p = attention(q_p, k_p, v_p, layout.prompt_visible, attn.scaling)        # [b, Hq, P, D]
-    keys = torch.cat([k_p[layout.owner], k_c], dim=2)                              # [n, Hkv, P+L, D]
-    values = torch.cat([v_p[layout.owner], v_c], dim=2)                            # [n, Hkv, P+L, D]
+    keys = torch.cat([per_completion(k_p, layout), k_c], dim=2)                    # [n, Hkv, P+L, D]
+    values = torch.cat([per_completion(v_p, layout), v_c], dim=2)                  # [n, Hkv, P+L, D]
     out_c = attention(q_c, keys, values, layout.completion_visible, attn.scaling)  # [n, Hq, L, D]
     return torch.cat([out_p.transpose(1, 2).reshape(split, -1),
                       out_c.transpose(1, 2).reshape(n * L, -1)])                   # [T, Hq*D]
@@ -114,14 +127,18 @@ def decoder_layer(layer, x: torch.Tensor, layout: Layout) -> torch.Tensor:
 def layout_for(model, prompts: EncodedPrompts, distinct: list[int], prompt_index: Sequence[int], length: int,
                dtype: torch.dtype) -> Layout:
     device = prompts.input_ids.device
-    owner = torch.tensor([distinct.index(i) for i in prompt_index], dtype=torch.long, device=device)  # [n]
+    owners = [distinct.index(i) for i in prompt_index]
+    repeats = len(owners) // len(distinct)
+    in_runs = owners == [j for j in range(len(distinct)) for _ in range(repeats)]
+    owner = torch.tensor(owners, dtype=torch.long, device=device)                                       # [n]
     prompt_mask = prompts.attention_mask[distinct]                                                     # [b, P]
     rotary = rotary_of(model)
     prompt_rotary = rotary.cos_sin(prompts.positions[:, distinct], dtype)                               # [b, P, D]
     completion_positions = prompts.completion_positions(list(prompt_index), length)                    # [3, n, L]
     completion_rotary = rotary.cos_sin(completion_positions, dtype)                                     # [n, L, D]
     return Layout(prompts=len(distinct), prompt_length=prompt_mask.shape[1], completions=len(owner),
-                  completion_length=length, owner=owner, prompt_rotary=prompt_rotary,
+                  completion_length=length, owner=owner, repeats=repeats if in_runs else None,
+                  prompt_rotary=prompt_rotary,
                   completion_rotary=completion_rotary, prompt_visible=prefill_visibility(prompt_mask),
                   completion_visible=completion_visibility(prompt_mask[owner], length), family=family_of(model))
 
@@ -153,6 +170,6 @@ def forward(model, prompts: EncodedPrompts, prompt_index: Sequence[int], complet
             x = decoder_layer(layer, x, layout)
         if layer_index < len(deepstack):  # DeepStack: the layer's vision features join at the image tokens
             x = add_deepstack(x, image_positions, deepstack[layer_index])              # [T, H]
-    last_prompt = x[:b * P].view(b, P, hidden)[layout.owner, P - 1:]              # [n, 1, H]: predicts token 0
+    last_prompt = per_completion(x[:b * P].view(b, P, hidden)[:, P - 1:], layout)  # [n, 1, H]: predicts token 0
     completions = x[b * P:].view(n, L, hidden)[:, :-1]                            # [n, L-1, H]: tokens 1 ... L-1
     return lm.norm(torch.cat([last_prompt, completions], dim=1))                  # [n, L, H]
