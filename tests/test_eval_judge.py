@@ -798,7 +798,8 @@ def test_a_prompt_the_providers_filter_blocks_is_a_refusal_counted_not_correct(t
                              "bertscore_model": "f"}, [Group("toy", "test", "reasoning", records)],
                             [{"n": 2, "format_rate": 1.0}], [run], None)
     scores = summary["groups"][0]["judges"]["gpt-4o-mini"]
-    assert (scores["judged"], scores["refused"], scores["failed"], scores["scored"], scores["final"]) == (1, 1, 0, 2, 0.5)
+    assert (scores["judged"], scores["refused"], scores["failed"]) == (1, 1, 0)
+    assert (scores["scored"], scores["final"]) == (2, 0.5)    # in the denominator, as not correct
 
 def test_gemini_retry_info_delay_is_honoured(tmp_path, monkeypatch):
     monkeypatch.setenv("GEMINI_API_KEY", KEY)
