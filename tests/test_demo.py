@@ -110,7 +110,7 @@ def test_demo_rl_raises_closed_accuracy_and_every_reward_without_losing_answers(
 
     It asserts what held on the 16 runs measured (seeds 0-4 x 1 and 2 threads on one 2-core Xeon, seeds
     0 and 1 on a 2-core AMD EPYC, seeds 0-2 on the EPYC with the shared-prefix forward, and seed 0 on a
-    Xeon with deterministic CPU kernels; torch 2.13 CPU; docs/DEMO.md), each with a margin below the worst
+    Xeon with the shared-prefix sums in a fixed order; torch 2.13 CPU; docs/DEMO.md), each with a margin below the worst
     run: format 99.1% to 100% after RL (warm starts 67.8% to 100%); closed accuracy rose on 15 of the 16
     by +0.7 to +16.3 points and fell by 0.8 on one (seed 2; seed 0, which this runs, gained +7.8 and +3.5
     on the EPYC and +16.3 on the Xeon; asserted: not below the warm start); all answers right moved by
