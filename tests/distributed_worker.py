@@ -62,8 +62,8 @@ def train(argv: list[str]) -> dict:
     record = {"saves": []}
     real_setup, real_save = trainer.setup, trainer.save_checkpoint
 
-    def recording_setup(cfg):
-        run = real_setup(cfg)
+    def recording_setup(cfg, source):
+        run = real_setup(cfg, source)
         record["run"] = run
         record["initial"] = {k: v.clone() for k, v in lora_state_dict(run.policy.model).items()}
         record["sampling_rng"] = torch.get_rng_state()

@@ -171,7 +171,7 @@ def test_config_file_mistakes_name_the_file_and_the_setting(tmp_path, content, m
                                                          "got 100000000000"),
 ])
 def test_numbers_out_of_range_are_refused_as_the_command_line_is_parsed(capsys, monkeypatch, program, argv, message):
-    monkeypatch.setattr(trainer, "setup", lambda cfg: pytest.fail("setup reached"))
+    monkeypatch.setattr(trainer, "setup", lambda cfg, source: pytest.fail("setup reached"))
     required = {evaluate: ["--model", "tiny", "--output-dir", "out"], predict: ["--model", "tiny", "--image", "x.png",
                                                                               "--question", "Is it?"]}
     with pytest.raises(SystemExit) as stop:
@@ -272,7 +272,7 @@ def test_a_second_run_on_an_output_folder_is_refused_at_once_naming_the_holder(t
     the first is gone (even killed with SIGKILL, its lock file left behind) the folder is free again."""
     out = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], cwd=REPO, stdout=subprocess.PIPE, text=True)
-    monkeypatch.setattr(trainer, "setup", lambda cfg: pytest.fail("setup reached"))
+    monkeypatch.setattr(trainer, "setup", lambda cfg, source: pytest.fail("setup reached"))
     monkeypatch.setattr(pipeline, "load_eval_sets", lambda args: pytest.fail("datasets read"))
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -285,7 +285,7 @@ def test_a_second_run_on_an_output_folder_is_refused_at_once_naming_the_holder(t
         holder.kill()
         holder.wait()
     assert (out / ".lock").exists()                   # SIGKILL left the file; the kernel dropped the lock
-    monkeypatch.setattr(trainer, "setup", lambda cfg: (_ for _ in ()).throw(RuntimeError("reached setup")))
+    monkeypatch.setattr(trainer, "setup", lambda cfg, source: (_ for _ in ()).throw(RuntimeError("reached setup")))
     with pytest.raises(RuntimeError, match="reached setup"):
         train.main(["--model", "tiny", "--dataset", "synthetic", "--output-dir", str(out)])
     assert not (out / ".lock").exists()               # a run removes its lock file when it ends
@@ -386,7 +386,7 @@ def test_train_refuses_to_overwrite_a_run_or_resume_it_with_other_settings(tmp_p
     (run / "checkpoint-2").mkdir(parents=True)
     (run / "checkpoint-2" / "trainer_state.pt").write_bytes(b"")   # what makes a checkpoint complete
     (run / "config.json").write_text(TrainConfig().resolved().to_json())
-    monkeypatch.setattr(trainer, "setup", lambda cfg: pytest.fail("setup reached"))
+    monkeypatch.setattr(trainer, "setup", lambda cfg, source: pytest.fail("setup reached"))
     with pytest.raises(UserError, match="holds checkpoints of an earlier run: add --resume"):
         train.main(["--output-dir", str(run)])
     with pytest.raises(UserError, match=r"--resume: .*\(run.method: 'rarl' -> 'grpo'\)"):
@@ -411,7 +411,7 @@ def test_evaluate_reads_every_dataset_and_checks_judge_keys_before_the_model(tmp
 def test_every_name_is_checked_before_anything_loads_listing_what_it_may_be(tmp_path, monkeypatch):
     """LoRA targets against the model's layers (from its config, no weights), BERTScore models, datasets
     and splits, judges: each refused at once, naming the value and what it may be."""
-    monkeypatch.setattr(trainer, "setup", lambda cfg: pytest.fail("setup reached"))
+    monkeypatch.setattr(trainer, "setup", lambda cfg, source: pytest.fail("setup reached"))
     monkeypatch.setattr(pipeline, "load_eval_sets", lambda args: pytest.fail("datasets read"))
     out = str(tmp_path / "run")
     run = ["--model", "tiny", "--dataset", "synthetic", "--output-dir", out]

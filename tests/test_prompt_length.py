@@ -121,12 +121,12 @@ def test_training_refuses_a_prompt_beyond_the_positions_before_weights_load(tmp_
     cfg = tiny_config(tmp_path, run=dict(method=method),
                       data=dict(dataset="silvar-med", data_root=str(root), split="test", samples=None))
     with pytest.raises(DatasetError, match=r"silvar-med sample q2 \(image .*a\.jpg\): \d+ prompt tokens"):
-        trainer.training_samples(cfg)
+        trainer.training_samples(cfg, trainer.training_source(cfg))
     skipping = tiny_config(tmp_path, run=dict(method=method),
                            data=dict(dataset="silvar-med", data_root=str(root), split="test", samples=None,
                                      skip_bad_rows=True))
     with pytest.warns(UserWarning, match="left out 1 sample"):
-        assert [s.id for s in trainer.training_samples(skipping)] == ["q1"]
+        assert [s.id for s in trainer.training_samples(skipping, trainer.training_source(skipping))] == ["q1"]
 
 
 def test_evaluate_refuses_a_prompt_beyond_the_positions_before_the_model_loads(tmp_path, monkeypatch):

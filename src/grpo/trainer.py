@@ -56,8 +56,8 @@ def training_source(cfg: TrainConfig) -> DataSource:
     return locate_dataset(cfg.data.dataset, cfg.data.data_root, cfg.data.split, cfg.data.revision)
 
 
-def training_samples(cfg: TrainConfig) -> list[Sample]:
-    samples = read_dataset(training_source(cfg), cfg.data.split, skip_bad_rows=cfg.data.skip_bad_rows)
+def training_samples(cfg: TrainConfig, source: DataSource) -> list[Sample]:
+    samples = read_dataset(source, cfg.data.split, skip_bad_rows=cfg.data.skip_bad_rows)
     check_model_source(cfg.model.model)  # the prompt check reads its tokenizer: say first if it is not there
     samples = check_training_prompts(samples, cfg)  # tokenizer and config only: no weights
     if cfg.data.samples is not None:
@@ -91,7 +91,9 @@ def prepare_weights(policy: Policy, cfg: TrainConfig) -> tuple[LoRAConfig | None
     return (cfg.lora if cfg.uses_lora else None), reference
 
 
-def setup(cfg: TrainConfig) -> Run:
+def setup(cfg: TrainConfig, source: DataSource | None = None) -> Run:
+    """The run before its first step: the data checked, the model loaded and prepared. `source`: the
+    training set as `train` located it (default: located here)."""
     rank_device = init_distributed(cfg.run.device)  # None unless launched by torchrun with > 1 process
     torch.manual_seed(cfg.run.seed)  # LoRA A's Kaiming init draws from the global generator: same on every rank
     random.seed(cfg.run.seed)  # no step draws from Python's or numpy's global generator; seeded all the same, so
@@ -99,7 +101,7 @@ def setup(cfg: TrainConfig) -> Run:
     device = rank_device or (torch.device(cfg.run.device) if cfg.run.device else None)
     # the data, where the model is, and every prompt's length: every cheap check before any weights load
     with phase(f"dataset {cfg.data.dataset}:{cfg.data.split}", enabled=is_main()):
-        samples = training_samples(cfg)
+        samples = training_samples(cfg, source or training_source(cfg))
     check_batch_split(len(samples), cfg.optim.prompts_per_step)
     with phase(f"model {cfg.model.model}", enabled=is_main()):
         policy = load_policy(cfg.model.model, device=device, dtype=resolve_dtype(cfg.model.dtype, device))
@@ -198,7 +200,7 @@ def train(cfg: TrainConfig) -> Path:
         check_same_data(out / "config.json", source)
     cfg = pinned_to(cfg, source)
     with stop_signals(), same_sums_on_cpu(cfg.run.device):
-        return _train(cfg, out, checkpoint, completion_rows)
+        return _train(cfg, out, checkpoint, completion_rows, source)
 
 
 @contextlib.contextmanager
@@ -232,11 +234,11 @@ def same_sums_on_cpu(device: str | None) -> Iterator[None]:
         torch.utils.deterministic.fill_uninitialized_memory = saved[2]
 
 
-def _train(cfg: TrainConfig, out: Path, checkpoint: Path | None, completion_rows: int) -> Path:
+def _train(cfg: TrainConfig, out: Path, checkpoint: Path | None, completion_rows: int, source: DataSource) -> Path:
     """`train` once its checks passed: set up, restore the checkpoint, then the steps."""
     from src.grpo.sft import sft_step
 
-    run = setup(cfg)
+    run = setup(cfg, source)
     if is_main():
         out.mkdir(parents=True, exist_ok=True)
         write_atomic(out / "config.json", cfg.to_json() + "\n")
