@@ -51,7 +51,9 @@ def check_model_source(name: str, flag: str = "--model") -> None:
         return
     if not is_hub_id(name):
         raise UserError(f"{flag} {name}: no such directory, and not a hub id like Qwen/Qwen2-VL-2B-Instruct")
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+    from src.data.hub import offline
+
+    if offline():
         from huggingface_hub import try_to_load_from_cache
 
         if not isinstance(try_to_load_from_cache(name, "config.json"), str):

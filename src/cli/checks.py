@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import functools
 import math
-import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -97,12 +96,13 @@ def check_bertscore_model(name: str | None, flag: str = "--bertscore-model") -> 
     layer); roberta-large with HF_HUB_OFFLINE set must already be in the local cache."""
     if name is None:
         return
+    from src.data.hub import offline
     from src.rewards.bertscore import LAYERS, MINILM, ROBERTA_LARGE
 
     names = (*LAYERS, MINILM.split("/")[-1])
     if name not in names:
         raise UserError(f"{flag} {name}: not a BERTScore model with a known layer; choose one of {', '.join(names)}")
-    if name == ROBERTA_LARGE and _offline():
+    if name == ROBERTA_LARGE and offline():
         from huggingface_hub import try_to_load_from_cache
 
         if not isinstance(try_to_load_from_cache(ROBERTA_LARGE, "config.json"), str):
@@ -153,8 +153,7 @@ def model_shape(model: str) -> tuple[dict[str, int], int]:
     from src.models.families import family_named
     from src.models.loading import base_model_name, resolve_model_path
 
-    has_adapter = (Path(model) / "adapter_config.json").is_file()
-    path = resolve_model_path(base_model_name(model) if has_adapter else model)
+    path = resolve_model_path(base_model_name(model))
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as error:
@@ -234,7 +233,3 @@ def _one_letter_apart(a: str, b: str) -> bool:
         return a[start].isalpha() and a[start + 1:] == b[start:]
     return len(a) == len(b) and start < len(a) and a[start].isalpha() and b[start].isalpha() \
         and a[start + 1:] == b[start + 1:]
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")

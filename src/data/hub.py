@@ -121,7 +121,7 @@ def fetch_dataset(name: str, split: str, revision: str | None = None) -> HubSnap
         folder = Path(snapshot_download(spec.repo, repo_type="dataset", revision=revision, allow_patterns=patterns,
                                         cache_dir=hub.cache, endpoint=hub.endpoint, local_files_only=hub.offline))
     except Exception as error:  # noqa: BLE001 - each failure the transfer can meet becomes one clear message
-        problem = fetch_problem(error, name, spec, split, revision, hub)
+        problem = fetch_problem(error, name, spec, split, patterns, revision, hub)
         if problem is None:
             raise
         raise DatasetError(hub.scrub(problem)) from None
@@ -151,6 +151,14 @@ def matches(folder: Path, pattern: str) -> bool:
 
 # ---- where the Hub is, read when a dataset is fetched -------------------------------------------
 
+def offline() -> bool:
+    """Whether the environment says to read the Hub cache only, as huggingface_hub reads it: HF_HUB_OFFLINE
+    (or the older TRANSFORMERS_OFFLINE) set to 1, true, yes or on."""
+    env = os.environ
+    return (env.get("HF_HUB_OFFLINE") or env.get("TRANSFORMERS_OFFLINE") or "").strip().lower() in (
+        "1", "true", "yes", "on")
+
+
 @dataclass(frozen=True)
 class HubSettings:
     """The Hub endpoint, cache and offline switch, read from the environment when a dataset is fetched
@@ -167,10 +175,8 @@ class HubSettings:
         env = os.environ
         cache = env.get("HF_HUB_CACHE") or (str(Path(env["HF_HOME"]) / "hub") if env.get("HF_HOME")
                                             else constants.HF_HUB_CACHE)
-        offline = any(env.get(key, "").strip().lower() in ("1", "true", "yes", "on")
-                      for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
         return cls(endpoint=env.get("HF_ENDPOINT", constants.ENDPOINT).rstrip("/"),
-                   cache=Path(cache).expanduser(), offline=offline, token=get_token())
+                   cache=Path(cache).expanduser(), offline=offline(), token=get_token())
 
     def scrub(self, text: str) -> str:
         """The text without the token, should any message have carried it."""
@@ -186,16 +192,15 @@ def download_command(repo: str, patterns: list[str], revision: str | None) -> st
     return " ".join(parts)
 
 
-def fetch_problem(error: Exception, name: str, spec: HubDataset, split: str, revision: str | None,
-                  hub: HubSettings) -> str | None:
-    """What went wrong fetching, and what to do, for each failure a fetch can meet; None for anything
-    else (a bug, which keeps its traceback)."""
+def fetch_problem(error: Exception, name: str, spec: HubDataset, split: str, patterns: list[str],
+                  revision: str | None, hub: HubSettings) -> str | None:
+    """What went wrong fetching the split's files (`patterns`), and what to do, for each failure a fetch
+    can meet; None for anything else (a bug, which keeps its traceback)."""
     from huggingface_hub import errors
     from huggingface_hub.errors import (HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError,
                                         RevisionNotFoundError)
 
     repo, at = spec.repo, f"{spec.repo}" + (f" at revision {revision}" if revision else "")
-    patterns = [p for alternatives in spec.splits[split] for p in split_alternatives(alternatives)]
     fetch = download_command(repo, patterns, revision)
     page = f"{hub.endpoint}/datasets/{repo}"
     status = getattr(getattr(error, "response", None), "status_code", None)
