@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 
 from src.models.encoded_prompts import EncodedPrompts
-from src.models.families import END_TOKENS, VISION_TOKENS, add_deepstack, family_of, projections  # noqa: F401
-# (END_TOKENS, VISION_TOKENS: the tokens every sampler ends at and never emits; imported from here by callers)
+# END_TOKENS, VISION_TOKENS: the tokens every sampler ends at and never emits, in every family
+from src.models.families import END_TOKENS, VISION_TOKENS, add_deepstack, family_of, projections
 from src.models.mrope import rotary_of, rotate
 
 
@@ -367,10 +367,9 @@ def generate(model, tokenizer, prompts: EncodedPrompts, *, group_size: int, max_
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     device = prompts.input_ids.device
     rows, width = len(prompts) * group_size, prompts.input_ids.shape[1]
-    family = family_of(model)
-    end_list = token_ids(tokenizer, family.end_tokens)
+    end_list = token_ids(tokenizer, END_TOKENS)
     end_ids = torch.tensor(end_list, device=device)
-    banned = torch.tensor(token_ids(tokenizer, family.vision_tokens) + ([] if stop_at_end else end_list), device=device)
+    banned = torch.tensor(token_ids(tokenizer, VISION_TOKENS) + ([] if stop_at_end else end_list), device=device)
     step = DecodeStep(model, rows, width, max_new_tokens, temperature, banned, end_ids, tokenizer.pad_token_id)
     capture = captures(device) if cuda_graph is None else cuda_graph
     # one token is the prefill's alone: no decode step to capture (its warm-up would write past `out`)

@@ -147,19 +147,6 @@ class Family:
     tiny_vision: dict = field(default_factory=dict)
     tiny_pixels: dict = field(default_factory=dict)   # the tiny image processor's limits
 
-    @property
-    def end_tokens(self) -> tuple[str, ...]:
-        return END_TOKENS
-
-    @property
-    def vision_tokens(self) -> tuple[str, ...]:
-        return VISION_TOKENS
-
-    @property
-    def special_tokens(self) -> tuple[str, ...]:
-        """The added tokens that are special (skipped when decoding a completion): the first 14 of every family."""
-        return QWEN_SPECIAL_TOKENS
-
     def model_cls(self):
         return getattr(importlib.import_module("transformers"), self.model_class)
 

@@ -40,9 +40,8 @@ from tqdm import tqdm
 from src.data.prompts import build_messages
 from src.data.sample import Sample
 from src.models import engine
-from src.models.engine import Completions, completion_mask, token_ids
+from src.models.engine import END_TOKENS, VISION_TOKENS, Completions, completion_mask, token_ids
 from src.models.encoded_prompts import EncodedPrompts, encode_prompts
-from src.models.families import family_of
 from src.models.inputs import PromptBatch, build_prompt_batch, load_image, repeat_rows
 
 ENGINES = ("engine", "hf")
@@ -102,9 +101,8 @@ def hf_generate(model, tokenizer, prompts: PromptBatch, max_new_tokens: int, tem
     """One completion per prompt row with transformers' generate; temperature 0 means greedy decoding."""
     from transformers import LogitsProcessorList
 
-    family = family_of(model)
-    end_ids = token_ids(tokenizer, family.end_tokens)
-    distribution = DrawnDistribution(token_ids(tokenizer, family.vision_tokens), temperature)
+    end_ids = token_ids(tokenizer, END_TOKENS)
+    distribution = DrawnDistribution(token_ids(tokenizer, VISION_TOKENS), temperature)
     sampling = dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0) if temperature > 0 else \
         dict(do_sample=False)  # temperature 1 for generate: `distribution` applies the real one
     with checkpoint_sampling_ignored(model):

@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 
 from src.data.cache_lock import cache_lock
-from src.models.families import FAMILIES, QWEN2_VL, Family
+from src.models.families import FAMILIES, QWEN2_VL, QWEN_SPECIAL_TOKENS, Family
 
 BPE_VOCAB = 1024  # learned tokens before the added tokens
 # Weights drawn with std 0.2 (transformers' default: 0.02) in the tiny-<family> models: at 0.02 the
@@ -134,10 +134,9 @@ def train_tokenizer(corpus: list[str], family: Family = QWEN2_VL, vocab_size: in
     if first_special_id is not None:
         vocab.update({f"<|unused_{i}|>": i for i in range(len(vocab), first_special_id)})
     tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, errors="replace")  # adds <|endoftext|> first
-    special = family.special_tokens
-    tokenizer.add_special_tokens({"additional_special_tokens": list(special[1:])})
+    tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL_TOKENS[1:])})
     tokenizer.add_tokens([AddedToken(token, special=False, normalized=False)
-                          for token in family.added_tokens[len(special):]])
+                          for token in family.added_tokens[len(QWEN_SPECIAL_TOKENS):]])
     tokenizer.eos_token, tokenizer.pad_token = "<|im_end|>", "<|endoftext|>"
     tokenizer.chat_template = family.chat_template
     tokenizer.model_max_length = family.tiny_text["max_position_embeddings"]
