@@ -221,15 +221,38 @@ def first_difference(ours: torch.Tensor, theirs: torch.Tensor, pad_id: int) -> d
     return {"equal": not differs.any().item(), "first_difference": first, "tokens": width}
 
 
+def greedy_decodings(ctx: Context, policy, samples: list, names: list[str], figures: dict) -> tuple:
+    """Greedy decoding of the prompts for --check-greedy-tokens tokens, the model in eval mode: the CUDA
+    graph against eager decoding and the engine against transformers' generate, each as the first
+    position where a row differs (figures graph_vs_eager, engine_vs_hf). Returns the encoded prompts and
+    the greedy settings, for more decoding of the same prompts."""
+    from src.data.prompts import TRAINING_PROMPTS
+    from src.models import engine
+    from src.models.encoded_prompts import encode_prompts
+    from src.models.generation import prompt_batch, sample_groups
+
+    model, tokenizer = policy.model.eval(), policy.tokenizer
+    batch = prompt_batch(policy, samples, [TRAINING_PROMPTS[n] for n in names])
+    encoded = encode_prompts(model, batch)
+    greedy = dict(group_size=1, max_new_tokens=ctx.args.check_greedy_tokens, temperature=0.0)
+    eager = engine.generate(model, tokenizer, encoded, cuda_graph=False, **greedy)
+    if engine.captures(ctx.device):
+        graph = engine.generate(model, tokenizer, encoded, **greedy)
+        figures.update(graph_decoding=graph.decoding,
+                       graph_vs_eager=first_difference(graph.ids, eager.ids, tokenizer.pad_token_id))
+    else:
+        figures["graph_vs_eager"] = f"not run: no CUDA graphs on {ctx.device.type}"
+    hf = sample_groups(policy, batch, encoded, engine_name="hf", **greedy)
+    figures["engine_vs_hf"] = first_difference(eager.ids, hf.ids, tokenizer.pad_token_id)
+    return encoded, greedy
+
+
 def correctness(ctx: Context, figures: dict) -> None:
     """Before any speed: does a bf16 run on this device compute what it should?"""
     from benchmarks import bench_step
     from src.data.prompts import TRAINING_PROMPTS
     from src.grpo import trainer
     from src.grpo.step import grpo_update, sample_rollout
-    from src.models import engine
-    from src.models.encoded_prompts import encode_prompts
-    from src.models.generation import prompt_batch, sample_groups
 
     a = ctx.args
     args = bench_step.parse_args(ctx.step_argv(dtype="bfloat16") + ["--prompts", str(a.check_prompts),
@@ -256,20 +279,7 @@ def correctness(ctx: Context, figures: dict) -> None:
                    lora_moved_fraction=moved,  # A gets no gradient while B = 0 (step 1): B must move, A not yet
                    base_dtype=str(policy.model.lm_head.weight.dtype))
 
-    # greedy decoding of the same prompts: CUDA graph against eager, engine against transformers' generate
-    model, tokenizer = policy.model.eval(), policy.tokenizer
-    batch = prompt_batch(policy, samples, [TRAINING_PROMPTS[n] for n in names])
-    encoded = encode_prompts(model, batch)
-    greedy = dict(group_size=1, max_new_tokens=a.check_greedy_tokens, temperature=0.0)
-    eager = engine.generate(model, tokenizer, encoded, cuda_graph=False, **greedy)
-    if engine.captures(ctx.device):
-        graph = engine.generate(model, tokenizer, encoded, **greedy)
-        figures.update(graph_decoding=graph.decoding,
-                       graph_vs_eager=first_difference(graph.ids, eager.ids, tokenizer.pad_token_id))
-    else:
-        figures["graph_vs_eager"] = f"not run: no CUDA graphs on {ctx.device.type}"
-    hf = sample_groups(policy, batch, encoded, engine_name="hf", **greedy)
-    figures["engine_vs_hf"] = first_difference(eager.ids, hf.ids, tokenizer.pad_token_id)
+    greedy_decodings(ctx, policy, samples, names, figures)
 
     def verdict(check) -> str:
         return check if isinstance(check, str) else "equal" if check["equal"] else \
@@ -279,7 +289,7 @@ def correctness(ctx: Context, figures: dict) -> None:
                           f"{figures['rollout_kl']:.2e} ({figures['sampler']}); LoRA {','.join(figures['lora_dtypes'])}, "
                           f"B moved {moved['B']:.0%}; greedy graph vs eager: {verdict(figures['graph_vs_eager'])}; "
                           f"engine vs HF: {verdict(figures['engine_vs_hf'])}")
-    del run, policy, model
+    del run, policy
     free_memory()
     if figures["lora_dtypes"] != ["torch.float32"] or moved["B"] < 0.99:
         raise AssertionError(f"LoRA factors {figures['lora_dtypes']}, lora_B moved {moved['B']:.1%} after one "
@@ -499,8 +509,6 @@ def family(ctx: Context, figures: dict, name: str) -> None:
     from src.grpo.step import grpo_update, rollout_logprobs, sample_rollout
     from src.memory import synchronize
     from src.models import engine
-    from src.models.encoded_prompts import encode_prompts
-    from src.models.generation import prompt_batch, sample_groups
     from src.models.loading import load_policy
 
     a = ctx.args
@@ -532,17 +540,8 @@ def family(ctx: Context, figures: dict, name: str) -> None:
                    rollout_logp_diff=stats["rollout_logp_diff"], rollout_kl=stats["rollout_kl"],
                    shared_vs_unshared_max_abs_logp_diff=float((shared - unshared)[mask].abs().max()))
 
-    model, tokenizer = policy.model.eval(), policy.tokenizer
-    batch = prompt_batch(policy, samples, [TRAINING_PROMPTS[n] for n in names])
-    encoded = encode_prompts(model, batch)
-    greedy = dict(group_size=1, max_new_tokens=a.check_greedy_tokens, temperature=0.0)
-    eager = engine.generate(model, tokenizer, encoded, cuda_graph=False, **greedy)
-    if engine.captures(ctx.device):
-        graph = engine.generate(model, tokenizer, encoded, **greedy)
-        figures.update(graph_decoding=graph.decoding,
-                       graph_vs_eager=first_difference(graph.ids, eager.ids, tokenizer.pad_token_id))
-    hf = sample_groups(policy, batch, encoded, engine_name="hf", **greedy)
-    figures["engine_vs_hf"] = first_difference(eager.ids, hf.ids, tokenizer.pad_token_id)
+    model, tokenizer = policy.model, policy.tokenizer
+    encoded, greedy = greedy_decodings(ctx, policy, samples, names, figures)
     synchronize(ctx.device)
     start = time.perf_counter()
     timed = engine.generate(model, tokenizer, encoded, stop_at_end=False, **greedy)  # every row decodes them all
