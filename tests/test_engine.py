@@ -150,18 +150,20 @@ def test_greedy_is_token_for_token_transformers_generate(lively):
     assert ours.texts == reference.texts
 
 
+class Replay:
+    """CapturedStep without CUDA: a warm-up call at construction (as graph capture makes), then plain calls."""
+
+    def __init__(self, step):
+        step()
+        self.step = step
+
+    def __call__(self):
+        self.step()
+
+
 def test_captured_step_path_gives_the_eager_tokens(lively, monkeypatch):
     """The CUDA path's state handling, run on the CPU: one warm-up step on the unset state before
     `start` (as graph capture does), then full-length masked attention on every step."""
-
-    class Replay:  # CapturedStep without CUDA: warm-up call at construction, then plain calls
-        def __init__(self, step):
-            step()
-            self.step = step
-
-        def __call__(self):
-            self.step()
-
     batch = three_prompts(lively)
     encoded = encode_prompts(lively.model, batch)
     eager = engine.generate(lively.model, lively.tokenizer, encoded, group_size=2, max_new_tokens=24, temperature=0)

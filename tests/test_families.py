@@ -10,7 +10,6 @@ steps. Every check is fp32 on the CPU.
 """
 from __future__ import annotations
 
-import io
 import json
 import shutil
 
@@ -19,7 +18,6 @@ import torch
 
 from benchmarks.bench_step import with_completions
 from src.data.prompts import TRAINING_PROMPTS
-from src.data.sample import Sample
 from src.grpo.step import completion_logprobs
 from src.models.encoded_prompts import encode_prompts
 from src.models.engine import token_ids
@@ -32,7 +30,7 @@ from src.models.lora import (
 )
 from src.models.mrope import prompt_positions, rotary_of
 from src.models.tiny import TINY_MODELS, ensure_tiny
-from tests.conftest import random_image
+from tests.test_engine import Replay, sample
 
 # tiny-qwen2-vl, tiny-qwen2.5-vl, tiny-qwen3-vl. Qwen2-VL's engine, shared-prefix forward, LoRA and PEFT
 # files have their own tests on `tiny` (tests/test_engine.py, test_shared_prefix.py, test_lora.py,
@@ -61,13 +59,6 @@ def policy(request, family_paths):
     policy = load_policy(str(family_paths[request.param]), device=torch.device("cpu"))
     policy.model.eval()
     return policy
-
-
-def sample(i: int, size: tuple[int, int], words: int = 0) -> Sample:
-    buffer = io.BytesIO()
-    random_image(*size, seed=i).save(buffer, format="PNG")
-    return Sample(id=str(i), dataset="test", image=buffer.getvalue(), answer="yes", answer_type="closed",
-                  question="Is there a lesion" + " on the left side" * words + "?")
 
 
 def three_prompts(policy):
@@ -169,14 +160,6 @@ def test_the_cuda_graph_paths_state_handling_gives_the_eager_tokens(policy, monk
     """The captured decode step's path on the CPU (as tests/test_engine.py runs it for Qwen2-VL): a warm-up
     step on unset state, then attention over the whole static cache, masked."""
     from src.models import engine
-
-    class Replay:
-        def __init__(self, step):
-            step()
-            self.step = step
-
-        def __call__(self):
-            self.step()
 
     end_sometimes(policy)
     encoded = encode_prompts(policy.model, three_prompts(policy))
