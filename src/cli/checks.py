@@ -210,15 +210,10 @@ def check_judge_names(judges: str, base_urls: list[str], flag: str = "--judge") 
 def check_evaluation_names(args: argparse.Namespace) -> None:
     """Every value of evaluate.py's flags that names something: each NAME:SPLIT of --datasets with its
     folder, the BERTScore model and the judges (their keys: src/eval/pipeline.py, judge_backends)."""
-    from src.data.hub import NOT_ON_HUB
-    from src.eval.pipeline import PAPER_TEST_SETS, data_root
+    from src.eval.pipeline import requested_sets
 
-    for spec in (args.datasets or PAPER_TEST_SETS).split(","):
-        name, _, split = spec.strip().partition(":")
-        root = data_root(args.data_root, name)
-        if args.datasets is None and name in NOT_ON_HUB and root is None:
-            continue  # the default set leaves it out, saying so (src/eval/pipeline.py)
-        check_dataset(name, split or "test", root, f"--datasets {spec.strip()}")
+    for spec, name, split, root in requested_sets(args)[0]:  # those left out are said so by the evaluation
+        check_dataset(name, split, root, f"--datasets {spec}")
     check_bertscore_model(args.bertscore_model)
     check_judge_names(args.judge, args.judge_base_url)
 

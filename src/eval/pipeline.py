@@ -74,25 +74,38 @@ def load_eval_sets(args: argparse.Namespace) -> tuple[list[tuple[str, str, list[
     """(name, split, samples) of every requested dataset, all read before any model loads, and where each
     was read from. A dataset without a folder is fetched from the Hub (at its --data-revision). Without
     --datasets: the paper's five test sets, VQA-Med 2019 left out with one line when it has no folder."""
-    requested = [spec.strip().partition(":") for spec in (args.datasets or PAPER_TEST_SETS).split(",")]
-    requested = [(name, split or "test") for name, _, split in requested]
+    requested, left_out = requested_sets(args)
     revisions = parse_revisions(args.data_revision)
-    unknown = sorted(set(revisions) - {name for name, _ in requested})
+    unknown = sorted(set(revisions) - {name for _, name, _, _ in requested + left_out})
     if unknown:
         raise UserError(f"--data-revision names {', '.join(unknown)}, which --datasets does not evaluate")
+    for _, name, split, _ in left_out:
+        print(f"{name}:{split} skipped: it has no copy on the Hugging Face Hub; give its folder with "
+              f"--data-root {name}=FOLDER to evaluate it too (docs/DATA.md)", file=sys.stderr, flush=True)
     sets, sources = [], []
-    for name, split in requested:
-        root = data_root(args.data_root, name)
-        if args.datasets is None and name in NOT_ON_HUB and root is None:
-            print(f"{name}:{split} skipped: it has no copy on the Hugging Face Hub; give its folder with "
-                  f"--data-root {name}=FOLDER to evaluate it too (docs/DATA.md)", file=sys.stderr, flush=True)
-            continue
+    for _, name, split, root in requested:
         with phase(f"dataset {name}:{split}"):
             source = locate_dataset(name, root, split, revisions.get(name))
             samples = read_dataset(source, split, args.skip_bad_rows)
         sets.append((name, split, samples[: args.limit] if args.limit else samples))
         sources.append(source)
     return sets, sources
+
+
+Requested = tuple[str, str, str, Path | None]  # (as given in --datasets, name, split, folder or None)
+
+
+def requested_sets(args: argparse.Namespace) -> tuple[list[Requested], list[Requested]]:
+    """The datasets to evaluate, and those left out: each NAME[:SPLIT] of --datasets (split test by
+    default); without --datasets the paper's five test sets, less any the Hub has no copy of and that
+    has no --data-root folder (left out, which load_eval_sets says)."""
+    requested, left_out = [], []
+    for spec in (args.datasets or PAPER_TEST_SETS).split(","):
+        name, _, split = spec.strip().partition(":")
+        root = data_root(args.data_root, name)
+        entry = (spec.strip(), name, split or "test", root)
+        (left_out if args.datasets is None and name in NOT_ON_HUB and root is None else requested).append(entry)
+    return requested, left_out
 
 
 def data_root(values: list[str], name: str) -> Path | None:
