@@ -49,7 +49,8 @@ from pathlib import Path
 
 import torch
 
-from src.models.families import QWEN2_5_VL, QWEN2_VL, QWEN3_VL, QWEN_SPECIAL_TOKENS, Family
+from src.models.families import (QWEN2_5_VL, QWEN2_VL, QWEN3_VL, QWEN_SPECIAL_TOKENS, Family,
+                                 image_processor as family_image_processor)
 from src.models.loading import Policy, attention_implementation
 
 # Token ids every family shares (their config.json and generation_config.json).
@@ -188,10 +189,6 @@ def max_length(family: Family) -> int:
     return next(spec.model_max_length for spec in RANDOM_MODELS.values() if spec.family is family)
 
 
-def qwen2_vl_tokenizer(folder: Path):
-    return qwen_tokenizer(folder, QWEN2_VL)
-
-
 def stand_in_tokenizer(family: Family = QWEN2_VL):
     """The tiny BPE with the family's added tokens moved to their real ids (checked, not assumed)."""
     from src.models.tiny import tiny_corpus, train_tokenizer
@@ -212,11 +209,8 @@ def check_special_ids(tokenizer, family: Family = QWEN2_VL) -> None:
 
 def image_processor(name: str = NAME):
     """The released image processor settings of the random model `name` (PIL backend: no torchvision)."""
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
     spec = RANDOM_MODELS[name]
-    return Qwen2VLImageProcessorPil(patch_size=spec.family.patch_size, image_mean=list(spec.family.image_mean),
-                                    image_std=list(spec.family.image_std), **spec.pixels)
+    return family_image_processor(spec.family, spec.pixels)
 
 
 def random_model(device: torch.device, dtype: torch.dtype, attn_implementation: str, name: str = NAME):

@@ -247,6 +247,15 @@ def checkpoint_family(path: str, label: str | None = None) -> Family:
     return family_named(model_type, label or f"{path} (config.json)")
 
 
+def image_processor(family: Family, pixels: dict):
+    """The family's image processor (its patch size, mean and std) with the pixel limits `pixels`
+    (min_pixels, max_pixels), on the PIL backend: no torchvision needed."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    return Qwen2VLImageProcessorPil(patch_size=family.patch_size, image_mean=list(family.image_mean),
+                                    image_std=list(family.image_std), **pixels)
+
+
 def check_architecture(model, family: Family) -> None:
     """The loaded language model has exactly the attention parts `family` says (the engine and the
     shared-prefix forward compute attention themselves from those parts)."""

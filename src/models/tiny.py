@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 
 from src.data.cache_lock import cache_lock
-from src.models.families import FAMILIES, QWEN2_VL, QWEN_SPECIAL_TOKENS, Family
+from src.models.families import FAMILIES, QWEN2_VL, QWEN_SPECIAL_TOKENS, Family, image_processor
 
 BPE_VOCAB = 1024  # learned tokens before the added tokens
 # Weights drawn with std 0.2 (transformers' default: 0.02) in the tiny-<family> models: at 0.02 the
@@ -189,14 +189,6 @@ def sharpen(model) -> None:
             bias.add_(torch.randn(bias.shape) * 0.1)
 
 
-def image_processor(family: Family):
-    """The tiny image processor of `family`: the family's patch, mean and std, small pixel limits."""
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    return Qwen2VLImageProcessorPil(patch_size=family.patch_size, image_mean=list(family.image_mean),
-                                    image_std=list(family.image_std), **family.tiny_pixels)
-
-
 def cache_key(tiny: TinyModel, seed: int, corpus: list[str]) -> str:
     family = tiny.family
     parts = [seed, family.tiny_text, family.tiny_vision, family.tiny_pixels, BPE_VOCAB, family.added_tokens, corpus]
@@ -230,7 +222,7 @@ def ensure_tiny(seed: int = 0, cache_dir: str | Path | None = None, name: str = 
             tokenizer = train_tokenizer(corpus, tiny.family)
             build_tiny_model(tokenizer, seed, tiny).save_pretrained(staging)
             tokenizer.save_pretrained(staging)
-            image_processor(tiny.family).save_pretrained(staging)
+            image_processor(tiny.family, tiny.family.tiny_pixels).save_pretrained(staging)
             os.replace(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
