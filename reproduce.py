@@ -112,7 +112,7 @@ def check_recipes(recipes: Path, tables: list[str], train_changes: dict, eval_ch
             with naming(path):
                 check_training_names(train.config_from_args(args))  # ValueError: TrainConfig's checks across fields
         path = recipes / f"{table.evaluate}.yaml"
-        args = argparse.Namespace(**{action.dest: action.default for action in eval_parser._actions})
+        args = eval_parser.parse_args([])
         vars(args).update(config_values(eval_parser, with_changes(load_file(path), eval_changes), path))
         with naming(path):
             check_evaluation_names(args)
